@@ -1,0 +1,84 @@
+//! The command line: `hookgate serve` and `hookgate check`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, DEFAULT_CONFIG_PATH};
+use crate::provider::registry::Registry;
+use crate::startup::Application;
+use crate::telemetry;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hookgate",
+    version,
+    about = "Self-hosted inbound webhook gateway"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve webhooks until SIGINT/SIGTERM.
+    Serve {
+        /// Configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "HOOKGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and provider definitions without serving.
+    Check {
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "HOOKGATE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Check { config } => check(config),
+    }
+}
+
+fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let loaded = config::load(&path)?;
+    telemetry::init(&loaded.settings.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let app = Application::build(loaded).await?;
+        app.run_until_stopped().await?;
+        Ok(())
+    })
+}
+
+fn check(path: PathBuf) -> anyhow::Result<()> {
+    let loaded = config::load(&path)?;
+    let registry = Registry::build(&loaded)?;
+    let mut names: Vec<String> = registry
+        .iter()
+        .map(|i| format!("{} ({})", i.name, i.kind.name))
+        .collect();
+    names.sort();
+    println!(
+        "{}: OK: {} provider instance(s) [{}], {} sink(s), providers from {}",
+        loaded.file_name(),
+        names.len(),
+        names.join(", "),
+        loaded.settings.sinks.len(),
+        loaded.providers_dir.display()
+    );
+    for instance in registry.iter().filter(|i| i.uses_demo_secret()) {
+        println!(
+            "warning: providers.{} uses the public demo secret; replace it before going live",
+            instance.name
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! `config.toml`: the typed settings, how they are layered and what makes them invalid.
+//!
+//! Settings come from one TOML file (default `./config.toml`) overridden by environment variables
+//! named `HOOKGATE__SECTION__KEY` (for example `HOOKGATE__SERVER__BIND=0.0.0.0:8080`). Every string
+//! value goes through `${VAR}` expansion ([`crate::secret::Expanded`]). Unknown keys, unset
+//! variables, bad CIDRs and impossible limits are rejected here with the file and the key at
+//! fault; whatever needs the provider definitions (unknown kinds, missing secrets) is checked when
+//! the registry compiles ([`crate::provider::registry`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::secret::{Expanded, Secret};
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "config.toml";
+/// Prefix of environment overrides: `HOOKGATE__SERVER__BIND`.
+pub const ENV_PREFIX: &str = "HOOKGATE";
+/// Separator between the prefix and each key level in environment overrides.
+pub const ENV_SEPARATOR: &str = "__";
+/// Hard ceiling for any body limit: larger bodies are not webhooks.
+pub const MAX_BODY_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A configuration error, always naming the file and, when known, the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {}{message}", key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: String,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(file: impl Into<String>, key: Option<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.into(),
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// HTTP listener and request limits.
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// Where and how events are stored.
+    #[serde(default)]
+    pub storage: StorageSettings,
+    /// Log format and level.
+    #[serde(default)]
+    pub log: LogSettings,
+    /// Directory holding `<kind>.toml` provider definitions; default `providers/` next to the
+    /// configuration file.
+    pub providers_dir: Option<Expanded>,
+    /// Provider instances, each served at `/webhooks/<name>`.
+    #[serde(default)]
+    pub providers: BTreeMap<String, InstanceSettings>,
+    /// Sync handlers that receive every matching envelope after it is stored.
+    #[serde(default)]
+    pub sinks: Vec<SinkSettings>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to listen on, `host:port`. Port 0 picks a free port.
+    pub bind: Expanded,
+    /// Largest accepted request body, enforced while reading.
+    pub body_limit_bytes: u64,
+    /// CIDRs of reverse proxies whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Worker threads; default: one per core.
+    pub workers: Option<usize>,
+    /// Time a client has to send the request head (line and headers).
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send the whole body once the head is read.
+    pub body_read_timeout_ms: u64,
+    /// Idle keep-alive time of a connection between requests.
+    pub keep_alive_secs: u64,
+    /// Open connections per worker before new ones wait.
+    pub max_connections_per_worker: usize,
+    /// Time to finish in-flight requests on shutdown.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            bind: Expanded::from("127.0.0.1:8080"),
+            body_limit_bytes: 1024 * 1024,
+            trusted_proxies: Vec::new(),
+            workers: None,
+            header_read_timeout_ms: 5_000,
+            body_read_timeout_ms: 10_000,
+            keep_alive_secs: 30,
+            max_connections_per_worker: 25_000,
+            shutdown_timeout_secs: 10,
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// sled directory, created if missing.
+    pub path: Expanded,
+    /// How long event IDs are remembered for duplicate detection.
+    pub dedup_ttl_secs: u64,
+    /// Pending writes before new deliveries are refused with 503.
+    pub queue_capacity: usize,
+    /// Most writes committed by one fsync.
+    pub max_batch: usize,
+    /// sled page-cache budget in bytes.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            path: Expanded::from("./data"),
+            dedup_ttl_secs: 7 * 24 * 3600,
+            queue_capacity: 8192,
+            max_batch: 1024,
+            cache_capacity_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `pretty` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `hookgate=debug`; `RUST_LOG` wins when set.
+    pub level: Expanded,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: Expanded::from("info"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// `[providers.<name>]`: one instance of a provider kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSettings {
+    /// Provider definition (`providers/<kind>.toml`); defaults to the instance name.
+    pub kind: Option<String>,
+    /// Signing secrets; any one may match, so old and new can overlap during rotation. Empty
+    /// strings are ignored, which makes `${OLD_SECRET:-}` an optional slot.
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
+    /// Accepted clock skew of signed timestamps, past and future; default from the kind.
+    pub tolerance_secs: Option<u64>,
+    /// CIDRs allowed to deliver; empty means everyone.
+    #[serde(default)]
+    pub allow_ips: Vec<IpNet>,
+    /// Per client IP limit for this instance.
+    pub rate_limit: Option<RateLimitSettings>,
+    /// HTTP Basic Auth credentials the provider sends.
+    pub basic_auth: Option<BasicAuthSettings>,
+    /// Body limit for this instance; default `server.body_limit_bytes`.
+    pub body_limit_bytes: Option<u64>,
+}
+
+/// `rate_limit = { per_second = 50, burst = 100 }`
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Sustained requests per second (may be fractional, e.g. 0.5).
+    pub per_second: f64,
+    /// Requests allowed at once above the sustained rate.
+    pub burst: u32,
+}
+
+/// `basic_auth = { username = "...", password = "..." }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthSettings {
+    pub username: Expanded,
+    pub password: Secret,
+}
+
+/// `[[sinks]]`: a sync handler.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkSettings {
+    /// Appends one envelope per line (JSON Lines) to a file.
+    File {
+        /// Unique sink name, used in logs.
+        name: String,
+        /// File to append to; created with its parent directories.
+        path: Expanded,
+        /// `provider:object.action` globs; empty means every envelope.
+        #[serde(default)]
+        events: Vec<String>,
+    },
+}
+
+impl SinkSettings {
+    pub fn name(&self) -> &str {
+        match self {
+            SinkSettings::File { name, .. } => name,
+        }
+    }
+
+    pub fn events(&self) -> &[String] {
+        match self {
+            SinkSettings::File { events, .. } => events,
+        }
+    }
+}
+
+/// Settings plus where they came from, so relative paths and errors refer to the right file.
+#[derive(Debug, Clone)]
+pub struct LoadedSettings {
+    pub settings: Settings,
+    /// The file that was read.
+    pub file: PathBuf,
+    /// Provider definitions directory, resolved.
+    pub providers_dir: PathBuf,
+}
+
+impl LoadedSettings {
+    pub fn file_name(&self) -> String {
+        self.file.display().to_string()
+    }
+}
+
+/// Reads `path`, applies environment overrides, expands variables and validates.
+pub fn load(path: &Path) -> Result<LoadedSettings, ConfigError> {
+    let file_name = path.display().to_string();
+    if !path.is_file() {
+        return Err(ConfigError::new(
+            &file_name,
+            None,
+            "configuration file not found (pass --config PATH)",
+        ));
+    }
+    let layered = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator(ENV_SEPARATOR)
+                .separator(ENV_SEPARATOR),
+        )
+        .build()
+        .map_err(|e| ConfigError::new(&file_name, None, e.to_string()))?;
+    let settings: Settings = serde_path_to_error::deserialize(layered).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::new(
+            &file_name,
+            (key != ".").then_some(key),
+            e.into_inner().to_string(),
+        )
+    })?;
+    from_settings(settings, path)
+}
+
+/// Validates already-deserialised settings (used by tests that build settings in code).
+pub fn from_settings(settings: Settings, file: &Path) -> Result<LoadedSettings, ConfigError> {
+    let file_name = file.display().to_string();
+    let base = file.parent().unwrap_or(Path::new("."));
+    validate(&settings, &file_name)?;
+    let providers_dir = match &settings.providers_dir {
+        Some(dir) => base.join(dir.as_str()),
+        None => base.join("providers"),
+    };
+    Ok(LoadedSettings {
+        settings,
+        file: file.to_path_buf(),
+        providers_dir,
+    })
+}
+
+fn validate(settings: &Settings, file: &str) -> Result<(), ConfigError> {
+    let err = |key: &str, message: String| ConfigError::new(file, Some(key.to_owned()), message);
+    let server = &settings.server;
+    server.bind.as_str().parse::<SocketAddr>().map_err(|e| {
+        err(
+            "server.bind",
+            format!("`{}` is not host:port ({e})", server.bind),
+        )
+    })?;
+    check_body_limit(server.body_limit_bytes).map_err(|m| err("server.body_limit_bytes", m))?;
+    for (key, value) in [
+        (
+            "server.header_read_timeout_ms",
+            server.header_read_timeout_ms,
+        ),
+        ("server.body_read_timeout_ms", server.body_read_timeout_ms),
+    ] {
+        if value == 0 {
+            return Err(err(key, "must be greater than 0".into()));
+        }
+    }
+    if server.workers == Some(0) {
+        return Err(err("server.workers", "must be greater than 0".into()));
+    }
+    let storage = &settings.storage;
+    if storage.path.as_str().is_empty() {
+        return Err(err("storage.path", "must not be empty".into()));
+    }
+    if storage.dedup_ttl_secs == 0 {
+        return Err(err(
+            "storage.dedup_ttl_secs",
+            "must be greater than 0".into(),
+        ));
+    }
+    if storage.queue_capacity == 0 || storage.max_batch == 0 {
+        return Err(err(
+            "storage.queue_capacity",
+            "queue_capacity and max_batch must be greater than 0".into(),
+        ));
+    }
+    for (name, instance) in &settings.providers {
+        let key = |field: &str| format!("providers.{name}.{field}");
+        if !is_valid_instance_name(name) {
+            return Err(err(
+                &format!("providers.{name}"),
+                "instance names are lowercase letters, digits, `-` and `_` (they appear in URLs)"
+                    .into(),
+            ));
+        }
+        if let Some(limit) = instance.body_limit_bytes {
+            check_body_limit(limit).map_err(|m| err(&key("body_limit_bytes"), m))?;
+        }
+        if let Some(rate) = instance.rate_limit {
+            if !(rate.per_second.is_finite() && rate.per_second > 0.0) {
+                return Err(err(
+                    &key("rate_limit.per_second"),
+                    "must be a positive number".into(),
+                ));
+            }
+            if rate.burst == 0 {
+                return Err(err(&key("rate_limit.burst"), "must be at least 1".into()));
+            }
+        }
+        if let Some(auth) = &instance.basic_auth {
+            if auth.username.as_str().is_empty() || auth.username.as_str().contains(':') {
+                return Err(err(
+                    &key("basic_auth.username"),
+                    "must be non-empty and contain no `:`".into(),
+                ));
+            }
+            if auth.password.is_empty() {
+                return Err(err(&key("basic_auth.password"), "must not be empty".into()));
+            }
+        }
+    }
+    let mut sink_names = std::collections::HashSet::new();
+    for (i, sink) in settings.sinks.iter().enumerate() {
+        let key = |field: &str| format!("sinks[{i}].{field}");
+        if sink.name().is_empty() || !sink_names.insert(sink.name().to_owned()) {
+            return Err(err(
+                &key("name"),
+                format!("sink name `{}` is empty or used twice", sink.name()),
+            ));
+        }
+        for (j, pattern) in sink.events().iter().enumerate() {
+            crate::dispatch::EventFilter::parse_one(pattern)
+                .map_err(|m| err(&format!("sinks[{i}].events[{j}]"), m))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_body_limit(limit: u64) -> Result<(), String> {
+    if limit == 0 || limit > MAX_BODY_LIMIT_BYTES {
+        return Err(format!(
+            "must be between 1 and {MAX_BODY_LIMIT_BYTES} bytes, got {limit}"
+        ));
+    }
+    Ok(())
+}
+
+pub fn is_valid_instance_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}

@@ -1,0 +1,316 @@
+//! Stages 4–6: who is calling and whether they may. Client IP (proxy-aware), CIDR allowlist,
+//! per-client rate limit (GCRA via `governor`) and HTTP Basic Auth in constant time.
+//!
+//! The client IP is the TCP peer unless the peer is a trusted proxy; then the right-most address
+//! in `X-Forwarded-For` (or `Forwarded: for=`) that is not itself a trusted proxy is the client.
+//! A forwarded chain that cannot be parsed yields no client IP, which fails any allowlist.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderMap, AUTHORIZATION};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use governor::clock::{Clock as _, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{BasicAuthSettings, RateLimitSettings};
+
+/// `X-Forwarded-For`, set by most proxies.
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+/// RFC 7239 `Forwarded`.
+pub const FORWARDED: &str = "forwarded";
+/// The `WWW-Authenticate` challenge sent with 401 `unauthorized`.
+pub const BASIC_CHALLENGE: &str = "Basic realm=\"hookgate\", charset=\"UTF-8\"";
+
+/// Resolves the client address of a request that arrived from `peer`.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let chain = forwarded_chain(headers);
+    let Some(chain) = chain else {
+        return Some(peer);
+    };
+    // Walk from the nearest hop outwards; the first hop we do not trust is the client.
+    let mut candidate = peer;
+    for hop in chain.iter().rev() {
+        let ip = (*hop)?;
+        candidate = ip;
+        if !is_trusted(&ip) {
+            return Some(ip);
+        }
+    }
+    Some(candidate)
+}
+
+/// All forwarded hops, left (origin) to right (nearest); `None` entries failed to parse.
+fn forwarded_chain(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
+    let xff: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if !xff.is_empty() {
+        return Some(
+            xff.iter()
+                .flat_map(|v| v.split(','))
+                .map(|hop| parse_hop(hop.trim()))
+                .collect(),
+        );
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all(FORWARDED)
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if forwarded.is_empty() {
+        return None;
+    }
+    Some(
+        forwarded
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|element| {
+                element
+                    .split(';')
+                    .filter_map(|pair| pair.trim().split_once('='))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
+                    .and_then(|(_, v)| parse_hop(v.trim().trim_matches('"')))
+            })
+            .collect(),
+    )
+}
+
+/// `1.2.3.4`, `1.2.3.4:567`, `[2001:db8::1]:80` or `2001:db8::1`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip())
+}
+
+/// Whether `ip` may deliver to an instance with this allowlist.
+pub fn is_allowed(ip: Option<IpAddr>, allow: &[IpNet]) -> bool {
+    if allow.is_empty() {
+        return true;
+    }
+    ip.is_some_and(|ip| {
+        let ip = canonical(ip);
+        allow.iter().any(|net| net.contains(&ip))
+    })
+}
+
+/// IPv4-mapped IPv6 addresses compare as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// The rate-limit key: IPv6 clients are limited per /64, since one host usually owns a /64.
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
+/// Per-client GCRA limiter of one instance.
+pub struct ClientLimiter {
+    limiter: RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for ClientLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientLimiter")
+            .field("tracked_clients", &self.limiter.len())
+            .finish()
+    }
+}
+
+impl ClientLimiter {
+    pub fn new(settings: RateLimitSettings) -> Self {
+        let period = Duration::from_secs_f64(1.0 / settings.per_second);
+        let burst = NonZeroU32::new(settings.burst).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(burst);
+        Self {
+            limiter: RateLimiter::dashmap(quota),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// `Err(wait)` when the client must wait before its next request. Requests without a known
+    /// client IP share one bucket keyed by the unspecified address.
+    pub fn check(&self, ip: Option<IpAddr>) -> Result<(), Duration> {
+        let key = ip
+            .map(limit_key)
+            .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        self.limiter
+            .check_key(&key)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// Forgets clients whose bucket is full again, so memory follows recent traffic only.
+    pub fn prune(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    pub fn tracked_clients(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+/// Configured Basic Auth credentials, kept as digests so comparison time does not depend on
+/// where or whether the values differ, nor on their lengths.
+pub struct BasicAuth {
+    username: [u8; 32],
+    password: [u8; 32],
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BasicAuth(***)")
+    }
+}
+
+impl BasicAuth {
+    pub fn new(settings: &BasicAuthSettings) -> Self {
+        Self {
+            username: Sha256::digest(settings.username.as_str().as_bytes()).into(),
+            password: Sha256::digest(settings.password.expose()).into(),
+        }
+    }
+
+    /// Whether the request carries these credentials.
+    pub fn check(&self, headers: &HeaderMap) -> bool {
+        let Some((user, pass)) = basic_credentials(headers) else {
+            return false;
+        };
+        let user: [u8; 32] = Sha256::digest(user.as_bytes()).into();
+        let pass: [u8; 32] = Sha256::digest(pass.as_bytes()).into();
+        // Both comparisons always run.
+        let ok = user.ct_eq(&self.username) & pass.ct_eq(&self.password);
+        ok.into()
+    }
+}
+
+/// `Authorization: Basic base64(user:pass)`.
+pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(BASE64.decode(encoded.trim()).ok()?).ok()?;
+    let (user, pass) = decoded.split_once(':')?;
+    Some((user.to_owned(), pass.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    fn headers(name: &'static str, value: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_str(value).unwrap(),
+        );
+        map
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn forwarded_headers_from_untrusted_peers_are_ignored() {
+        let h = headers(X_FORWARDED_FOR, "203.0.113.9");
+        let peer: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(client_ip(peer, &h, &nets(&["10.0.0.0/8"])), Some(peer));
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_hop_is_the_client() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        // The left-most entry is attacker-controlled; the proxy appended the real client.
+        let h = headers(X_FORWARDED_FOR, "1.1.1.1, 203.0.113.9, 10.0.0.7");
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        let h = headers(
+            FORWARDED,
+            r#"for=192.0.2.60;proto=http, for="[2001:db8::1]:4711""#,
+        );
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        let h = headers(X_FORWARDED_FOR, "not-an-ip");
+        assert_eq!(client_ip(peer, &h, &trusted), None);
+    }
+
+    #[test]
+    fn allowlists_match_cidrs_and_mapped_addresses() {
+        let allow = nets(&["192.0.2.0/24"]);
+        assert!(is_allowed(Some("192.0.2.7".parse().unwrap()), &allow));
+        assert!(is_allowed(
+            Some("::ffff:192.0.2.7".parse().unwrap()),
+            &allow
+        ));
+        assert!(!is_allowed(Some("192.0.3.7".parse().unwrap()), &allow));
+        assert!(!is_allowed(None, &allow));
+        assert!(is_allowed(None, &[]));
+    }
+
+    #[test]
+    fn basic_auth_accepts_only_the_configured_pair() {
+        let auth = BasicAuth::new(&BasicAuthSettings {
+            username: "hooks".into(),
+            password: crate::secret::Secret::new("pw"),
+        });
+        let good = format!("Basic {}", BASE64.encode("hooks:pw"));
+        assert!(auth.check(&headers("authorization", &good)));
+        let bad = format!("Basic {}", BASE64.encode("hooks:px"));
+        assert!(!auth.check(&headers("authorization", &bad)));
+        assert!(!auth.check(&headers("authorization", "Bearer x")));
+        assert!(!auth.check(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_limiter_refuses_past_the_burst_and_keys_ipv6_by_prefix() {
+        let limiter = ClientLimiter::new(RateLimitSettings {
+            per_second: 0.001,
+            burst: 2,
+        });
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::2".parse().unwrap();
+        assert!(limiter.check(Some(a)).is_ok());
+        assert!(limiter.check(Some(b)).is_ok());
+        let wait = limiter.check(Some(a)).unwrap_err();
+        assert!(wait > Duration::from_secs(1));
+        assert!(limiter.check(Some("192.0.2.1".parse().unwrap())).is_ok());
+    }
+}

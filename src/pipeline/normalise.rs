@@ -1,0 +1,256 @@
+//! Stages 10–11: the event ID and the envelope, driven by the kind's [`EventRule`].
+//!
+//! The event ID is the provider's own when the payload or headers carry one; otherwise a stable
+//! key hashed from the fields that identify the event (`id_derive`), or from the raw body. The
+//! envelope follows DESIGN §2: `type` keeps the provider's words, `action` is canonical unless the
+//! kind opts out, and deletes carry their last state in `previous` with `current` null.
+
+use actix_web::http::header::HeaderMap;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::envelope::{
+    canonical_action, format_millis, parse_occurred_at, Envelope, ACTION_DELETED,
+};
+use crate::provider::kind::EventRule;
+use crate::provider::source::{text_of, Context, Sources};
+
+/// Prefix of event IDs hookgate derived itself.
+pub const DERIVED_ID_PREFIX: &str = "derived:";
+/// Provider event IDs longer than this are replaced by their hash (keys stay small).
+const MAX_EVENT_ID_LEN: usize = 256;
+
+/// Why a verified event could not become an envelope.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NormaliseError {
+    #[error("the payload matches none of the kind's event formats")]
+    NoFormat,
+    #[error("no event type found")]
+    MissingType,
+    #[error("cannot tell object and action apart in event type `{0}`")]
+    NoObjectAction(String),
+}
+
+fn derive(values: impl Iterator<Item = Vec<u8>>) -> String {
+    let mut hasher = Sha256::new();
+    for value in values {
+        hasher.update((value.len() as u64).to_be_bytes());
+        hasher.update(&value);
+    }
+    let digest = hasher.finalize();
+    format!("{DERIVED_ID_PREFIX}{}", hex::encode(&digest[..16]))
+}
+
+/// The event's ID: provider's own, derived from `id_derive`, or a hash of the raw body.
+pub fn event_id(rule: Option<&EventRule>, ctx: &Context<'_>, raw_body: &[u8]) -> String {
+    if let Some(rule) = rule {
+        if let Some(id) = rule.id.first_text(ctx) {
+            return if id.len() > MAX_EVENT_ID_LEN {
+                derive(std::iter::once(id.into_bytes()))
+            } else {
+                id
+            };
+        }
+        let parts: Vec<Option<Vec<u8>>> = rule
+            .id_derive
+            .0
+            .iter()
+            .map(|s| s.resolve(ctx).map(|v| v.to_string().into_bytes()))
+            .collect();
+        if parts.iter().any(Option::is_some) {
+            return derive(parts.into_iter().map(Option::unwrap_or_default));
+        }
+    }
+    derive(std::iter::once(raw_body.to_vec()))
+}
+
+/// What the envelope needs besides the payload.
+pub struct EnvelopeInfo<'a> {
+    pub id: String,
+    pub provider: &'a str,
+    pub kind: &'a str,
+    pub event_id: String,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn first_owned(sources: &Sources, ctx: &Context<'_>) -> Option<Value> {
+    sources.first(ctx).map(|v| v.into_owned())
+}
+
+/// Builds the envelope for one event.
+pub fn envelope(
+    rule: &EventRule,
+    body: &Value,
+    headers: &HeaderMap,
+    info: EnvelopeInfo<'_>,
+) -> Result<Envelope, NormaliseError> {
+    let ctx = Context {
+        body,
+        headers,
+        current: None,
+    };
+    let parts: Vec<String> = rule
+        .type_parts
+        .iter()
+        .filter_map(|s| s.resolve(&ctx).and_then(|v| text_of(&v)))
+        .collect();
+    if parts.is_empty() {
+        return Err(NormaliseError::MissingType);
+    }
+    let event_type = parts.join(&rule.type_separator);
+
+    let (object, raw_action) = if rule.object.is_empty() {
+        match rule.split.apply(&event_type) {
+            Some((object, action)) => (object.to_owned(), Some(action.to_owned())),
+            None => (event_type.clone(), None),
+        }
+    } else {
+        (
+            rule.object
+                .first_text(&ctx)
+                .ok_or_else(|| NormaliseError::NoObjectAction(event_type.clone()))?,
+            rule.action.first_text(&ctx),
+        )
+    };
+    let raw_action = raw_action
+        .or_else(|| rule.default_action.clone())
+        .ok_or_else(|| NormaliseError::NoObjectAction(event_type.clone()))?;
+    let action = if rule.canonicalise {
+        canonical_action(&raw_action).to_owned()
+    } else {
+        raw_action
+    };
+
+    let mut current = match rule.current_by_object.get(&object) {
+        Some(source) => source.resolve(&ctx).map(|v| v.into_owned()),
+        None => first_owned(&rule.current, &ctx),
+    };
+    let mut previous = first_owned(&rule.previous, &ctx);
+    let with_current = Context {
+        current: current.as_ref(),
+        ..ctx
+    };
+    let object_id = rule.object_id.first_text(&with_current);
+    let occurred_at = rule
+        .occurred_at
+        .0
+        .iter()
+        .filter_map(|s| s.resolve(&with_current))
+        .find_map(|v| parse_occurred_at(&v));
+    let mut meta = Map::new();
+    for (name, source) in &rule.meta {
+        if let Some(value) = source.resolve(&with_current) {
+            meta.insert(name.clone(), value.into_owned());
+        }
+    }
+    if action == ACTION_DELETED {
+        // After a delete there is no current state; what was deleted is the previous state.
+        let last = current.take();
+        if previous.is_none() {
+            previous = last;
+        }
+    }
+
+    Ok(Envelope {
+        id: info.id,
+        provider: info.provider.to_owned(),
+        kind: info.kind.to_owned(),
+        event_id: info.event_id,
+        event_type,
+        action,
+        object,
+        object_id,
+        current,
+        previous,
+        occurred_at,
+        received_at: format_millis(info.received_at),
+        meta,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rule(toml_text: &str) -> EventRule {
+        let text = format!("[signature]\nscheme = \"basic\"\n[[event]]\n{toml_text}");
+        let def: crate::provider::definition::Definition = toml::from_str(&text).unwrap();
+        crate::provider::kind::compile("t", def)
+            .unwrap()
+            .formats
+            .remove(0)
+    }
+
+    fn info() -> EnvelopeInfo<'static> {
+        EnvelopeInfo {
+            id: "01HZZZZZZZZZZZZZZZZZZZZZZZ".into(),
+            provider: "p",
+            kind: "t",
+            event_id: "e".into(),
+            received_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_deleted_event_moves_its_state_to_previous() {
+        let r = rule(
+            r#"type = ["/type"]
+            current = ["/data/object"]
+            previous = ["/data/previous_attributes"]
+            object_id = ["current:/id"]"#,
+        );
+        let body = json!({"type": "customer.deleted", "data": {"object": {"id": "cus_1"}}});
+        let e = envelope(&r, &body, &HeaderMap::new(), info()).unwrap();
+        assert_eq!(
+            (e.object.as_str(), e.action.as_str()),
+            ("customer", "deleted")
+        );
+        assert_eq!(e.current, None);
+        assert_eq!(e.previous, Some(json!({"id": "cus_1"})));
+        assert_eq!(e.object_id.as_deref(), Some("cus_1"));
+    }
+
+    #[test]
+    fn a_type_without_an_action_uses_the_default_or_is_refused() {
+        let r = rule(r#"type = ["/type"]"#);
+        let body = json!({"type": "push"});
+        assert_eq!(
+            envelope(&r, &body, &HeaderMap::new(), info()).unwrap_err(),
+            NormaliseError::NoObjectAction("push".into())
+        );
+        let r = rule("type = [\"/type\"]\ndefault_action = \"received\"");
+        let e = envelope(&r, &body, &HeaderMap::new(), info()).unwrap();
+        assert_eq!((e.object.as_str(), e.action.as_str()), ("push", "received"));
+        assert_eq!(
+            envelope(&r, &json!({}), &HeaderMap::new(), info()).unwrap_err(),
+            NormaliseError::MissingType
+        );
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_depend_only_on_the_chosen_fields() {
+        let r = rule(
+            r#"type = ["/type"]
+            id_derive = ["/meta/id", "/meta/ts"]"#,
+        );
+        let headers = HeaderMap::new();
+        let a = json!({"meta": {"id": 1, "ts": 5}, "retry": 0});
+        let b = json!({"meta": {"id": 1, "ts": 5}, "retry": 3});
+        let c = json!({"meta": {"id": 1, "ts": 6}, "retry": 0});
+        let id = |v: &Value| {
+            event_id(
+                Some(&r),
+                &Context {
+                    body: v,
+                    headers: &headers,
+                    current: None,
+                },
+                b"",
+            )
+        };
+        assert_eq!(id(&a), id(&b));
+        assert_ne!(id(&a), id(&c));
+        assert!(id(&a).starts_with(DERIVED_ID_PREFIX));
+    }
+}

@@ -1,0 +1,233 @@
+//! The on-disk shape of `providers/<kind>.toml`: plain data, deserialised strictly.
+//!
+//! Nothing here is used on the request path. [`super::kind`] compiles a definition once at
+//! startup into a [`super::kind::Kind`] with parsed sources, templates and header names; every
+//! compile error names the file and the key.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// A provider definition file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    /// One line saying who sends this and how it is signed.
+    #[serde(default)]
+    pub description: String,
+    /// How the body is encoded.
+    #[serde(default)]
+    pub body: BodyFormat,
+    /// How deliveries are authenticated.
+    pub signature: SignatureDef,
+    /// Requests answered as handshakes instead of being stored (checked in order).
+    #[serde(default)]
+    pub handshake: Vec<HandshakeDef>,
+    /// Payload formats, tried in order; the first whose `when` matches normalises the event.
+    #[serde(default)]
+    pub event: Vec<EventDef>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyFormat {
+    #[default]
+    Json,
+    /// `application/x-www-form-urlencoded`; fields become a JSON object of strings.
+    Form,
+}
+
+/// `[signature]`: the closed set of schemes hookgate implements.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "scheme", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SignatureDef {
+    /// An HMAC of a signed string built from the body, headers and timestamp.
+    Hmac {
+        /// `sha1`, `sha256` or `sha512`.
+        #[serde(default)]
+        algorithm: HmacAlgorithm,
+        /// Header carrying the signature.
+        header: String,
+        /// Text before the encoded MAC, such as `sha256=`.
+        #[serde(default)]
+        prefix: String,
+        /// Accept the signature with or without `prefix`.
+        #[serde(default)]
+        prefix_optional: bool,
+        /// `hex` or `base64`.
+        #[serde(default)]
+        encoding: SignatureEncoding,
+        /// What is signed: `{body}`, `{timestamp}`, `{header:Name}` and literal text.
+        #[serde(default = "default_signed")]
+        signed: String,
+        /// Header carrying a Unix timestamp, checked against the tolerance.
+        timestamp_header: Option<String>,
+        /// Reject deliveries without the timestamp header.
+        #[serde(default)]
+        timestamp_required: bool,
+        /// Default tolerance in seconds, past and future.
+        tolerance_secs: Option<u64>,
+    },
+    /// `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]` over `{t}.{body}`.
+    Stripe {
+        #[serde(default = "default_stripe_header")]
+        header: String,
+        tolerance_secs: Option<u64>,
+    },
+    /// No signature: the instance's Basic Auth is the authentication (and is then required).
+    Basic,
+    /// A shared token sent verbatim in a header, compared in constant time.
+    Token { header: String },
+}
+
+fn default_signed() -> String {
+    "{body}".to_owned()
+}
+
+fn default_stripe_header() -> String {
+    "Stripe-Signature".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HmacAlgorithm {
+    Sha1,
+    #[default]
+    Sha256,
+    Sha512,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureEncoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+/// `[[handshake]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandshakeDef {
+    /// Name used in logs and in the reply.
+    pub name: String,
+    /// Which requests are this handshake.
+    pub when: ConditionDef,
+    /// How to answer.
+    pub reply: ReplyDef,
+}
+
+/// How a handshake is answered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ReplyDef {
+    /// `200 {"status":"ok","handshake":"<name>"}`.
+    Ack,
+    /// Returns the value at `source` as JSON `{"<field>": value}` or as plain text.
+    Echo {
+        source: String,
+        #[serde(default)]
+        field: Option<String>,
+    },
+}
+
+/// `when = { source = "header:X-GitHub-Event", equals = "ping" }`; without `equals` the source
+/// only has to be present.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionDef {
+    pub source: String,
+    pub equals: Option<toml::Value>,
+}
+
+/// `[[event]]`: where the envelope's fields come from for one payload format.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventDef {
+    /// Name of this format, recorded in `meta.format` when a kind has several.
+    pub name: Option<String>,
+    /// Which payloads this format handles; absent means all.
+    pub when: Option<ConditionDef>,
+    /// Sources of the provider's event ID, first present wins.
+    #[serde(default)]
+    pub id: Vec<String>,
+    /// When no `id` source is present: hash these sources into a stable ID (default: the body).
+    #[serde(default)]
+    pub id_derive: Vec<String>,
+    /// Sources joined with `type_separator` into the provider's event type; absent parts skipped.
+    #[serde(rename = "type")]
+    pub type_parts: Vec<String>,
+    #[serde(default = "default_separator")]
+    pub type_separator: String,
+    /// Explicit object source; otherwise the type is split.
+    #[serde(default)]
+    pub object: Vec<String>,
+    /// Explicit action source; otherwise the type is split.
+    #[serde(default)]
+    pub action: Vec<String>,
+    /// How `type` splits into object and action when they are not given.
+    #[serde(default)]
+    pub split: SplitDef,
+    /// Action used when the payload has none (for example GitHub `push`).
+    pub default_action: Option<String>,
+    /// Map verbs onto created/updated/deleted; off for kinds whose events are not lifecycles.
+    #[serde(default = "default_true")]
+    pub canonicalise: bool,
+    #[serde(default)]
+    pub object_id: Vec<String>,
+    #[serde(default)]
+    pub current: Vec<String>,
+    /// Per-object overrides of `current`, keyed by the object name.
+    #[serde(default)]
+    pub current_by_object: BTreeMap<String, String>,
+    #[serde(default)]
+    pub previous: Vec<String>,
+    #[serde(default)]
+    pub occurred_at: Vec<String>,
+    /// Provider extras copied into `meta`: name → source.
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+}
+
+fn default_separator() -> String {
+    ".".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `split = { separator = ".", at = "last", order = "object-action" }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SplitDef {
+    pub separator: String,
+    pub at: SplitAt,
+    pub order: SplitOrder,
+}
+
+impl Default for SplitDef {
+    fn default() -> Self {
+        Self {
+            separator: default_separator(),
+            at: SplitAt::Last,
+            order: SplitOrder::ObjectAction,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitAt {
+    First,
+    Last,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitOrder {
+    /// `customer.subscription.updated`
+    ObjectAction,
+    /// `updated.deal`
+    ActionObject,
+}

@@ -1,0 +1,337 @@
+//! A provider kind ready for the request path: a [`Definition`] compiled once at startup.
+//!
+//! Compiling parses every source, template, header name and condition, so nothing on the
+//! request path can fail for a reason the operator could have been told at startup. Errors name
+//! the definition file and the key.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use actix_web::http::header::{HeaderName, AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
+use serde_json::Value;
+
+use super::definition::{
+    BodyFormat, ConditionDef, Definition, EventDef, ReplyDef, SplitAt, SplitOrder,
+};
+use super::source::{Condition, Source, Sources};
+use crate::config::ConfigError;
+use crate::pipeline::signature::Scheme;
+
+/// A compiled provider definition.
+#[derive(Debug)]
+pub struct Kind {
+    pub name: String,
+    pub description: String,
+    pub body: BodyFormat,
+    pub scheme: Scheme,
+    pub handshakes: Vec<Handshake>,
+    pub formats: Vec<EventRule>,
+    /// Headers that carry credentials: never stored with the raw delivery.
+    pub secret_headers: Vec<HeaderName>,
+}
+
+#[derive(Debug)]
+pub struct Handshake {
+    pub name: String,
+    pub when: Condition,
+    pub reply: Reply,
+}
+
+#[derive(Debug)]
+pub enum Reply {
+    Ack,
+    Echo {
+        source: Source,
+        field: Option<String>,
+    },
+}
+
+/// How one payload format becomes an envelope.
+#[derive(Debug)]
+pub struct EventRule {
+    pub name: Option<String>,
+    pub when: Option<Condition>,
+    pub id: Sources,
+    pub id_derive: Sources,
+    pub type_parts: Vec<Source>,
+    pub type_separator: String,
+    pub object: Sources,
+    pub action: Sources,
+    pub split: Split,
+    pub default_action: Option<String>,
+    pub canonicalise: bool,
+    pub object_id: Sources,
+    pub current: Sources,
+    pub current_by_object: HashMap<String, Source>,
+    pub previous: Sources,
+    pub occurred_at: Sources,
+    pub meta: Vec<(String, Source)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub separator: String,
+    pub at: SplitAt,
+    pub order: SplitOrder,
+}
+
+impl Split {
+    /// `customer.subscription.updated` → (`customer.subscription`, `updated`).
+    pub fn apply<'t>(&self, event_type: &'t str) -> Option<(&'t str, &'t str)> {
+        let (left, right) = match self.at {
+            SplitAt::First => event_type.split_once(self.separator.as_str())?,
+            SplitAt::Last => event_type.rsplit_once(self.separator.as_str())?,
+        };
+        let (object, action) = match self.order {
+            SplitOrder::ObjectAction => (left, right),
+            SplitOrder::ActionObject => (right, left),
+        };
+        (!object.is_empty() && !action.is_empty()).then_some((object, action))
+    }
+}
+
+/// Loads and compiles every `*.toml` in `dir`, keyed by file stem.
+pub fn load_dir(dir: &Path) -> Result<HashMap<String, Arc<Kind>>, ConfigError> {
+    let dir_name = dir.display().to_string();
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        ConfigError::new(
+            &dir_name,
+            None,
+            format!("cannot read provider definitions: {e}"),
+        )
+    })?;
+    let mut kinds = HashMap::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| ConfigError::new(&dir_name, None, e.to_string()))?
+            .path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let kind = load_file(&path, name)?;
+        kinds.insert(name.to_owned(), Arc::new(kind));
+    }
+    Ok(kinds)
+}
+
+/// Loads and compiles one definition file.
+pub fn load_file(path: &Path, name: &str) -> Result<Kind, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(&file, None, format!("cannot read: {e}")))?;
+    let definition: Definition = serde_path_to_error::deserialize(toml::Deserializer::new(&text))
+        .map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::new(
+            &file,
+            (key != ".").then_some(key),
+            e.into_inner().message().to_owned(),
+        )
+    })?;
+    compile(name, definition).map_err(|(key, message)| ConfigError::new(&file, Some(key), message))
+}
+
+type CompileError = (String, String);
+
+/// Compiles a definition; errors are `(key, message)`.
+pub fn compile(name: &str, def: Definition) -> Result<Kind, CompileError> {
+    let scheme = Scheme::compile(&def.signature)?;
+    let handshakes = def
+        .handshake
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let key = |field: &str| format!("handshake[{i}].{field}");
+            Ok(Handshake {
+                name: h.name.clone(),
+                when: condition(&h.when).map_err(|m| (key("when"), m))?,
+                reply: match &h.reply {
+                    ReplyDef::Ack => Reply::Ack,
+                    ReplyDef::Echo { source, field } => Reply::Echo {
+                        source: Source::parse(source).map_err(|m| (key("reply.source"), m))?,
+                        field: field.clone(),
+                    },
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, CompileError>>()?;
+    if def.event.is_empty() {
+        return Err((
+            "event".into(),
+            "at least one [[event]] format is required".into(),
+        ));
+    }
+    let formats = def
+        .event
+        .iter()
+        .enumerate()
+        .map(|(i, e)| compile_event(i, e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut secret_headers = vec![AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE];
+    secret_headers.extend(scheme.secret_header().cloned());
+    Ok(Kind {
+        name: name.to_owned(),
+        description: def.description,
+        body: def.body,
+        scheme,
+        handshakes,
+        formats,
+        secret_headers,
+    })
+}
+
+fn condition(def: &ConditionDef) -> Result<Condition, String> {
+    let equals = def
+        .equals
+        .clone()
+        .map(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
+        .transpose()?;
+    Ok(Condition {
+        source: Source::parse(&def.source)?,
+        equals,
+    })
+}
+
+fn compile_event(i: usize, e: &EventDef) -> Result<EventRule, CompileError> {
+    let key = |field: &str| format!("event[{i}].{field}");
+    let list = |field: &str, texts: &[String]| {
+        Sources::parse(texts).map_err(|(j, m)| (format!("event[{i}].{field}[{j}]"), m))
+    };
+    if e.type_parts.is_empty() {
+        return Err((key("type"), "at least one source is required".into()));
+    }
+    let object = list("object", &e.object)?;
+    let action = list("action", &e.action)?;
+    if object.is_empty() != action.is_empty() {
+        return Err((
+            key("object"),
+            "`object` and `action` are given together, or neither (then `type` is split)".into(),
+        ));
+    }
+    if e.split.separator.is_empty() {
+        return Err((key("split.separator"), "must not be empty".into()));
+    }
+    let current_by_object = e
+        .current_by_object
+        .iter()
+        .map(|(object, text)| {
+            Source::parse(text)
+                .map(|s| (object.clone(), s))
+                .map_err(|m| (key(&format!("current_by_object.{object}")), m))
+        })
+        .collect::<Result<_, _>>()?;
+    let meta = e
+        .meta
+        .iter()
+        .map(|(name, text)| {
+            Source::parse(text)
+                .map(|s| (name.clone(), s))
+                .map_err(|m| (key(&format!("meta.{name}")), m))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(EventRule {
+        name: e.name.clone(),
+        when: e
+            .when
+            .as_ref()
+            .map(condition)
+            .transpose()
+            .map_err(|m| (key("when"), m))?,
+        id: list("id", &e.id)?,
+        id_derive: list("id_derive", &e.id_derive)?,
+        type_parts: list("type", &e.type_parts)?.0,
+        type_separator: e.type_separator.clone(),
+        object,
+        action,
+        split: Split {
+            separator: e.split.separator.clone(),
+            at: e.split.at,
+            order: e.split.order,
+        },
+        default_action: e.default_action.clone(),
+        canonicalise: e.canonicalise,
+        object_id: list("object_id", &e.object_id)?,
+        current: list("current", &e.current)?,
+        current_by_object,
+        previous: list("previous", &e.previous)?,
+        occurred_at: list("occurred_at", &e.occurred_at)?,
+        meta,
+    })
+}
+
+impl Kind {
+    /// The first handshake whose condition holds.
+    pub fn handshake(&self, ctx: &super::source::Context<'_>) -> Option<&Handshake> {
+        self.handshakes.iter().find(|h| h.when.holds(ctx))
+    }
+
+    /// The first payload format whose condition holds.
+    pub fn format(&self, ctx: &super::source::Context<'_>) -> Option<&EventRule> {
+        self.formats
+            .iter()
+            .find(|f| f.when.as_ref().is_none_or(|w| w.holds(ctx)))
+    }
+}
+
+/// A value the handshake reply may echo.
+pub fn reply_value(reply: &Reply, ctx: &super::source::Context<'_>) -> Option<Value> {
+    match reply {
+        Reply::Ack => None,
+        Reply::Echo { source, .. } => source.resolve(ctx).map(|v| v.into_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_split_takes_object_and_action_from_the_type() {
+        let last = Split {
+            separator: ".".into(),
+            at: SplitAt::Last,
+            order: SplitOrder::ObjectAction,
+        };
+        assert_eq!(
+            last.apply("customer.subscription.updated"),
+            Some(("customer.subscription", "updated"))
+        );
+        let first = Split {
+            separator: ".".into(),
+            at: SplitAt::First,
+            order: SplitOrder::ActionObject,
+        };
+        assert_eq!(first.apply("updated.deal"), Some(("deal", "updated")));
+        assert_eq!(last.apply("nodot"), None);
+        assert_eq!(last.apply("trailing."), None);
+    }
+
+    #[test]
+    fn every_committed_provider_definition_compiles() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("providers");
+        let kinds = load_dir(&dir).unwrap();
+        for name in ["generic", "github", "pipedrive", "stripe"] {
+            assert!(kinds.contains_key(name), "{name} missing");
+        }
+    }
+
+    #[test]
+    fn compile_errors_name_the_key() {
+        let def: Definition = toml::from_str(
+            r#"
+            [signature]
+            scheme = "basic"
+            [[event]]
+            type = ["data/type"]
+            "#,
+        )
+        .unwrap();
+        let (key, message) = compile("x", def).unwrap_err();
+        assert_eq!(key, "event[0].type[0]");
+        assert!(message.contains("JSON pointer"), "{message}");
+    }
+}

@@ -1,0 +1,127 @@
+//! Provider instances ready to serve: each `[providers.<name>]` joined with its compiled
+//! [`Kind`], its secrets, allowlist, limiter and Basic Auth. Built once at startup; checks what
+//! needs both the configuration and the definitions (unknown kinds, missing secrets, Basic Auth
+//! required by `basic` kinds).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::kind::{self, Kind};
+use crate::config::{ConfigError, LoadedSettings};
+use crate::pipeline::access::{BasicAuth, ClientLimiter};
+use crate::secret::Secret;
+
+/// The signing secret of the committed demo instance. Anyone can read it in the repository, so
+/// a gateway using it logs a warning at startup.
+pub const DEMO_SECRET: &str = "hookgate-demo-secret-do-not-use-in-production";
+
+/// One served provider instance, `/webhooks/<name>`.
+#[derive(Debug)]
+pub struct Instance {
+    pub name: String,
+    pub kind: Arc<Kind>,
+    pub secrets: Vec<Secret>,
+    pub tolerance_secs: u64,
+    pub allow_ips: Vec<IpNet>,
+    pub limiter: Option<ClientLimiter>,
+    pub basic_auth: Option<BasicAuth>,
+    pub body_limit: usize,
+}
+
+impl Instance {
+    pub fn uses_demo_secret(&self) -> bool {
+        self.secrets
+            .iter()
+            .any(|s| s.expose() == DEMO_SECRET.as_bytes())
+    }
+}
+
+/// All instances by name.
+#[derive(Debug, Default)]
+pub struct Registry {
+    instances: HashMap<String, Arc<Instance>>,
+}
+
+impl Registry {
+    pub fn build(loaded: &LoadedSettings) -> Result<Self, ConfigError> {
+        let kinds = kind::load_dir(&loaded.providers_dir)?;
+        let file = loaded.file_name();
+        let settings = &loaded.settings;
+        let mut instances = HashMap::new();
+        for (name, cfg) in &settings.providers {
+            let key = |field: &str| Some(format!("providers.{name}.{field}"));
+            let kind_name = cfg.kind.clone().unwrap_or_else(|| name.clone());
+            let kind = kinds.get(&kind_name).cloned().ok_or_else(|| {
+                let mut known: Vec<_> = kinds.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                ConfigError::new(
+                    &file,
+                    key("kind"),
+                    format!(
+                        "unknown provider kind `{kind_name}` (no {}/{kind_name}.toml; known: {})",
+                        loaded.providers_dir.display(),
+                        known.join(", ")
+                    ),
+                )
+            })?;
+            let secrets: Vec<Secret> = cfg
+                .secrets
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect();
+            if kind.scheme.needs_secrets() && secrets.is_empty() {
+                return Err(ConfigError::new(
+                    &file,
+                    key("secrets"),
+                    format!("kind `{kind_name}` verifies signatures, so at least one non-empty secret is required"),
+                ));
+            }
+            if kind.scheme.needs_basic_auth() && cfg.basic_auth.is_none() {
+                return Err(ConfigError::new(
+                    &file,
+                    key("basic_auth"),
+                    format!("kind `{kind_name}` is authenticated by Basic Auth only, so basic_auth is required"),
+                ));
+            }
+            let body_limit = cfg
+                .body_limit_bytes
+                .unwrap_or(settings.server.body_limit_bytes);
+            instances.insert(
+                name.clone(),
+                Arc::new(Instance {
+                    name: name.clone(),
+                    tolerance_secs: cfg
+                        .tolerance_secs
+                        .unwrap_or_else(|| kind.scheme.default_tolerance_secs()),
+                    kind,
+                    secrets,
+                    allow_ips: cfg.allow_ips.clone(),
+                    limiter: cfg.rate_limit.map(ClientLimiter::new),
+                    basic_auth: cfg.basic_auth.as_ref().map(BasicAuth::new),
+                    body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
+                }),
+            );
+        }
+        Ok(Self { instances })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Instance>> {
+        self.instances.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Instance>> {
+        self.instances.values()
+    }
+
+    /// The largest body any instance accepts.
+    pub fn max_body_limit(&self) -> usize {
+        self.instances
+            .values()
+            .map(|i| i.body_limit)
+            .max()
+            .unwrap_or(0)
+    }
+}

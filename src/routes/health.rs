@@ -1,0 +1,56 @@
+//! `GET /health` (the process answers), `GET /ready` (storage takes a durable write) and
+//! `GET /webhooks/{name}/health` (the instance exists; behind its Basic Auth when it has one).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use crate::envelope::format_millis;
+use crate::error::GatewayError;
+use crate::startup::AppState;
+
+pub const SERVICE_NAME: &str = "hookgate";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "service": SERVICE_NAME,
+        "version": VERSION,
+        "timestamp": format_millis(state.clock.now()),
+    }))
+}
+
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    match state.store.probe().await {
+        Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
+        Err(e) => {
+            tracing::warn!(error = %e, "Not ready: storage probe failed.");
+            HttpResponse::ServiceUnavailable().json(json!({
+                "status": "unavailable",
+                "error": {"code": "storage_unavailable", "message": "storage is not writable"},
+            }))
+        }
+    }
+}
+
+pub async fn provider_health(
+    req: HttpRequest,
+    name: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let name = name.into_inner();
+    let instance = state
+        .registry
+        .get(&name)
+        .ok_or_else(|| GatewayError::UnknownProvider(name.clone()))?;
+    if let Some(auth) = &instance.basic_auth {
+        if !auth.check(req.headers()) {
+            return Err(GatewayError::Unauthorized);
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "provider": instance.name,
+        "kind": instance.kind.name,
+    })))
+}

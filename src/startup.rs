@@ -1,0 +1,193 @@
+//! Building and running the application. [`Application::build`] turns validated settings into a
+//! bound listener, an open store, compiled providers and sinks; `hookgate serve` and the tests
+//! both use it. Tests bind port 0 and read [`Application::port`].
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+use ipnet::IpNet;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{ConfigError, LoadedSettings};
+use crate::dispatch::{self, Route};
+use crate::envelope::IdGenerator;
+use crate::provider::registry::Registry;
+use crate::routes::{self, health, webhook};
+use crate::store::sled::SledStore;
+use crate::store::Store;
+
+/// How often idle rate-limiter entries are forgotten.
+const LIMITER_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
+/// How often expired duplicate claims are removed.
+const CLAIM_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What every request handler shares.
+pub struct AppState {
+    pub registry: Registry,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub ids: IdGenerator,
+    pub trusted_proxies: Vec<IpNet>,
+    pub body_read_timeout: Duration,
+}
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Sink(String),
+    #[error("cannot start the HTTP server: {0}")]
+    Server(std::io::Error),
+}
+
+/// A built, not yet running, gateway.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+    routes: Arc<Vec<Route>>,
+}
+
+impl Application {
+    /// Builds the gateway with the system clock.
+    pub async fn build(loaded: LoadedSettings) -> Result<Self, StartupError> {
+        Self::build_with_clock(loaded, Arc::new(SystemClock)).await
+    }
+
+    /// Builds the gateway with an injected clock.
+    pub async fn build_with_clock(
+        loaded: LoadedSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
+        let registry = Registry::build(&loaded)?;
+        for instance in registry.iter() {
+            if instance.uses_demo_secret() {
+                warn!(
+                    provider = %instance.name,
+                    "USING THE PUBLIC DEMO SECRET: anyone can forge deliveries to /webhooks/{}. \
+                     Set a real secret before exposing this gateway.",
+                    instance.name
+                );
+            }
+        }
+        let routes =
+            Arc::new(dispatch::build_routes(&loaded.settings.sinks).map_err(StartupError::Sink)?);
+        let settings = loaded.settings;
+        let server_settings = settings.server.clone();
+        let addr = server_settings.bind.as_str().to_owned();
+        let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+        let port = listener.local_addr().map_err(StartupError::Server)?.port();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&settings.storage, clock.clone())?);
+        let state = web::Data::new(AppState {
+            registry,
+            store,
+            clock,
+            ids: IdGenerator::default(),
+            trusted_proxies: server_settings.trusted_proxies.clone(),
+            body_read_timeout: Duration::from_millis(server_settings.body_read_timeout_ms),
+        });
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .route("/health", web::get().to(health::health))
+                .route("/ready", web::get().to(health::ready))
+                .service(
+                    web::resource("/webhooks/{name}/health")
+                        .route(web::get().to(health::provider_health))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .route("/webhooks/{name}", web::to(webhook::receive))
+                .default_service(web::to(routes::not_found))
+        })
+        .client_request_timeout(Duration::from_millis(
+            server_settings.header_read_timeout_ms,
+        ))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .keep_alive(Duration::from_secs(server_settings.keep_alive_secs))
+        .max_connections(server_settings.max_connections_per_worker)
+        .shutdown_timeout(server_settings.shutdown_timeout_secs);
+        if let Some(workers) = server_settings.workers {
+            server = server.workers(workers);
+        }
+        let server = server.listen(listener).map_err(StartupError::Server)?.run();
+        info!(%addr, port, "Listening.");
+        Ok(Self {
+            port,
+            server,
+            state,
+            routes,
+        })
+    }
+
+    /// The port actually bound (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server gracefully when called (tests, embedding).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGINT/SIGTERM or [`ServerHandle::stop`], then stops the dispatcher and
+    /// closes the store (everything committed stays; the outbox resumes on the next start).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let store = self.state.store.clone();
+        let dispatcher = tokio::spawn(dispatch::run(store.clone(), self.routes, stop_rx.clone()));
+        let maintenance = tokio::spawn(maintain(self.state.clone(), stop_rx));
+        let result = self.server.await;
+        info!("HTTP server stopped; finishing background work.");
+        let _ = stop_tx.send(true);
+        let _ = dispatcher.await;
+        let _ = maintenance.await;
+        drop(self.state);
+        store.close();
+        info!("Stopped.");
+        result
+    }
+}
+
+/// Periodic upkeep: forget idle rate-limit keys, expire old duplicate claims.
+async fn maintain(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut prune = tokio::time::interval(LIMITER_PRUNE_INTERVAL);
+    let mut expire = tokio::time::interval(CLAIM_EXPIRY_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = prune.tick() => {
+                for instance in state.registry.iter() {
+                    if let Some(limiter) = &instance.limiter {
+                        limiter.prune();
+                    }
+                }
+            }
+            _ = expire.tick() => {
+                let now = u64::try_from(state.clock.unix_secs()).unwrap_or(0);
+                match state.store.expire_claims(now) {
+                    Ok(0) => {}
+                    Ok(n) => info!(expired = n, "Expired duplicate claims."),
+                    Err(e) => warn!(error = %e, "Claim expiry failed."),
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! The embedded store: sled, written through one group-committing writer thread.
+//!
+//! sled's `flush()` ends in `sync_file_range` on Linux, which neither flushes the disk cache nor
+//! commits the file size (upstream issue 1452), and `flush_async()` deadlocks with many waiters
+//! (upstream issue 1308). So requests never write sled themselves: they queue a job on a bounded
+//! channel and wait. The writer drains up to `max_batch` jobs, applies them in one multi-tree
+//! transaction (crash-atomic: claim and event land together or not at all), calls `flush()`,
+//! then `fdatasync`s sled's log file and any new blob files, and only then answers every waiting
+//! request. A full queue answers `QueueFull` at once (503 with `Retry-After`).
+//!
+//! If a flush or sync fails, what is in memory may never reach the disk, so the store refuses
+//! every later write ([`StoreError::Failed`]) until restarted: the provider keeps retrying, and
+//! after the restart sled recovers only what was durable.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::{debug, error, info, warn};
+
+use super::{Committed, DedupKey, DeliveryRecord, NewEvent, Pending, Store, StoreError};
+use crate::clock::Clock;
+use crate::config::StorageSettings;
+use crate::envelope::Envelope;
+
+const TREE_DELIVERIES: &str = "deliveries";
+const TREE_BODIES: &str = "bodies";
+const TREE_ENVELOPES: &str = "envelopes";
+const TREE_DEDUP: &str = "dedup";
+const TREE_DEDUP_EXPIRY: &str = "dedup_expiry";
+const TREE_OUTBOX: &str = "outbox";
+const TREE_META: &str = "meta";
+const META_PROBE: &[u8] = b"probe";
+const SLED_LOG_FILE: &str = "db";
+const SLED_CONF_FILE: &str = "conf";
+const SLED_BLOBS_DIR: &str = "blobs";
+/// Larger segments raise sled's blob threshold (a quarter segment) above any body we accept,
+/// so almost every write lands in the one log file.
+const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+
+/// A key for a gateway id (ULID): its 16 big-endian bytes, so keys sort by time.
+pub fn id_key(id: &str) -> Option<[u8; 16]> {
+    ulid::Ulid::from_string(id)
+        .ok()
+        .map(|u| u128::from(u).to_be_bytes())
+}
+
+fn id_from_key(key: &[u8]) -> Option<String> {
+    let bytes: [u8; 16] = key.try_into().ok()?;
+    Some(ulid::Ulid::from(u128::from_be_bytes(bytes)).to_string())
+}
+
+/// A claim in the dedup table: when it expires and which delivery made it.
+struct Claim {
+    expires_at: u64,
+    id: String,
+}
+
+impl Claim {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = self.expires_at.to_be_bytes().to_vec();
+        v.extend_from_slice(self.id.as_bytes());
+        v
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let (expires, id) = bytes.split_at_checked(8)?;
+        Some(Self {
+            expires_at: u64::from_be_bytes(expires.try_into().ok()?),
+            id: String::from_utf8(id.to_vec()).ok()?,
+        })
+    }
+}
+
+fn expiry_key(expires_at: u64, dedup_key: &[u8]) -> Vec<u8> {
+    let mut k = expires_at.to_be_bytes().to_vec();
+    k.extend_from_slice(dedup_key);
+    k
+}
+
+enum Op {
+    Commit(Box<Prepared>),
+    Unprocessable {
+        id: [u8; 16],
+        delivery: Vec<u8>,
+        body: bytes::Bytes,
+    },
+    Probe,
+}
+
+/// An event serialised before the transaction, so the transaction only moves bytes.
+struct Prepared {
+    dedup_key: Vec<u8>,
+    id: String,
+    delivery_key: [u8; 16],
+    delivery: Vec<u8>,
+    body: bytes::Bytes,
+    envelopes: Vec<([u8; 16], Vec<u8>)>,
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Committed, StoreError>>,
+}
+
+#[derive(Clone)]
+struct Trees {
+    deliveries: sled::Tree,
+    bodies: sled::Tree,
+    envelopes: sled::Tree,
+    dedup: sled::Tree,
+    expiry: sled::Tree,
+    outbox: sled::Tree,
+    meta: sled::Tree,
+}
+
+struct Shared {
+    db: sled::Db,
+    trees: Trees,
+    dir: PathBuf,
+    log_file: File,
+    failed: OnceLock<String>,
+    committed: Arc<Notify>,
+    clock: Arc<dyn Clock>,
+    dedup_ttl_secs: u64,
+}
+
+/// sled-backed [`Store`].
+pub struct SledStore {
+    shared: Arc<Shared>,
+    sender: RwLock<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("dir", &self.shared.dir)
+            .finish()
+    }
+}
+
+fn open_db(config: &sled::Config, path: &Path) -> Result<sled::Db, StoreError> {
+    // A store closed a moment ago may still hold its file lock briefly (sled issues 1234, 1289).
+    let mut attempt = 0;
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(e) if attempt < 40 && e.to_string().contains("could not acquire lock") => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(StoreError::Io(format!(
+                    "cannot open store at {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+    }
+}
+
+fn io_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+impl SledStore {
+    /// Opens (or creates) the store and starts its writer thread.
+    pub fn open(settings: &StorageSettings, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let dir = PathBuf::from(settings.path.as_str());
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            StoreError::Io(format!(
+                "cannot create store directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let config = sled::Config::new()
+            .path(&dir)
+            .cache_capacity(settings.cache_capacity_bytes)
+            .segment_size(SEGMENT_SIZE)
+            .flush_every_ms(Some(500));
+        let db = open_db(&config, &dir)?;
+        let tree = |name: &str| db.open_tree(name).map_err(io_err);
+        let trees = Trees {
+            deliveries: tree(TREE_DELIVERIES)?,
+            bodies: tree(TREE_BODIES)?,
+            envelopes: tree(TREE_ENVELOPES)?,
+            dedup: tree(TREE_DEDUP)?,
+            expiry: tree(TREE_DEDUP_EXPIRY)?,
+            outbox: tree(TREE_OUTBOX)?,
+            meta: tree(TREE_META)?,
+        };
+        // sled writes `conf` once without syncing it, and never syncs its directory.
+        for file in [
+            dir.join(SLED_CONF_FILE),
+            dir.clone(),
+            dir.join(SLED_BLOBS_DIR),
+        ] {
+            if file.exists() {
+                File::open(&file)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| StoreError::Io(format!("cannot sync {}: {e}", file.display())))?;
+            }
+        }
+        let log_file = File::open(dir.join(SLED_LOG_FILE)).map_err(io_err)?;
+        let shared = Arc::new(Shared {
+            db,
+            trees,
+            dir,
+            log_file,
+            failed: OnceLock::new(),
+            committed: Arc::new(Notify::new()),
+            clock,
+            dedup_ttl_secs: settings.dedup_ttl_secs,
+        });
+        let (sender, receiver) = mpsc::channel(settings.queue_capacity);
+        let writer_shared = shared.clone();
+        let max_batch = settings.max_batch;
+        let writer = std::thread::Builder::new()
+            .name("hookgate-store-writer".into())
+            .spawn(move || run_writer(&writer_shared, receiver, max_batch))
+            .map_err(io_err)?;
+        let pending = shared.trees.outbox.len();
+        info!(path = %shared.dir.display(), pending, "Store opened.");
+        Ok(Self {
+            shared,
+            sender: RwLock::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    fn submit(&self, op: Op) -> BoxFuture<'static, Result<Committed, StoreError>> {
+        if let Some(reason) = self.shared.failed.get() {
+            return futures_util::future::ready(Err(StoreError::Failed(reason.clone()))).boxed();
+        }
+        let (reply, wait) = oneshot::channel();
+        let sent = match &*self.sender.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(sender) => sender.try_send(Job { op, reply }).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+            }),
+            None => Err(StoreError::Closed),
+        };
+        async move {
+            sent?;
+            wait.await.unwrap_or(Err(StoreError::Closed))
+        }
+        .boxed()
+    }
+}
+
+fn run_writer(shared: &Shared, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
+    let mut synced_blobs = HashSet::new();
+    while let Some(first) = receiver.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Some(reason) = shared.failed.get() {
+            for job in jobs {
+                let _ = job.reply.send(Err(StoreError::Failed(reason.clone())));
+            }
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let result = shared
+            .apply(&jobs)
+            .and_then(|outcomes| shared.sync(&mut synced_blobs).map(|()| outcomes));
+        match result {
+            Ok(outcomes) => {
+                debug!(
+                    batch = jobs.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "Committed batch."
+                );
+                let queued = jobs.iter().zip(&outcomes).any(|(job, outcome)| {
+                    matches!(job.op, Op::Commit(_)) && *outcome == Committed::Accepted
+                });
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+                if queued {
+                    shared.committed.notify_one();
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "Storage write failed; refusing writes until restarted.");
+                let reason = e.to_string();
+                let _ = shared.failed.set(reason.clone());
+                for job in jobs {
+                    let _ = job.reply.send(Err(StoreError::Failed(reason.clone())));
+                }
+            }
+        }
+    }
+    debug!("Store writer stopped.");
+}
+
+impl Shared {
+    fn now_secs(&self) -> u64 {
+        u64::try_from(self.clock.unix_secs()).unwrap_or(0)
+    }
+
+    fn apply(&self, jobs: &[Job]) -> Result<Vec<Committed>, StoreError> {
+        let now = self.now_secs();
+        let expires_at = now.saturating_add(self.dedup_ttl_secs);
+        let t = &self.trees;
+        let result = (
+            &t.deliveries,
+            &t.bodies,
+            &t.envelopes,
+            &t.dedup,
+            &t.expiry,
+            &t.outbox,
+            &t.meta,
+        )
+            .transaction(
+                |(deliveries, bodies, envelopes, dedup, expiry, outbox, meta)| {
+                    let mut outcomes = Vec::with_capacity(jobs.len());
+                    for job in jobs {
+                        match &job.op {
+                            Op::Commit(event) => {
+                                let claim = dedup
+                                    .get(&event.dedup_key)?
+                                    .and_then(|v| Claim::decode(&v))
+                                    .filter(|c| c.expires_at > now);
+                                if let Some(claim) = claim {
+                                    outcomes.push(Committed::Duplicate { id: claim.id });
+                                    continue;
+                                }
+                                let claim = Claim {
+                                    expires_at,
+                                    id: event.id.clone(),
+                                };
+                                dedup.insert(event.dedup_key.as_slice(), claim.encode())?;
+                                expiry.insert(expiry_key(expires_at, &event.dedup_key), &[][..])?;
+                                deliveries
+                                    .insert(&event.delivery_key[..], event.delivery.as_slice())?;
+                                bodies.insert(&event.delivery_key[..], event.body.as_ref())?;
+                                for (key, envelope) in &event.envelopes {
+                                    envelopes.insert(&key[..], envelope.as_slice())?;
+                                    outbox.insert(&key[..], &[][..])?;
+                                }
+                                outcomes.push(Committed::Accepted);
+                            }
+                            Op::Unprocessable { id, delivery, body } => {
+                                deliveries.insert(&id[..], delivery.as_slice())?;
+                                bodies.insert(&id[..], body.as_ref())?;
+                                outcomes.push(Committed::Accepted);
+                            }
+                            Op::Probe => {
+                                meta.insert(META_PROBE, &now.to_be_bytes()[..])?;
+                                outcomes.push(Committed::Accepted);
+                            }
+                        }
+                    }
+                    Ok::<_, ConflictableTransactionError<()>>(outcomes)
+                },
+            );
+        result.map_err(|e: TransactionError<()>| StoreError::Io(format!("{e:?}")))
+    }
+
+    /// Makes everything applied so far durable.
+    fn sync(&self, synced_blobs: &mut HashSet<std::ffi::OsString>) -> Result<(), StoreError> {
+        self.db.flush().map_err(io_err)?;
+        let blobs = self.dir.join(SLED_BLOBS_DIR);
+        if let Ok(entries) = std::fs::read_dir(&blobs) {
+            let mut present = HashSet::new();
+            let mut new_blob = false;
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if !synced_blobs.contains(&name) {
+                    // A blob removed by sled's GC in the meantime is no longer needed.
+                    if let Ok(file) = File::open(entry.path()) {
+                        file.sync_data().map_err(io_err)?;
+                        new_blob = true;
+                    }
+                }
+                present.insert(name);
+            }
+            if new_blob {
+                File::open(&blobs)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err)?;
+            }
+            *synced_blobs = present;
+        }
+        self.log_file.sync_data().map_err(io_err)
+    }
+}
+
+impl Store for SledStore {
+    fn find_duplicate(&self, key: &DedupKey) -> Result<Option<String>, StoreError> {
+        if let Some(reason) = self.shared.failed.get() {
+            return Err(StoreError::Failed(reason.clone()));
+        }
+        let now = self.shared.now_secs();
+        Ok(self
+            .shared
+            .trees
+            .dedup
+            .get(key.to_bytes())
+            .map_err(io_err)?
+            .and_then(|v| Claim::decode(&v))
+            .filter(|c| c.expires_at > now)
+            .map(|c| c.id))
+    }
+
+    fn commit(&self, event: NewEvent) -> BoxFuture<'static, Result<Committed, StoreError>> {
+        let prepared = (|| {
+            let delivery_key = id_key(&event.delivery.id)
+                .ok_or_else(|| StoreError::Io("delivery id is not a ULID".into()))?;
+            let envelopes = event
+                .envelopes
+                .iter()
+                .map(|e| {
+                    let key = id_key(&e.id)
+                        .ok_or_else(|| StoreError::Io("envelope id is not a ULID".into()))?;
+                    Ok((key, serde_json::to_vec(e).map_err(io_err)?))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok(Prepared {
+                dedup_key: event.dedup.to_bytes(),
+                id: event.delivery.id.clone(),
+                delivery_key,
+                delivery: serde_json::to_vec(&event.delivery).map_err(io_err)?,
+                body: event.body,
+                envelopes,
+            })
+        })();
+        match prepared {
+            Ok(prepared) => self.submit(Op::Commit(Box::new(prepared))),
+            Err(e) => futures_util::future::ready(Err(e)).boxed(),
+        }
+    }
+
+    fn keep_unprocessable(
+        &self,
+        delivery: DeliveryRecord,
+        body: bytes::Bytes,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        let op = id_key(&delivery.id)
+            .ok_or_else(|| StoreError::Io("delivery id is not a ULID".into()))
+            .and_then(|id| {
+                Ok(Op::Unprocessable {
+                    id,
+                    delivery: serde_json::to_vec(&delivery).map_err(io_err)?,
+                    body,
+                })
+            });
+        match op {
+            Ok(op) => self.submit(op).map(|r| r.map(|_| ())).boxed(),
+            Err(e) => futures_util::future::ready(Err(e)).boxed(),
+        }
+    }
+
+    fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.submit(Op::Probe).map(|r| r.map(|_| ())).boxed()
+    }
+
+    fn pending(&self, limit: usize) -> Result<Vec<Pending>, StoreError> {
+        let t = &self.shared.trees;
+        let mut out = Vec::new();
+        for item in t.outbox.iter().keys().take(limit) {
+            let key = item.map_err(io_err)?;
+            match t.envelopes.get(&key).map_err(io_err)? {
+                Some(bytes) => match serde_json::from_slice::<Envelope>(&bytes) {
+                    Ok(envelope) => out.push(Pending {
+                        key: key.to_vec(),
+                        envelope,
+                    }),
+                    Err(e) => {
+                        error!(error = %e, id = ?id_from_key(&key), "Stored envelope is unreadable; skipping it.");
+                        t.outbox.remove(&key).map_err(io_err)?;
+                    }
+                },
+                None => {
+                    warn!(id = ?id_from_key(&key), "Outbox entry without envelope; dropping it.");
+                    t.outbox.remove(&key).map_err(io_err)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn mark_dispatched(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(key.as_slice());
+        }
+        self.shared.trees.outbox.apply_batch(batch).map_err(io_err)
+    }
+
+    fn expire_claims(&self, now_secs: u64) -> Result<usize, StoreError> {
+        let t = &self.shared.trees;
+        let end = (now_secs.saturating_add(1)).to_be_bytes();
+        let mut removed = 0;
+        for item in t.expiry.range(..&end[..]) {
+            let (key, _) = item.map_err(io_err)?;
+            let (expires, dedup_key) = key.split_at(8);
+            let expires_at = u64::from_be_bytes(expires.try_into().unwrap_or_default());
+            if let Some(current) = t.dedup.get(dedup_key).map_err(io_err)? {
+                // A newer claim for the same ID (re-claimed after expiry) stays.
+                if Claim::decode(&current).is_some_and(|c| c.expires_at == expires_at) {
+                    let _ = t
+                        .dedup
+                        .compare_and_swap(dedup_key, Some(current), None::<&[u8]>)
+                        .map_err(io_err)?;
+                    removed += 1;
+                }
+            }
+            t.expiry.remove(&key).map_err(io_err)?;
+        }
+        Ok(removed)
+    }
+
+    fn committed_signal(&self) -> Arc<Notify> {
+        self.shared.committed.clone()
+    }
+
+    fn delivery(&self, id: &str) -> Result<Option<(DeliveryRecord, Vec<u8>)>, StoreError> {
+        let Some(key) = id_key(id) else {
+            return Ok(None);
+        };
+        let t = &self.shared.trees;
+        let Some(record) = t.deliveries.get(key).map_err(io_err)? else {
+            return Ok(None);
+        };
+        let record: DeliveryRecord = serde_json::from_slice(&record).map_err(io_err)?;
+        let body = t.bodies.get(key).map_err(io_err)?.unwrap_or_default();
+        Ok(Some((record, body.to_vec())))
+    }
+
+    fn envelope(&self, id: &str) -> Result<Option<Envelope>, StoreError> {
+        let Some(key) = id_key(id) else {
+            return Ok(None);
+        };
+        self.shared
+            .trees
+            .envelopes
+            .get(key)
+            .map_err(io_err)?
+            .map(|bytes| serde_json::from_slice(&bytes).map_err(io_err))
+            .transpose()
+    }
+
+    fn close(&self) {
+        self.sender
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = handle.join();
+        }
+        if let Err(e) = self.shared.db.flush() {
+            warn!(error = %e, "Final flush failed.");
+        }
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
