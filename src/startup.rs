@@ -36,6 +36,15 @@ pub struct AppState {
     pub body_read_timeout: Duration,
 }
 
+/// What [`Application::build_with`] lets a caller replace.
+#[derive(Default)]
+pub struct Dependencies {
+    /// Time source; default the system clock.
+    pub clock: Option<Arc<dyn Clock>>,
+    /// Event store; default a [`SledStore`] at `storage.path`.
+    pub store: Option<Arc<dyn Store>>,
+}
+
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -63,16 +72,17 @@ pub struct Application {
 }
 
 impl Application {
-    /// Builds the gateway with the system clock.
+    /// Builds the gateway with the system clock and the configured sled store.
     pub async fn build(loaded: LoadedSettings) -> Result<Self, StartupError> {
-        Self::build_with_clock(loaded, Arc::new(SystemClock)).await
+        Self::build_with(loaded, Dependencies::default()).await
     }
 
-    /// Builds the gateway with an injected clock.
-    pub async fn build_with_clock(
+    /// Builds the gateway with injected dependencies (tests, embedding).
+    pub async fn build_with(
         loaded: LoadedSettings,
-        clock: Arc<dyn Clock>,
+        deps: Dependencies,
     ) -> Result<Self, StartupError> {
+        let clock = deps.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let registry = Registry::build(&loaded)?;
         for instance in registry.iter() {
             if instance.uses_demo_secret() {
@@ -94,7 +104,10 @@ impl Application {
             source,
         })?;
         let port = listener.local_addr().map_err(StartupError::Server)?.port();
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&settings.storage, clock.clone())?);
+        let store: Arc<dyn Store> = match deps.store {
+            Some(store) => store,
+            None => Arc::new(SledStore::open(&settings.storage, clock.clone())?),
+        };
         let state = web::Data::new(AppState {
             registry,
             store,
