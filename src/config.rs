@@ -259,6 +259,7 @@ pub fn load(path: &Path) -> Result<LoadedSettings, ConfigError> {
             "configuration file not found (pass --config PATH)",
         ));
     }
+    check_instance_names_as_written(path, &file_name)?;
     let layered = config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
         .add_source(
@@ -277,6 +278,27 @@ pub fn load(path: &Path) -> Result<LoadedSettings, ConfigError> {
         )
     })?;
     from_settings(settings, path)
+}
+
+/// The `config` crate lowercases keys, which would silently move `[providers.Stripe]` to
+/// `/webhooks/stripe`; instance names are therefore checked as written in the file.
+fn check_instance_names_as_written(path: &Path, file_name: &str) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(file_name, None, format!("cannot read: {e}")))?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|e| ConfigError::new(file_name, None, e.message().to_owned()))?;
+    if let Some(toml::Value::Table(providers)) = table.get("providers") {
+        for name in providers.keys() {
+            if !is_valid_instance_name(name) {
+                return Err(ConfigError::new(
+                    file_name,
+                    Some(format!("providers.{name}")),
+                    INSTANCE_NAME_RULE,
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Validates already-deserialised settings (used by tests that build settings in code).
@@ -338,11 +360,7 @@ fn validate(settings: &Settings, file: &str) -> Result<(), ConfigError> {
     for (name, instance) in &settings.providers {
         let key = |field: &str| format!("providers.{name}.{field}");
         if !is_valid_instance_name(name) {
-            return Err(err(
-                &format!("providers.{name}"),
-                "instance names are lowercase letters, digits, `-` and `_` (they appear in URLs)"
-                    .into(),
-            ));
+            return Err(err(&format!("providers.{name}"), INSTANCE_NAME_RULE.into()));
         }
         if let Some(limit) = instance.body_limit_bytes {
             check_body_limit(limit).map_err(|m| err(&key("body_limit_bytes"), m))?;
@@ -395,6 +413,9 @@ fn check_body_limit(limit: u64) -> Result<(), String> {
     }
     Ok(())
 }
+
+const INSTANCE_NAME_RULE: &str =
+    "instance names are 1-64 lowercase letters, digits, `-` and `_` (they appear in URLs)";
 
 pub fn is_valid_instance_name(name: &str) -> bool {
     !name.is_empty()

@@ -98,19 +98,16 @@ impl Verified {
 }
 
 /// Verifies `received` against its instance's secrets at `now` (Unix seconds).
-pub fn verify(received: Received, now: i64) -> Result<Verified, (Received, SignatureError)> {
+pub fn verify(received: Received, now: i64) -> Result<Verified, SignatureError> {
     let instance = &received.instance;
-    let result = instance.kind.scheme.verify(
+    instance.kind.scheme.verify(
         &received.headers,
         &received.body,
         &instance.secrets,
         instance.tolerance_secs,
         now,
-    );
-    match result {
-        Ok(()) => Ok(Verified(received)),
-        Err(e) => Err((received, e)),
-    }
+    )?;
+    Ok(Verified(received))
 }
 
 fn header_name(key: &str, text: &str) -> Result<HeaderName, (String, String)> {
@@ -128,7 +125,7 @@ pub fn parse_template(template: &str) -> Result<Vec<Part>, String> {
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         if open > 0 {
-            parts.push(Part::Literal(rest[..open].as_bytes().to_vec()));
+            parts.push(Part::Literal(rest.as_bytes()[..open].to_vec()));
         }
         let close = rest[open..]
             .find('}')

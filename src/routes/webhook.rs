@@ -110,7 +110,7 @@ async fn handle(
         client_ip,
         received_at,
     };
-    let verified = signature::verify(received, received_at.timestamp()).map_err(|(_, e)| e)?;
+    let verified = signature::verify(received, received_at.timestamp())?;
     // 8. parse
     let value = parse::parse(&verified)?;
     accept(&verified, &value, state).await
