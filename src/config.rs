@@ -80,6 +80,8 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Worker threads; default: one per core.
     pub workers: Option<usize>,
+    /// Largest total size of the request headers (names + values); more is 431.
+    pub max_header_bytes: usize,
     /// Time a client has to send the request head (line and headers).
     pub header_read_timeout_ms: u64,
     /// Time a client has to send the whole body once the head is read.
@@ -99,6 +101,7 @@ impl Default for ServerSettings {
             body_limit_bytes: 1024 * 1024,
             trusted_proxies: Vec::new(),
             workers: None,
+            max_header_bytes: 16 * 1024,
             header_read_timeout_ms: 5_000,
             body_read_timeout_ms: 10_000,
             keep_alive_secs: 30,
@@ -337,6 +340,12 @@ fn validate(settings: &Settings, file: &str) -> Result<(), ConfigError> {
         if value == 0 {
             return Err(err(key, "must be greater than 0".into()));
         }
+    }
+    if server.max_header_bytes < 1024 {
+        return Err(err(
+            "server.max_header_bytes",
+            "must be at least 1024".into(),
+        ));
     }
     if server.workers == Some(0) {
         return Err(err("server.workers", "must be greater than 0".into()));

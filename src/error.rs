@@ -27,6 +27,8 @@ pub enum GatewayError {
     MethodNotAllowed(String),
     #[error("request body exceeds the {limit}-byte limit")]
     PayloadTooLarge { limit: usize },
+    #[error("request headers exceed the {limit}-byte limit")]
+    HeadersTooLarge { limit: usize },
     #[error("the request body was not received in time")]
     RequestTimeout,
     #[error("client address is not in this provider's allowlist")]
@@ -60,6 +62,7 @@ impl GatewayError {
             GatewayError::NotFound => "not_found",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::HeadersTooLarge { .. } => "headers_too_large",
             GatewayError::RequestTimeout => "request_timeout",
             GatewayError::IpNotAllowed => "ip_not_allowed",
             GatewayError::RateLimited(_) => "rate_limited",
@@ -83,6 +86,7 @@ impl ResponseError for GatewayError {
             GatewayError::UnknownProvider(_) | GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::IpNotAllowed => StatusCode::FORBIDDEN,
             GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,

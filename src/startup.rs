@@ -34,6 +34,7 @@ pub struct AppState {
     pub ids: IdGenerator,
     pub trusted_proxies: Vec<IpNet>,
     pub body_read_timeout: Duration,
+    pub max_header_bytes: usize,
 }
 
 /// What [`Application::build_with`] lets a caller replace.
@@ -115,11 +116,13 @@ impl Application {
             ids: IdGenerator::default(),
             trusted_proxies: server_settings.trusted_proxies.clone(),
             body_read_timeout: Duration::from_millis(server_settings.body_read_timeout_ms),
+            max_header_bytes: server_settings.max_header_bytes,
         });
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                .wrap(actix_web::middleware::from_fn(routes::limit_headers))
                 .route("/health", web::get().to(health::health))
                 .route("/ready", web::get().to(health::ready))
                 .service(

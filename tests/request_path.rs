@@ -481,3 +481,51 @@ async fn health_and_readiness_answer_json() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test]
+async fn oversized_headers_are_431_with_a_json_error() {
+    let app = spawn(DEMO).await;
+    let response = app
+        .client
+        .post(app.url("/webhooks/demo"))
+        .header("X-Padding", "a".repeat(20 * 1024))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    assert_eq!(error_code(response).await, "headers_too_large");
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_with(
+        DEMO,
+        SpawnOptions {
+            server_extra: "body_read_timeout_ms = 300".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    // Content-Length promises 100 bytes; only 2 arrive.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /webhooks/demo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    // The server is still fine.
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}

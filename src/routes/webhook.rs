@@ -36,9 +36,7 @@ pub async fn receive(
         let result = handle(&req, payload, &name, &state).await;
         let span = tracing::Span::current();
         match &result {
-            Ok(response) => {
-                span.record("outcome", response.status().as_u16());
-            }
+            Ok(_) => {}
             Err(e) => {
                 span.record("outcome", e.code());
                 match e {
@@ -131,6 +129,7 @@ async fn accept(
     };
     // 9. handshakes
     if let Some(handshake) = kind.handshake(&ctx) {
+        tracing::Span::current().record("outcome", "handshake");
         info!(handshake = %handshake.name, "Handshake answered.");
         return Ok(
             match (&handshake.reply, reply_value(&handshake.reply, &ctx)) {
@@ -155,6 +154,7 @@ async fn accept(
     if let Some(id) = state.store.find_duplicate(&dedup)? {
         return Ok(answer(STATUS_DUPLICATE, &id, &event_id));
     }
+
     // 11. normalise
     let id = state.ids.next(delivery.received_at);
     let mut record = DeliveryRecord {
@@ -229,5 +229,9 @@ async fn accept(
 }
 
 fn answer(status: &str, id: &str, event_id: &str) -> HttpResponse {
+    tracing::Span::current().record("outcome", status);
+    if status == STATUS_DUPLICATE {
+        info!(id, "Duplicate acknowledged.");
+    }
     HttpResponse::Ok().json(json!({"status": status, "id": id, "event_id": event_id}))
 }

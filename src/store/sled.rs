@@ -573,3 +573,125 @@ impl Drop for SledStore {
         self.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::DeliveryStatus;
+
+    fn settings(dir: &Path) -> StorageSettings {
+        StorageSettings {
+            path: dir.join("store").to_str().unwrap().into(),
+            dedup_ttl_secs: 100,
+            ..StorageSettings::default()
+        }
+    }
+
+    fn event(id: &str, event_id: &str) -> NewEvent {
+        let envelope: Envelope = serde_json::from_value(serde_json::json!({
+            "id": id, "provider": "p", "kind": "generic", "event_id": event_id,
+            "type": "a.created", "action": "created", "object": "a", "object_id": null,
+            "current": null, "previous": null, "occurred_at": null,
+            "received_at": "2024-01-01T00:00:00.000Z", "meta": {}
+        }))
+        .unwrap();
+        NewEvent {
+            dedup: DedupKey {
+                provider: "p".into(),
+                event_id: event_id.into(),
+            },
+            delivery: DeliveryRecord {
+                id: id.into(),
+                provider: "p".into(),
+                kind: "generic".into(),
+                event_id: Some(event_id.into()),
+                received_at: envelope.received_at.clone(),
+                client_ip: None,
+                headers: vec![],
+                status: DeliveryStatus::Accepted,
+                error: None,
+                envelope_ids: vec![id.into()],
+            },
+            body: bytes::Bytes::from_static(b"{\"raw\":true}"),
+            envelopes: vec![envelope],
+        }
+    }
+
+    fn ulid(n: u128) -> String {
+        ulid::Ulid::from(n).to_string()
+    }
+
+    #[tokio::test]
+    async fn committed_events_their_claims_and_their_outbox_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::at_unix(1_000));
+        let store = SledStore::open(&settings(dir.path()), clock.clone()).unwrap();
+        assert_eq!(
+            store.commit(event(&ulid(1), "e1")).await.unwrap(),
+            Committed::Accepted
+        );
+        assert_eq!(
+            store.commit(event(&ulid(2), "e1")).await.unwrap(),
+            Committed::Duplicate { id: ulid(1) }
+        );
+        store.close();
+        drop(store);
+
+        let store = SledStore::open(&settings(dir.path()), clock.clone()).unwrap();
+        let key = DedupKey {
+            provider: "p".into(),
+            event_id: "e1".into(),
+        };
+        assert_eq!(store.find_duplicate(&key).unwrap(), Some(ulid(1)));
+        let pending = store.pending(10).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].envelope.event_id, "e1");
+        let (record, body) = store.delivery(&ulid(1)).unwrap().unwrap();
+        assert_eq!(record.event_id.as_deref(), Some("e1"));
+        assert_eq!(body, b"{\"raw\":true}");
+        store.mark_dispatched(&[pending[0].key.clone()]).unwrap();
+        assert!(store.pending(10).unwrap().is_empty());
+        assert!(
+            store.envelope(&ulid(1)).unwrap().is_some(),
+            "envelopes are kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_claims_are_swept_and_can_be_claimed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::at_unix(1_000));
+        let store = SledStore::open(&settings(dir.path()), clock.clone()).unwrap();
+        store.commit(event(&ulid(1), "e1")).await.unwrap();
+        store.commit(event(&ulid(2), "e2")).await.unwrap();
+        assert_eq!(store.expire_claims(1_050).unwrap(), 0);
+        clock.set_unix(1_101);
+        let key = DedupKey {
+            provider: "p".into(),
+            event_id: "e1".into(),
+        };
+        assert_eq!(store.find_duplicate(&key).unwrap(), None, "expired");
+        // Re-claimed before the sweep: the sweep must not remove the new claim.
+        assert_eq!(
+            store.commit(event(&ulid(3), "e1")).await.unwrap(),
+            Committed::Accepted
+        );
+        assert_eq!(
+            store.expire_claims(1_101).unwrap(),
+            1,
+            "only e2's old claim"
+        );
+        assert_eq!(store.find_duplicate(&key).unwrap(), Some(ulid(3)));
+    }
+
+    #[tokio::test]
+    async fn probes_write_durably_and_a_closed_store_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SledStore::open(&settings(dir.path()), Arc::new(ManualClock::at_unix(5))).unwrap();
+        store.probe().await.unwrap();
+        store.close();
+        assert!(matches!(store.probe().await, Err(StoreError::Closed)));
+    }
+}
