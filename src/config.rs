@@ -186,6 +186,9 @@ pub struct InstanceSettings {
     pub basic_auth: Option<BasicAuthSettings>,
     /// Body limit for this instance; default `server.body_limit_bytes`.
     pub body_limit_bytes: Option<u64>,
+    /// The public URL the provider calls (`https://hooks.example.com/webhooks/twilio`), for
+    /// schemes that sign it (Twilio, Square); the request's query string is appended.
+    pub public_url: Option<Expanded>,
 }
 
 /// `rate_limit = { per_second = 50, burst = 100 }`
@@ -383,6 +386,16 @@ fn validate(settings: &Settings, file: &str) -> Result<(), ConfigError> {
             }
             if rate.burst == 0 {
                 return Err(err(&key("rate_limit.burst"), "must be at least 1".into()));
+            }
+        }
+        if let Some(url) = &instance.public_url {
+            let text = url.as_str();
+            if !(text.starts_with("https://") || text.starts_with("http://")) || text.contains('?')
+            {
+                return Err(err(
+                    &key("public_url"),
+                    "must be an http(s) URL without a query string".into(),
+                ));
             }
         }
         if let Some(auth) = &instance.basic_auth {

@@ -70,7 +70,7 @@ impl GatewayError {
             GatewayError::Signature(e) => match e {
                 SignatureError::Missing(_) => "missing_signature",
                 SignatureError::Malformed(_) => "malformed_signature_header",
-                SignatureError::NoMatch { .. } => "invalid_signature",
+                SignatureError::NoMatch { .. } | SignatureError::Other(_) => "invalid_signature",
                 SignatureError::OutOfTolerance { .. } => "timestamp_out_of_tolerance",
             },
             GatewayError::InvalidPayload { .. } => "invalid_payload",
@@ -163,7 +163,7 @@ mod tests {
             ),
             (GatewayError::Unauthorized, 401, "unauthorized"),
             (
-                SignatureError::NoMatch { secrets: 2 }.into(),
+                SignatureError::NoMatch { keys: 2 }.into(),
                 401,
                 "invalid_signature",
             ),

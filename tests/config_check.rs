@@ -142,7 +142,7 @@ fn a_broken_provider_definition_names_its_file_and_key() {
     std::fs::create_dir(&providers).unwrap();
     std::fs::write(
         providers.join("mine.toml"),
-        "[signature]\nscheme = \"hmac\"\nheader = \"X-Sig\"\n[[event]]\ntype = [\"type\"]\n",
+        "[signature]\nscheme = \"hmac\"\nsignature = \"header:X-Sig\"\n[[event]]\ntype = [\"type\"]\n",
     )
     .unwrap();
     let config = dir.path().join("config.toml");

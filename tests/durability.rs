@@ -11,7 +11,7 @@ use std::sync::Arc;
 use common::*;
 use futures_util::future::BoxFuture;
 use hookgate::envelope::Envelope;
-use hookgate::store::{Committed, DedupKey, DeliveryRecord, NewEvent, Pending, Store, StoreError};
+use hookgate::store::{Commit, DedupKey, DeliveryRecord, NewEvent, Pending, Store, StoreError};
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -67,7 +67,7 @@ impl Store for BrokenStore {
     fn find_duplicate(&self, _: &DedupKey) -> Result<Option<String>, StoreError> {
         Ok(None)
     }
-    fn commit(&self, _: NewEvent) -> BoxFuture<'static, Result<Committed, StoreError>> {
+    fn commit(&self, _: NewEvent) -> BoxFuture<'static, Result<Commit, StoreError>> {
         Box::pin(async { Err(StoreError::Io("disk unplugged".into())) })
     }
     fn keep_unprocessable(

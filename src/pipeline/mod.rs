@@ -32,6 +32,8 @@ use crate::provider::registry::Instance;
 pub struct Received {
     pub instance: Arc<Instance>,
     pub headers: HeaderMap,
+    /// The request's query string (signed by URL-signing schemes).
+    pub query: String,
     pub body: Bytes,
     pub client_ip: Option<IpAddr>,
     pub received_at: DateTime<Utc>,

@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use crate::envelope::{
     canonical_action, format_millis, parse_occurred_at, Envelope, ACTION_DELETED,
 };
-use crate::provider::kind::EventRule;
-use crate::provider::source::{text_of, Context, Sources};
+use crate::provider::kind::{ChangesRule, EventRule};
+use crate::provider::source::{Context, Sources};
 
 /// Prefix of event IDs hookgate derived itself.
 pub const DERIVED_ID_PREFIX: &str = "derived:";
@@ -29,6 +29,19 @@ pub enum NormaliseError {
     MissingType,
     #[error("cannot tell object and action apart in event type `{0}`")]
     NoObjectAction(String),
+    #[error("the batch at `{0}` is not an array")]
+    NotABatch(String),
+}
+
+/// The events in a payload: the elements of the rule's batch array, or the body itself.
+pub fn elements<'v>(rule: &EventRule, body: &'v Value) -> Result<Vec<&'v Value>, NormaliseError> {
+    match &rule.batch {
+        None => Ok(vec![body]),
+        Some(pointer) => match body.pointer(pointer) {
+            Some(Value::Array(items)) => Ok(items.iter().collect()),
+            _ => Err(NormaliseError::NotABatch(pointer.clone())),
+        },
+    }
 }
 
 fn derive(values: impl Iterator<Item = Vec<u8>>) -> String {
@@ -41,8 +54,17 @@ fn derive(values: impl Iterator<Item = Vec<u8>>) -> String {
     format!("{DERIVED_ID_PREFIX}{}", hex::encode(&digest[..16]))
 }
 
-/// The event's ID: provider's own, derived from `id_derive`, or a hash of the raw body.
+/// The event's ID: provider's own, derived from `id_derive`, or a hash of the raw body (of the
+/// element, inside a batch).
 pub fn event_id(rule: Option<&EventRule>, ctx: &Context<'_>, raw_body: &[u8]) -> String {
+    if rule.is_some_and(|r| r.batch.is_some()) && !std::ptr::eq(ctx.body, ctx.root) {
+        let element = serde_json::to_vec(ctx.body).unwrap_or_default();
+        return event_id_from(rule, ctx, &element);
+    }
+    event_id_from(rule, ctx, raw_body)
+}
+
+fn event_id_from(rule: Option<&EventRule>, ctx: &Context<'_>, raw_body: &[u8]) -> String {
     if let Some(rule) = rule {
         if let Some(id) = rule.id.first_text(ctx) {
             return if id.len() > MAX_EVENT_ID_LEN {
@@ -64,6 +86,18 @@ pub fn event_id(rule: Option<&EventRule>, ctx: &Context<'_>, raw_body: &[u8]) ->
     derive(std::iter::once(raw_body.to_vec()))
 }
 
+/// `{"title": {"previous": "Old", "current": "New"}}` → `{"title": "Old"}` (GitLab's `changes`).
+fn previous_from_changes(changes: &ChangesRule, ctx: &Context<'_>) -> Option<Value> {
+    let Value::Object(fields) = changes.source.resolve(ctx)?.into_owned() else {
+        return None;
+    };
+    let previous: Map<String, Value> = fields
+        .into_iter()
+        .filter_map(|(field, change)| Some((field, change.get(&changes.key)?.clone())))
+        .collect();
+    (!previous.is_empty()).then_some(Value::Object(previous))
+}
+
 /// What the envelope needs besides the payload.
 pub struct EnvelopeInfo<'a> {
     pub id: String,
@@ -77,22 +111,24 @@ fn first_owned(sources: &Sources, ctx: &Context<'_>) -> Option<Value> {
     sources.first(ctx).map(|v| v.into_owned())
 }
 
-/// Builds the envelope for one event.
+/// Builds the envelope for one event (`body` is the element inside a batch).
 pub fn envelope(
     rule: &EventRule,
     body: &Value,
+    root: &Value,
     headers: &HeaderMap,
     info: EnvelopeInfo<'_>,
 ) -> Result<Envelope, NormaliseError> {
     let ctx = Context {
         body,
+        root,
         headers,
         current: None,
     };
     let parts: Vec<String> = rule
         .type_parts
         .iter()
-        .filter_map(|s| s.resolve(&ctx).and_then(|v| text_of(&v)))
+        .filter_map(|part| part.first_text(&ctx))
         .collect();
     if parts.is_empty() {
         return Err(NormaliseError::MissingType);
@@ -115,6 +151,7 @@ pub fn envelope(
     let raw_action = raw_action
         .or_else(|| rule.default_action.clone())
         .ok_or_else(|| NormaliseError::NoObjectAction(event_type.clone()))?;
+    let raw_action = rule.actions.get(&raw_action).cloned().unwrap_or(raw_action);
     let action = if rule.canonicalise {
         canonical_action(&raw_action).to_owned()
     } else {
@@ -125,7 +162,11 @@ pub fn envelope(
         Some(source) => source.resolve(&ctx).map(|v| v.into_owned()),
         None => first_owned(&rule.current, &ctx),
     };
-    let mut previous = first_owned(&rule.previous, &ctx);
+    let mut previous = first_owned(&rule.previous, &ctx).or_else(|| {
+        rule.previous_changes
+            .as_ref()
+            .and_then(|changes| previous_from_changes(changes, &ctx))
+    });
     let with_current = Context {
         current: current.as_ref(),
         ..ctx
@@ -138,8 +179,8 @@ pub fn envelope(
         .filter_map(|s| s.resolve(&with_current))
         .find_map(|v| parse_occurred_at(&v));
     let mut meta = Map::new();
-    for (name, source) in &rule.meta {
-        if let Some(value) = source.resolve(&with_current) {
+    for (name, sources) in &rule.meta {
+        if let Some(value) = sources.first(&with_current) {
             meta.insert(name.clone(), value.into_owned());
         }
     }
@@ -201,7 +242,7 @@ mod tests {
             object_id = ["current:/id"]"#,
         );
         let body = json!({"type": "customer.deleted", "data": {"object": {"id": "cus_1"}}});
-        let e = envelope(&r, &body, &HeaderMap::new(), info()).unwrap();
+        let e = envelope(&r, &body, &body, &HeaderMap::new(), info()).unwrap();
         assert_eq!(
             (e.object.as_str(), e.action.as_str()),
             ("customer", "deleted")
@@ -216,14 +257,14 @@ mod tests {
         let r = rule(r#"type = ["/type"]"#);
         let body = json!({"type": "push"});
         assert_eq!(
-            envelope(&r, &body, &HeaderMap::new(), info()).unwrap_err(),
+            envelope(&r, &body, &body, &HeaderMap::new(), info()).unwrap_err(),
             NormaliseError::NoObjectAction("push".into())
         );
         let r = rule("type = [\"/type\"]\ndefault_action = \"received\"");
-        let e = envelope(&r, &body, &HeaderMap::new(), info()).unwrap();
+        let e = envelope(&r, &body, &body, &HeaderMap::new(), info()).unwrap();
         assert_eq!((e.object.as_str(), e.action.as_str()), ("push", "received"));
         assert_eq!(
-            envelope(&r, &json!({}), &HeaderMap::new(), info()).unwrap_err(),
+            envelope(&r, &json!({}), &json!({}), &HeaderMap::new(), info()).unwrap_err(),
             NormaliseError::MissingType
         );
     }
@@ -243,6 +284,7 @@ mod tests {
                 Some(&r),
                 &Context {
                     body: v,
+                    root: v,
                     headers: &headers,
                     current: None,
                 },

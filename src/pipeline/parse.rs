@@ -2,6 +2,7 @@
 //! refuses absurd nesting), form-encoded bodies as an object of strings. Anything else is
 //! `invalid_payload`.
 
+use actix_web::http::header::CONTENT_TYPE;
 use serde_json::{Map, Value};
 
 use super::signature::Verified;
@@ -9,12 +10,29 @@ use crate::error::GatewayError;
 use crate::provider::definition::BodyFormat;
 
 pub fn parse(delivery: &Verified) -> Result<Value, GatewayError> {
-    parse_bytes(delivery.instance.kind.body, &delivery.body)
+    let format = match delivery.instance.kind.body {
+        BodyFormat::Auto => {
+            let is_form = delivery
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(FORM_CONTENT_TYPE));
+            if is_form {
+                BodyFormat::Form
+            } else {
+                BodyFormat::Json
+            }
+        }
+        format => format,
+    };
+    parse_bytes(format, &delivery.body)
 }
+
+const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
 
 pub fn parse_bytes(format: BodyFormat, body: &[u8]) -> Result<Value, GatewayError> {
     match format {
-        BodyFormat::Json => {
+        BodyFormat::Json | BodyFormat::Auto => {
             serde_json::from_slice(body).map_err(|e| GatewayError::InvalidPayload {
                 format: "JSON",
                 detail: e.to_string(),

@@ -35,19 +35,22 @@ pub enum BodyFormat {
     Json,
     /// `application/x-www-form-urlencoded`; fields become a JSON object of strings.
     Form,
+    /// Form when the `Content-Type` says so, JSON otherwise (Twilio sends both).
+    Auto,
 }
 
 /// `[signature]`: the closed set of schemes hookgate implements.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "scheme", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SignatureDef {
-    /// An HMAC of a signed string built from the body, headers and timestamp.
+    /// An HMAC of a signed string built from the body, headers, timestamp and URL.
     Hmac {
         /// `sha1`, `sha256` or `sha512`.
         #[serde(default)]
         algorithm: HmacAlgorithm,
-        /// Header carrying the signature.
-        header: String,
+        /// Where the signature is: sources, first present wins (`header:X-Sig`, `/body/pointer`).
+        #[serde(deserialize_with = "one_or_many")]
+        signature: Vec<String>,
         /// Text before the encoded MAC, such as `sha256=`.
         #[serde(default)]
         prefix: String,
@@ -57,35 +60,143 @@ pub enum SignatureDef {
         /// `hex` or `base64`.
         #[serde(default)]
         encoding: SignatureEncoding,
-        /// What is signed: `{body}`, `{timestamp}`, `{header:Name}` and literal text.
+        /// What is signed: `{body}`, `{timestamp}`, `{url}`, `{header:Name}`, `{/pointer}` and
+        /// literal text.
         #[serde(default = "default_signed")]
         signed: String,
-        /// Header carrying a Unix timestamp, checked against the tolerance.
-        timestamp_header: Option<String>,
-        /// Reject deliveries without the timestamp header.
+        /// Where the timestamp is (a header or a body pointer), checked against the tolerance.
+        timestamp: Option<String>,
+        /// How the timestamp is written, for signing.
+        #[serde(default)]
+        timestamp_format: TimestampFormat,
+        /// Reject deliveries without a timestamp.
         #[serde(default)]
         timestamp_required: bool,
         /// Default tolerance in seconds, past and future.
         tolerance_secs: Option<u64>,
+        /// The provider signs fields, not the body (Mailgun); say so explicitly.
+        #[serde(default)]
+        unsigned_body: bool,
+        /// A body value that may be used once only (Mailgun's `token`): a second delivery with
+        /// the same value and a different event is refused.
+        replay_guard: Option<String>,
     },
-    /// `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]` over `{t}.{body}`.
+    /// A header of `key=value` items holding a timestamp and one or more MACs
+    /// (`Paddle-Signature: ts=..;h1=..`).
+    KeyedHmac {
+        header: String,
+        #[serde(default = "default_item_separator")]
+        separator: String,
+        timestamp_key: String,
+        signature_key: String,
+        #[serde(default = "default_keyed_signed")]
+        signed: String,
+        #[serde(default)]
+        algorithm: HmacAlgorithm,
+        #[serde(default)]
+        encoding: SignatureEncoding,
+        tolerance_secs: Option<u64>,
+    },
+    /// `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]` over `{t}.{body}`: a preset of
+    /// `keyed-hmac`.
     Stripe {
         #[serde(default = "default_stripe_header")]
         header: String,
+        tolerance_secs: Option<u64>,
+    },
+    /// Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<b64>`),
+    /// also under other header prefixes (`svix-`); `whsec_` secrets and `whpk_` Ed25519 keys.
+    StandardWebhooks {
+        #[serde(default = "default_standard_prefixes")]
+        header_prefixes: Vec<String>,
+        tolerance_secs: Option<u64>,
+    },
+    /// Twilio: base64 HMAC-SHA1 of the public URL plus sorted form fields (or of the URL
+    /// carrying `bodySHA256` for JSON bodies). Instances set `public_url`.
+    Twilio {
+        #[serde(default = "default_twilio_header")]
+        header: String,
+    },
+    /// An Ed25519 signature (public keys in `secrets`, hex or base64).
+    Ed25519 {
+        #[serde(deserialize_with = "one_or_many")]
+        signature: Vec<String>,
+        #[serde(default)]
+        encoding: SignatureEncoding,
+        #[serde(default = "default_signed")]
+        signed: String,
+        timestamp: Option<String>,
+        tolerance_secs: Option<u64>,
+    },
+    /// An ECDSA P-256 / SHA-256 signature, DER or raw r||s (public keys in `secrets`, base64
+    /// DER SubjectPublicKeyInfo or PEM).
+    EcdsaP256 {
+        #[serde(deserialize_with = "one_or_many")]
+        signature: Vec<String>,
+        #[serde(default)]
+        encoding: SignatureEncoding,
+        #[serde(default = "default_signed")]
+        signed: String,
+        timestamp: Option<String>,
         tolerance_secs: Option<u64>,
     },
     /// No signature: the instance's Basic Auth is the authentication (and is then required).
     Basic,
     /// A shared token sent verbatim in a header, compared in constant time.
     Token { header: String },
+    /// Several schemes; the first whose signature header is present decides.
+    OneOf { schemes: Vec<SignatureDef> },
 }
 
 fn default_signed() -> String {
     "{body}".to_owned()
 }
 
+fn default_keyed_signed() -> String {
+    "{timestamp}.{body}".to_owned()
+}
+
+fn default_item_separator() -> String {
+    ",".to_owned()
+}
+
 fn default_stripe_header() -> String {
     "Stripe-Signature".to_owned()
+}
+
+fn default_twilio_header() -> String {
+    "X-Twilio-Signature".to_owned()
+}
+
+fn default_standard_prefixes() -> Vec<String> {
+    vec!["webhook-".to_owned(), "svix-".to_owned()]
+}
+
+/// A string or a list of strings.
+pub fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// How a timestamp is written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimestampFormat {
+    /// Unix seconds.
+    #[default]
+    Unix,
+    /// Unix milliseconds.
+    UnixMs,
+    /// RFC 3339 (`2024-01-15T10:30:00.123Z`).
+    Rfc3339,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -129,6 +240,15 @@ pub enum ReplyDef {
         #[serde(default)]
         field: Option<String>,
     },
+    /// Returns a fixed JSON body (Discord's PONG `{"type":1}`).
+    Json { body: String },
+    /// Returns `{"<plain_field>": value, "<mac_field>": hex HMAC-SHA256(secret, value)}` for the
+    /// value at `source` (Zoom's `endpoint.url_validation`).
+    HmacEcho {
+        source: String,
+        plain_field: String,
+        mac_field: String,
+    },
 }
 
 /// `when = { source = "header:X-GitHub-Event", equals = "ping" }`; without `equals` the source
@@ -148,6 +268,9 @@ pub struct EventDef {
     pub name: Option<String>,
     /// Which payloads this format handles; absent means all.
     pub when: Option<ConditionDef>,
+    /// A pointer to an array whose elements are separate events (`""` for a top-level array).
+    /// Inside a batch, pointers address the element and `root:` the whole body.
+    pub batch: Option<String>,
     /// Sources of the provider's event ID, first present wins.
     #[serde(default)]
     pub id: Vec<String>,
@@ -170,6 +293,9 @@ pub struct EventDef {
     pub split: SplitDef,
     /// Action used when the payload has none (for example GitHub `push`).
     pub default_action: Option<String>,
+    /// Provider verbs renamed before canonicalisation (`message_changed = "updated"`).
+    #[serde(default)]
+    pub actions: BTreeMap<String, String>,
     /// Map verbs onto created/updated/deleted; off for kinds whose events are not lifecycles.
     #[serde(default = "default_true")]
     pub canonicalise: bool,
@@ -182,6 +308,9 @@ pub struct EventDef {
     pub current_by_object: BTreeMap<String, String>,
     #[serde(default)]
     pub previous: Vec<String>,
+    /// When `previous` finds nothing: build it from a change list shaped
+    /// `{"field": {"<key>": old, ...}}` (GitLab's `changes`).
+    pub previous_changes: Option<ChangesDef>,
     #[serde(default)]
     pub occurred_at: Vec<String>,
     /// Provider extras copied into `meta`: name → source.
@@ -195,6 +324,14 @@ fn default_separator() -> String {
 
 fn default_true() -> bool {
     true
+}
+
+/// `previous_changes = { source = "/changes", key = "previous" }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesDef {
+    pub source: String,
+    pub key: String,
 }
 
 /// `split = { separator = ".", at = "last", order = "object-action" }`

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use actix_web::http::header::{HeaderName, AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
-use serde_json::Value;
 
 use super::definition::{
     BodyFormat, ConditionDef, Definition, EventDef, ReplyDef, SplitAt, SplitOrder,
@@ -45,6 +44,12 @@ pub enum Reply {
         source: Source,
         field: Option<String>,
     },
+    Json(serde_json::Value),
+    HmacEcho {
+        source: Source,
+        plain_field: String,
+        mac_field: String,
+    },
 }
 
 /// How one payload format becomes an envelope.
@@ -52,21 +57,32 @@ pub enum Reply {
 pub struct EventRule {
     pub name: Option<String>,
     pub when: Option<Condition>,
+    pub batch: Option<String>,
     pub id: Sources,
     pub id_derive: Sources,
-    pub type_parts: Vec<Source>,
+    /// Each part is a list of alternatives (`a | b`): the first present one is used.
+    pub type_parts: Vec<Sources>,
     pub type_separator: String,
     pub object: Sources,
     pub action: Sources,
     pub split: Split,
     pub default_action: Option<String>,
+    pub actions: HashMap<String, String>,
     pub canonicalise: bool,
     pub object_id: Sources,
     pub current: Sources,
     pub current_by_object: HashMap<String, Source>,
     pub previous: Sources,
+    pub previous_changes: Option<ChangesRule>,
     pub occurred_at: Sources,
-    pub meta: Vec<(String, Source)>,
+    pub meta: Vec<(String, Sources)>,
+}
+
+/// Where a change list is and which key holds the old value.
+#[derive(Debug)]
+pub struct ChangesRule {
+    pub source: Source,
+    pub key: String,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +171,19 @@ pub fn compile(name: &str, def: Definition) -> Result<Kind, CompileError> {
                         source: Source::parse(source).map_err(|m| (key("reply.source"), m))?,
                         field: field.clone(),
                     },
+                    ReplyDef::Json { body } => Reply::Json(
+                        serde_json::from_str(body)
+                            .map_err(|e| (key("reply.body"), format!("not JSON: {e}")))?,
+                    ),
+                    ReplyDef::HmacEcho {
+                        source,
+                        plain_field,
+                        mac_field,
+                    } => Reply::HmacEcho {
+                        source: Source::parse(source).map_err(|m| (key("reply.source"), m))?,
+                        plain_field: plain_field.clone(),
+                        mac_field: mac_field.clone(),
+                    },
                 },
             })
         })
@@ -172,7 +201,7 @@ pub fn compile(name: &str, def: Definition) -> Result<Kind, CompileError> {
         .map(|(i, e)| compile_event(i, e))
         .collect::<Result<Vec<_>, _>>()?;
     let mut secret_headers = vec![AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE];
-    secret_headers.extend(scheme.secret_header().cloned());
+    secret_headers.extend(scheme.secret_headers());
     Ok(Kind {
         name: name.to_owned(),
         description: def.description,
@@ -182,6 +211,12 @@ pub fn compile(name: &str, def: Definition) -> Result<Kind, CompileError> {
         formats,
         secret_headers,
     })
+}
+
+/// `"a | b"`: sources tried in order.
+fn alternatives(text: &str) -> Result<Sources, String> {
+    let parts: Vec<String> = text.split(" | ").map(|a| a.trim().to_owned()).collect();
+    Sources::parse(&parts).map_err(|(_, m)| m)
 }
 
 fn condition(def: &ConditionDef) -> Result<Condition, String> {
@@ -228,13 +263,19 @@ fn compile_event(i: usize, e: &EventDef) -> Result<EventRule, CompileError> {
         .meta
         .iter()
         .map(|(name, text)| {
-            Source::parse(text)
+            alternatives(text)
                 .map(|s| (name.clone(), s))
                 .map_err(|m| (key(&format!("meta.{name}")), m))
         })
         .collect::<Result<_, _>>()?;
+    if let Some(batch) = &e.batch {
+        if !(batch.is_empty() || batch.starts_with('/')) {
+            return Err((key("batch"), format!("`{batch}` is not a JSON pointer")));
+        }
+    }
     Ok(EventRule {
         name: e.name.clone(),
+        batch: e.batch.clone(),
         when: e
             .when
             .as_ref()
@@ -243,7 +284,12 @@ fn compile_event(i: usize, e: &EventDef) -> Result<EventRule, CompileError> {
             .map_err(|m| (key("when"), m))?,
         id: list("id", &e.id)?,
         id_derive: list("id_derive", &e.id_derive)?,
-        type_parts: list("type", &e.type_parts)?.0,
+        type_parts: e
+            .type_parts
+            .iter()
+            .enumerate()
+            .map(|(j, part)| alternatives(part).map_err(|m| (format!("event[{i}].type[{j}]"), m)))
+            .collect::<Result<_, _>>()?,
         type_separator: e.type_separator.clone(),
         object,
         action,
@@ -253,11 +299,24 @@ fn compile_event(i: usize, e: &EventDef) -> Result<EventRule, CompileError> {
             order: e.split.order,
         },
         default_action: e.default_action.clone(),
+        actions: e.actions.clone().into_iter().collect(),
         canonicalise: e.canonicalise,
         object_id: list("object_id", &e.object_id)?,
         current: list("current", &e.current)?,
         current_by_object,
         previous: list("previous", &e.previous)?,
+        previous_changes: e
+            .previous_changes
+            .as_ref()
+            .map(|c| {
+                Source::parse(&c.source)
+                    .map(|source| ChangesRule {
+                        source,
+                        key: c.key.clone(),
+                    })
+                    .map_err(|m| (key("previous_changes.source"), m))
+            })
+            .transpose()?,
         occurred_at: list("occurred_at", &e.occurred_at)?,
         meta,
     })
@@ -274,14 +333,6 @@ impl Kind {
         self.formats
             .iter()
             .find(|f| f.when.as_ref().is_none_or(|w| w.holds(ctx)))
-    }
-}
-
-/// A value the handshake reply may echo.
-pub fn reply_value(reply: &Reply, ctx: &super::source::Context<'_>) -> Option<Value> {
-    match reply {
-        Reply::Ack => None,
-        Reply::Echo { source, .. } => source.resolve(ctx).map(|v| v.into_owned()),
     }
 }
 
@@ -314,7 +365,26 @@ mod tests {
     fn every_committed_provider_definition_compiles() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("providers");
         let kinds = load_dir(&dir).unwrap();
-        for name in ["generic", "github", "pipedrive", "stripe"] {
+        for name in [
+            "generic",
+            "github",
+            "pipedrive",
+            "stripe",
+            "shopify",
+            "slack",
+            "standard-webhooks",
+            "pusher",
+            "gitlab",
+            "linear",
+            "paddle",
+            "twilio",
+            "zoom",
+            "twitch",
+            "square",
+            "mailgun",
+            "discord",
+            "sendgrid",
+        ] {
             assert!(kinds.contains_key(name), "{name} missing");
         }
     }

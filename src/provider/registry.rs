@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use super::kind::{self, Kind};
 use crate::config::{ConfigError, LoadedSettings};
 use crate::pipeline::access::{BasicAuth, ClientLimiter};
+use crate::pipeline::signature::Key;
 use crate::secret::Secret;
 
 /// The signing secret of the committed demo instance. Anyone can read it in the repository, so
@@ -22,7 +23,11 @@ pub const DEMO_SECRET: &str = "hookgate-demo-secret-do-not-use-in-production";
 pub struct Instance {
     pub name: String,
     pub kind: Arc<Kind>,
+    /// The configured secrets, as written (handshakes and `replay` sign with them).
     pub secrets: Vec<Secret>,
+    /// The secrets compiled for the kind's scheme (decoded keys, parsed public keys).
+    pub keys: Vec<Key>,
+    pub public_url: Option<String>,
     pub tolerance_secs: u64,
     pub allow_ips: Vec<IpNet>,
     pub limiter: Option<ClientLimiter>,
@@ -86,6 +91,20 @@ impl Registry {
                     format!("kind `{kind_name}` is authenticated by Basic Auth only, so basic_auth is required"),
                 ));
             }
+            if kind.scheme.needs_url() && cfg.public_url.is_none() {
+                return Err(ConfigError::new(
+                    &file,
+                    key("public_url"),
+                    format!("kind `{kind_name}` signs the URL it calls, so public_url is required"),
+                ));
+            }
+            let keys = kind.scheme.compile_keys(&secrets).map_err(|m| {
+                ConfigError::new(
+                    &file,
+                    key("secrets"),
+                    format!("for kind `{kind_name}`: {m}"),
+                )
+            })?;
             let body_limit = cfg
                 .body_limit_bytes
                 .unwrap_or(settings.server.body_limit_bytes);
@@ -98,6 +117,8 @@ impl Registry {
                         .unwrap_or_else(|| kind.scheme.default_tolerance_secs()),
                     kind,
                     secrets,
+                    keys,
+                    public_url: cfg.public_url.as_ref().map(|u| u.as_str().to_owned()),
                     allow_ips: cfg.allow_ips.clone(),
                     limiter: cfg.rate_limit.map(ClientLimiter::new),
                     basic_auth: cfg.basic_auth.as_ref().map(BasicAuth::new),

@@ -3,7 +3,9 @@
 //!
 //! | written            | meaning                                       |
 //! |--------------------|-----------------------------------------------|
-//! | `/data/object`     | JSON pointer into the parsed body             |
+//! | `/data/object`     | JSON pointer into the parsed body (in a batch: into the element) |
+//! | `root:/time_ms`    | JSON pointer into the whole body, also inside a batch |
+//! | `/data/object/*`   | the first value under `/data/object` (its only child, usually) |
 //! | `header:X-Name`    | a request header (case-insensitive)           |
 //! | `current:/id`      | JSON pointer into the envelope's `current`    |
 //! | `const:text`       | the literal text                              |
@@ -17,19 +19,26 @@ use serde_json::Value;
 
 const HEADER_PREFIX: &str = "header:";
 const CURRENT_PREFIX: &str = "current:";
+const ROOT_PREFIX: &str = "root:";
+const WILDCARD: &str = "/*";
 const CONST_PREFIX: &str = "const:";
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Body(String),
+    Root(String),
     Header(HeaderName),
     Current(String),
     Const(Value),
 }
 
 /// What sources are resolved against.
+#[derive(Clone, Copy)]
 pub struct Context<'a> {
+    /// The event: the whole body, or one batch element.
     pub body: &'a Value,
+    /// The whole body.
+    pub root: &'a Value,
     pub headers: &'a HeaderMap,
     pub current: Option<&'a Value>,
 }
@@ -40,6 +49,9 @@ impl Source {
             HeaderName::from_bytes(name.trim().as_bytes())
                 .map(Source::Header)
                 .map_err(|_| format!("`{name}` is not a valid header name"))
+        } else if let Some(pointer) = text.strip_prefix(ROOT_PREFIX) {
+            check_pointer(pointer)?;
+            Ok(Source::Root(pointer.to_owned()))
         } else if let Some(pointer) = text.strip_prefix(CURRENT_PREFIX) {
             check_pointer(pointer)?;
             Ok(Source::Current(pointer.to_owned()))
@@ -53,10 +65,11 @@ impl Source {
 
     pub fn resolve<'a>(&self, ctx: &Context<'a>) -> Option<Cow<'a, Value>> {
         let found = match self {
-            Source::Body(pointer) => ctx.body.pointer(pointer).map(Cow::Borrowed),
+            Source::Body(pointer) => lookup(ctx.body, pointer).map(Cow::Borrowed),
+            Source::Root(pointer) => lookup(ctx.root, pointer).map(Cow::Borrowed),
             Source::Current(pointer) => ctx
                 .current
-                .and_then(|current| current.pointer(pointer))
+                .and_then(|current| lookup(current, pointer))
                 .map(Cow::Borrowed),
             Source::Header(name) => ctx
                 .headers
@@ -69,12 +82,24 @@ impl Source {
     }
 }
 
+/// A JSON pointer lookup; a trailing `/*` takes the first value of the object or array there.
+fn lookup<'v>(value: &'v Value, pointer: &str) -> Option<&'v Value> {
+    match pointer.strip_suffix(WILDCARD) {
+        Some(parent) => match value.pointer(parent)? {
+            Value::Object(map) => map.values().next(),
+            Value::Array(items) => items.first(),
+            _ => None,
+        },
+        None => value.pointer(pointer),
+    }
+}
+
 fn check_pointer(pointer: &str) -> Result<(), String> {
     if pointer.is_empty() || pointer.starts_with('/') {
         Ok(())
     } else {
         Err(format!(
-            "`{pointer}` is neither a JSON pointer (starting with `/`) nor `header:`, `current:` or `const:`"
+            "`{pointer}` is neither a JSON pointer (starting with `/`) nor `header:`, `root:`, `current:` or `const:`"
         ))
     }
 }
@@ -156,6 +181,7 @@ mod tests {
         let current = json!({"id": "abc"});
         let ctx = Context {
             body: &body,
+            root: &body,
             headers: &headers,
             current: Some(&current),
         };
@@ -182,6 +208,14 @@ mod tests {
             Some("abc")
         );
         assert_eq!(
+            Source::parse("/data/*")
+                .unwrap()
+                .resolve(&ctx)
+                .unwrap()
+                .as_ref(),
+            &json!(7)
+        );
+        assert_eq!(
             Sources::parse(&["const:x".into()])
                 .unwrap()
                 .first_text(&ctx)
@@ -202,6 +236,7 @@ mod tests {
         let headers = HeaderMap::new();
         let ctx = Context {
             body: &body,
+            root: &body,
             headers: &headers,
             current: None,
         };

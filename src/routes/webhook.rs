@@ -7,16 +7,22 @@ use serde_json::json;
 use tracing::{field, info, warn, Instrument};
 
 use crate::error::GatewayError;
-use crate::pipeline::normalise::{self, EnvelopeInfo};
-use crate::pipeline::signature::{self, Verified};
+use crate::pipeline::normalise::{self, EnvelopeInfo, NormaliseError};
+use crate::pipeline::signature::{self, hmac, SignatureError, Verified};
 use crate::pipeline::{access, body, parse, Received};
-use crate::provider::kind::{reply_value, Reply};
+use crate::provider::definition::HmacAlgorithm;
+use crate::provider::kind::{Handshake, Reply};
+use crate::provider::registry::Instance;
 use crate::provider::source::{text_of, Context};
 use crate::startup::AppState;
-use crate::store::{Committed, DedupKey, DeliveryRecord, DeliveryStatus, NewEvent};
+use crate::store::{
+    Commit, Committed, DedupKey, DeliveryRecord, DeliveryStatus, NewEnvelope, NewEvent,
+};
 
 const STATUS_ACCEPTED: &str = "accepted";
 const STATUS_DUPLICATE: &str = "duplicate";
+/// Replay-guard values are claimed under `<instance>#replay-guard`, apart from event IDs.
+const REPLAY_GUARD_SUFFIX: &str = "#replay-guard";
 
 /// Every method on `/webhooks/{name}`: unknown names are 404 before the method is looked at.
 pub async fn receive(
@@ -104,6 +110,7 @@ async fn handle(
     let received = Received {
         instance,
         headers: headers.clone(),
+        query: req.query_string().to_owned(),
         body,
         client_ip,
         received_at,
@@ -114,6 +121,46 @@ async fn handle(
     accept(&verified, &value, state).await
 }
 
+/// Stage 9: the reply a handshake asks for.
+fn handshake_reply(
+    handshake: &Handshake,
+    ctx: &Context<'_>,
+    instance: &Instance,
+) -> Result<HttpResponse, GatewayError> {
+    let missing = || GatewayError::InvalidPayload {
+        format: "handshake",
+        detail: format!("`{}` carries no value to answer with", handshake.name),
+    };
+    Ok(match &handshake.reply {
+        Reply::Ack => HttpResponse::Ok().json(json!({"status": "ok", "handshake": handshake.name})),
+        Reply::Json(body) => HttpResponse::Ok().json(body),
+        Reply::Echo { source, field } => {
+            let value = source.resolve(ctx).ok_or_else(missing)?.into_owned();
+            match field {
+                Some(field) => HttpResponse::Ok().json(json!({ field: value })),
+                None => HttpResponse::Ok()
+                    .content_type(ContentType::plaintext())
+                    .body(text_of(&value).unwrap_or_else(|| value.to_string())),
+            }
+        }
+        Reply::HmacEcho {
+            source,
+            plain_field,
+            mac_field,
+        } => {
+            let plain = source
+                .resolve(ctx)
+                .and_then(|v| text_of(&v))
+                .ok_or_else(missing)?;
+            // The signature stage has just verified this delivery with one of these secrets;
+            // answer with the first, as the provider expects the current one.
+            let secret = instance.secrets.first().ok_or_else(missing)?;
+            let mac = hmac::mac(HmacAlgorithm::Sha256, secret.expose(), plain.as_bytes());
+            HttpResponse::Ok().json(json!({ plain_field: plain, mac_field: hex::encode(mac) }))
+        }
+    })
+}
+
 /// Stages 9–13 for a verified, parsed delivery.
 async fn accept(
     delivery: &Verified,
@@ -122,46 +169,23 @@ async fn accept(
 ) -> Result<HttpResponse, GatewayError> {
     let instance = &delivery.instance;
     let kind = &instance.kind;
-    let ctx = Context {
+    let root = Context {
         body: value,
+        root: value,
         headers: &delivery.headers,
         current: None,
     };
     // 9. handshakes
-    if let Some(handshake) = kind.handshake(&ctx) {
+    if let Some(handshake) = kind.handshake(&root) {
         tracing::Span::current().record("outcome", "handshake");
         info!(handshake = %handshake.name, "Handshake answered.");
-        return Ok(
-            match (&handshake.reply, reply_value(&handshake.reply, &ctx)) {
-                (Reply::Echo { field: None, .. }, Some(v)) => HttpResponse::Ok()
-                    .content_type(ContentType::plaintext())
-                    .body(text_of(&v).unwrap_or_else(|| v.to_string())),
-                (Reply::Echo { field: Some(f), .. }, Some(v)) => {
-                    HttpResponse::Ok().json(json!({ f: v }))
-                }
-                _ => HttpResponse::Ok().json(json!({"status": "ok", "handshake": handshake.name})),
-            },
-        );
+        return handshake_reply(handshake, &root, instance);
     }
-    // 10. event ID and duplicate check (fast path; the commit claims atomically)
-    let rule = kind.format(&ctx);
-    let event_id = normalise::event_id(rule, &ctx, &delivery.body);
-    tracing::Span::current().record("event_id", event_id.as_str());
-    let dedup = DedupKey {
-        provider: instance.name.clone(),
-        event_id: event_id.clone(),
-    };
-    if let Some(id) = state.store.find_duplicate(&dedup)? {
-        return Ok(answer(STATUS_DUPLICATE, &id, &event_id));
-    }
-
-    // 11. normalise
-    let id = state.ids.next(delivery.received_at);
     let mut record = DeliveryRecord {
-        id: id.clone(),
+        id: state.ids.next(delivery.received_at),
         provider: instance.name.clone(),
         kind: kind.name.clone(),
-        event_id: Some(event_id.clone()),
+        event_id: None,
         received_at: crate::envelope::format_millis(delivery.received_at),
         client_ip: delivery.client_ip.map(|ip| ip.to_string()),
         headers: delivery
@@ -179,59 +203,168 @@ async fn accept(
         error: None,
         envelope_ids: Vec::new(),
     };
-    let envelope = rule
-        .ok_or(normalise::NormaliseError::NoFormat)
-        .and_then(|rule| {
-            normalise::envelope(
-                rule,
-                value,
-                &delivery.headers,
-                EnvelopeInfo {
-                    id: id.clone(),
-                    provider: &instance.name,
-                    kind: &kind.name,
-                    event_id: event_id.clone(),
-                    received_at: delivery.received_at,
-                },
-            )
-        });
-    let envelope = match envelope {
-        Ok(envelope) => envelope,
-        Err(e) => {
-            record.status = DeliveryStatus::Unprocessable;
-            record.error = Some(e.to_string());
-            state
-                .store
-                .keep_unprocessable(record, delivery.body.clone())
-                .await?;
-            return Err(GatewayError::UnprocessableEvent(e.to_string()));
-        }
+    // 10. event IDs and the duplicate check (fast path; the commit claims atomically)
+    let rule = kind.format(&root);
+    let elements = match rule.map(|r| normalise::elements(r, value)) {
+        Some(Ok(elements)) => elements,
+        Some(Err(e)) => return unprocessable(record, delivery, e, state).await,
+        None => vec![value],
     };
-    record.envelope_ids.push(envelope.id.clone());
-    // 12. persist (claim + event, durably)
+    let is_batch = rule.is_some_and(|r| r.batch.is_some());
+    let mut events = Vec::with_capacity(elements.len());
+    for element in &elements {
+        let ctx = Context {
+            body: element,
+            ..root
+        };
+        let event_id = normalise::event_id(rule, &ctx, &delivery.body);
+        let known = state.store.find_duplicate(&DedupKey {
+            provider: instance.name.clone(),
+            event_id: event_id.clone(),
+        })?;
+        events.push((*element, event_id, known));
+    }
+    if let Some((_, first_id, _)) = events.first() {
+        tracing::Span::current().record("event_id", first_id.as_str());
+        record.event_id = Some(first_id.clone());
+    }
+    if !events.is_empty() && events.iter().all(|(_, _, known)| known.is_some()) {
+        let outcomes: Vec<_> = events
+            .iter()
+            .map(|(_, event_id, known)| {
+                (
+                    event_id.as_str(),
+                    known.as_deref().unwrap_or_default(),
+                    STATUS_DUPLICATE,
+                )
+            })
+            .collect();
+        return Ok(answer(STATUS_DUPLICATE, &outcomes, is_batch));
+    }
+    // 11. normalise
+    let Some(rule) = rule else {
+        return unprocessable(record, delivery, NormaliseError::NoFormat, state).await;
+    };
+    let mut new_events = Vec::with_capacity(events.len());
+    for (element, event_id, known) in &events {
+        if known.is_some() {
+            continue;
+        }
+        let info = EnvelopeInfo {
+            id: if new_events.is_empty() {
+                record.id.clone()
+            } else {
+                state.ids.next(delivery.received_at)
+            },
+            provider: &instance.name,
+            kind: &kind.name,
+            event_id: event_id.clone(),
+            received_at: delivery.received_at,
+        };
+        match normalise::envelope(rule, element, value, &delivery.headers, info) {
+            Ok(envelope) => new_events.push(NewEnvelope {
+                dedup: DedupKey {
+                    provider: instance.name.clone(),
+                    event_id: event_id.clone(),
+                },
+                envelope,
+            }),
+            Err(e) => return unprocessable(record, delivery, e, state).await,
+        }
+    }
+    if new_events.is_empty() {
+        // An empty batch: nothing to store, nothing to lose.
+        return Ok(answer(STATUS_ACCEPTED, &[], is_batch));
+    }
+    let replay_guard = kind.scheme.replay_guard().and_then(|source| {
+        source
+            .resolve(&root)
+            .and_then(|v| text_of(&v))
+            .map(|token| DedupKey {
+                provider: format!("{}{REPLAY_GUARD_SUFFIX}", instance.name),
+                event_id: token,
+            })
+    });
+    // 12. persist (claims + events, durably)
+    let stored_ids: Vec<String> = new_events.iter().map(|e| e.envelope.id.clone()).collect();
     let committed = state
         .store
         .commit(NewEvent {
-            dedup,
             delivery: record,
             body: delivery.body.clone(),
-            envelopes: vec![envelope],
+            events: new_events,
+            replay_guard,
         })
         .await?;
-    // 13. acknowledge
-    Ok(match committed {
-        Committed::Accepted => {
-            info!(id = %id, "Accepted.");
-            answer(STATUS_ACCEPTED, &id, &event_id)
+    let results = match committed {
+        Commit::Stored(results) => results,
+        Commit::Replayed => {
+            return Err(GatewayError::Signature(SignatureError::Other(
+                "this signature was already used by another delivery (replay)".into(),
+            )))
         }
-        Committed::Duplicate { id } => answer(STATUS_DUPLICATE, &id, &event_id),
-    })
+    };
+    // 13. acknowledge
+    let mut results = results.into_iter().zip(stored_ids);
+    let outcomes: Vec<(&str, String, &str)> = events
+        .iter()
+        .map(|(_, event_id, known)| match known {
+            Some(id) => (event_id.as_str(), id.clone(), STATUS_DUPLICATE),
+            None => match results.next() {
+                Some((Committed::Accepted, id)) => (event_id.as_str(), id, STATUS_ACCEPTED),
+                Some((Committed::Duplicate { id }, _)) => (event_id.as_str(), id, STATUS_DUPLICATE),
+                None => (event_id.as_str(), String::new(), STATUS_DUPLICATE),
+            },
+        })
+        .collect();
+    let outcomes: Vec<(&str, &str, &str)> = outcomes
+        .iter()
+        .map(|(event_id, id, status)| (*event_id, id.as_str(), *status))
+        .collect();
+    let any_accepted = outcomes.iter().any(|(_, _, s)| *s == STATUS_ACCEPTED);
+    if any_accepted {
+        info!(id = outcomes[0].1, events = outcomes.len(), "Accepted.");
+    }
+    let status = if any_accepted {
+        STATUS_ACCEPTED
+    } else {
+        STATUS_DUPLICATE
+    };
+    Ok(answer(status, &outcomes, is_batch))
 }
 
-fn answer(status: &str, id: &str, event_id: &str) -> HttpResponse {
+/// Stage 11 failed: keep the raw delivery for inspection, answer 422, claim nothing.
+async fn unprocessable(
+    mut record: DeliveryRecord,
+    delivery: &Verified,
+    error: NormaliseError,
+    state: &AppState,
+) -> Result<HttpResponse, GatewayError> {
+    record.status = DeliveryStatus::Unprocessable;
+    record.error = Some(error.to_string());
+    state
+        .store
+        .keep_unprocessable(record, delivery.body.clone())
+        .await?;
+    Err(GatewayError::UnprocessableEvent(error.to_string()))
+}
+
+/// The answer: `{"status", "id", "event_id"}` of the first event, and for batches every event.
+fn answer(status: &str, events: &[(&str, &str, &str)], is_batch: bool) -> HttpResponse {
     tracing::Span::current().record("outcome", status);
     if status == STATUS_DUPLICATE {
-        info!(id, "Duplicate acknowledged.");
+        info!("Duplicate acknowledged.");
     }
-    HttpResponse::Ok().json(json!({"status": status, "id": id, "event_id": event_id}))
+    let (event_id, id) = events
+        .first()
+        .map(|(event_id, id, _)| (json!(event_id), json!(id)))
+        .unwrap_or((serde_json::Value::Null, serde_json::Value::Null));
+    let mut body = json!({"status": status, "id": id, "event_id": event_id});
+    if is_batch {
+        body["events"] = events
+            .iter()
+            .map(|(event_id, id, status)| json!({"event_id": event_id, "id": id, "status": status}))
+            .collect();
+    }
+    HttpResponse::Ok().json(body)
 }

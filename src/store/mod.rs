@@ -59,22 +59,40 @@ pub struct DeliveryRecord {
     pub envelope_ids: Vec<String>,
 }
 
-/// An accepted event to store.
+/// One event of a delivery: its idempotency key and its envelope.
 #[derive(Debug, Clone)]
-pub struct NewEvent {
+pub struct NewEnvelope {
     pub dedup: DedupKey,
-    pub delivery: DeliveryRecord,
-    pub body: bytes::Bytes,
-    pub envelopes: Vec<Envelope>,
+    pub envelope: Envelope,
 }
 
-/// The outcome of a commit.
+/// A verified delivery to store: one event, or several from a batch.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The raw delivery; its `envelope_ids` are filled with the events actually stored.
+    pub delivery: DeliveryRecord,
+    pub body: bytes::Bytes,
+    pub events: Vec<NewEnvelope>,
+    /// A value that may be used once only (Mailgun's token), claimed with the events.
+    pub replay_guard: Option<DedupKey>,
+}
+
+/// The outcome of one event in a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Committed {
     /// Stored now.
     Accepted,
-    /// The event ID was already claimed; `id` is the first delivery's gateway id.
+    /// The event ID was already claimed; `id` is the stored envelope's gateway id.
     Duplicate { id: String },
+}
+
+/// The outcome of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Commit {
+    /// One outcome per event, in order.
+    Stored(Vec<Committed>),
+    /// The replay guard was already used by another delivery: nothing was stored.
+    Replayed,
 }
 
 /// Storage trouble. Every variant maps to 503 so the provider retries.
@@ -102,8 +120,8 @@ pub trait Store: Send + Sync + 'static {
     /// Fast path: the gateway id of an unexpired claim for `key`, without writing.
     fn find_duplicate(&self, key: &DedupKey) -> Result<Option<String>, StoreError>;
 
-    /// Atomically claims the event ID and stores the event; resolves once durable.
-    fn commit(&self, event: NewEvent) -> BoxFuture<'static, Result<Committed, StoreError>>;
+    /// Atomically claims the event IDs and stores the new events; resolves once durable.
+    fn commit(&self, event: NewEvent) -> BoxFuture<'static, Result<Commit, StoreError>>;
 
     /// Durably keeps a delivery that could not be normalised; claims nothing.
     fn keep_unprocessable(

@@ -25,7 +25,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, info, warn};
 
-use super::{Committed, DedupKey, DeliveryRecord, NewEvent, Pending, Store, StoreError};
+use super::{Commit, Committed, DedupKey, DeliveryRecord, NewEvent, Pending, Store, StoreError};
 use crate::clock::Clock;
 use crate::config::StorageSettings;
 use crate::envelope::Envelope;
@@ -95,19 +95,26 @@ enum Op {
     Probe,
 }
 
-/// An event serialised before the transaction, so the transaction only moves bytes.
-struct Prepared {
+/// One event serialised before the transaction.
+struct PreparedEvent {
     dedup_key: Vec<u8>,
     id: String,
+    key: [u8; 16],
+    envelope: Vec<u8>,
+}
+
+/// A delivery prepared before the transaction, so the transaction mostly moves bytes.
+struct Prepared {
     delivery_key: [u8; 16],
-    delivery: Vec<u8>,
+    delivery: DeliveryRecord,
     body: bytes::Bytes,
-    envelopes: Vec<([u8; 16], Vec<u8>)>,
+    events: Vec<PreparedEvent>,
+    guard: Option<Vec<u8>>,
 }
 
 struct Job {
     op: Op,
-    reply: oneshot::Sender<Result<Committed, StoreError>>,
+    reply: oneshot::Sender<Result<Commit, StoreError>>,
 }
 
 #[derive(Clone)]
@@ -236,7 +243,7 @@ impl SledStore {
         })
     }
 
-    fn submit(&self, op: Op) -> BoxFuture<'static, Result<Committed, StoreError>> {
+    fn submit(&self, op: Op) -> BoxFuture<'static, Result<Commit, StoreError>> {
         if let Some(reason) = self.shared.failed.get() {
             return futures_util::future::ready(Err(StoreError::Failed(reason.clone()))).boxed();
         }
@@ -283,8 +290,8 @@ fn run_writer(shared: &Shared, mut receiver: mpsc::Receiver<Job>, max_batch: usi
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "Committed batch."
                 );
-                let queued = jobs.iter().zip(&outcomes).any(|(job, outcome)| {
-                    matches!(job.op, Op::Commit(_)) && *outcome == Committed::Accepted
+                let queued = outcomes.iter().any(|outcome| {
+                    matches!(outcome, Commit::Stored(events) if events.contains(&Committed::Accepted))
                 });
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     let _ = job.reply.send(Ok(outcome));
@@ -311,7 +318,7 @@ impl Shared {
         u64::try_from(self.clock.unix_secs()).unwrap_or(0)
     }
 
-    fn apply(&self, jobs: &[Job]) -> Result<Vec<Committed>, StoreError> {
+    fn apply(&self, jobs: &[Job]) -> Result<Vec<Commit>, StoreError> {
         let now = self.now_secs();
         let expires_at = now.saturating_add(self.dedup_ttl_secs);
         let t = &self.trees;
@@ -326,41 +333,75 @@ impl Shared {
         )
             .transaction(
                 |(deliveries, bodies, envelopes, dedup, expiry, outbox, meta)| {
+                    let live_claim = |key: &[u8]| -> Result<Option<Claim>, _> {
+                        Ok::<_, ConflictableTransactionError<()>>(
+                            dedup
+                                .get(key)?
+                                .and_then(|v| Claim::decode(&v))
+                                .filter(|c| c.expires_at > now),
+                        )
+                    };
+                    let claim = |key: &[u8], id: &str| {
+                        let claim = Claim {
+                            expires_at,
+                            id: id.to_owned(),
+                        };
+                        dedup.insert(key, claim.encode())?;
+                        expiry.insert(expiry_key(expires_at, key), &[][..])?;
+                        Ok::<_, ConflictableTransactionError<()>>(())
+                    };
                     let mut outcomes = Vec::with_capacity(jobs.len());
                     for job in jobs {
                         match &job.op {
-                            Op::Commit(event) => {
-                                let claim = dedup
-                                    .get(&event.dedup_key)?
-                                    .and_then(|v| Claim::decode(&v))
-                                    .filter(|c| c.expires_at > now);
-                                if let Some(claim) = claim {
-                                    outcomes.push(Committed::Duplicate { id: claim.id });
-                                    continue;
+                            Op::Commit(prepared) => {
+                                // A used replay guard refuses the delivery unless every event in it
+                                // is already stored (then it is a plain duplicate).
+                                if let Some(guard) = &prepared.guard {
+                                    let mut any_new = false;
+                                    for event in &prepared.events {
+                                        any_new |= live_claim(&event.dedup_key)?.is_none();
+                                    }
+                                    if any_new && live_claim(guard)?.is_some() {
+                                        outcomes.push(Commit::Replayed);
+                                        continue;
+                                    }
                                 }
-                                let claim = Claim {
-                                    expires_at,
-                                    id: event.id.clone(),
-                                };
-                                dedup.insert(event.dedup_key.as_slice(), claim.encode())?;
-                                expiry.insert(expiry_key(expires_at, &event.dedup_key), &[][..])?;
-                                deliveries
-                                    .insert(&event.delivery_key[..], event.delivery.as_slice())?;
-                                bodies.insert(&event.delivery_key[..], event.body.as_ref())?;
-                                for (key, envelope) in &event.envelopes {
-                                    envelopes.insert(&key[..], envelope.as_slice())?;
-                                    outbox.insert(&key[..], &[][..])?;
+                                let mut results = Vec::with_capacity(prepared.events.len());
+                                let mut stored = Vec::new();
+                                for event in &prepared.events {
+                                    if let Some(existing) = live_claim(&event.dedup_key)? {
+                                        results.push(Committed::Duplicate { id: existing.id });
+                                        continue;
+                                    }
+                                    claim(&event.dedup_key, &event.id)?;
+                                    envelopes.insert(&event.key[..], event.envelope.as_slice())?;
+                                    outbox.insert(&event.key[..], &[][..])?;
+                                    stored.push(event.id.clone());
+                                    results.push(Committed::Accepted);
                                 }
-                                outcomes.push(Committed::Accepted);
+                                if !stored.is_empty() {
+                                    if let Some(guard) = &prepared.guard {
+                                        claim(guard, &prepared.delivery.id)?;
+                                    }
+                                    let mut record = prepared.delivery.clone();
+                                    record.envelope_ids = stored;
+                                    let record = serde_json::to_vec(&record).unwrap_or_default();
+                                    deliveries.insert(&prepared.delivery_key[..], record)?;
+                                    bodies.insert(
+                                        &prepared.delivery_key[..],
+                                        prepared.body.as_ref(),
+                                    )?;
+                                }
+                                outcomes.push(Commit::Stored(results));
                             }
                             Op::Unprocessable { id, delivery, body } => {
                                 deliveries.insert(&id[..], delivery.as_slice())?;
                                 bodies.insert(&id[..], body.as_ref())?;
-                                outcomes.push(Committed::Accepted);
+                                outcomes.push(Commit::Stored(Vec::new()));
                             }
                             Op::Probe => {
                                 meta.insert(META_PROBE, &now.to_be_bytes()[..])?;
-                                outcomes.push(Committed::Accepted);
+                                outcomes.push(Commit::Stored(Vec::new()));
                             }
                         }
                     }
@@ -416,26 +457,30 @@ impl Store for SledStore {
             .map(|c| c.id))
     }
 
-    fn commit(&self, event: NewEvent) -> BoxFuture<'static, Result<Committed, StoreError>> {
+    fn commit(&self, event: NewEvent) -> BoxFuture<'static, Result<Commit, StoreError>> {
         let prepared = (|| {
             let delivery_key = id_key(&event.delivery.id)
                 .ok_or_else(|| StoreError::Io("delivery id is not a ULID".into()))?;
-            let envelopes = event
-                .envelopes
+            let events = event
+                .events
                 .iter()
                 .map(|e| {
-                    let key = id_key(&e.id)
+                    let key = id_key(&e.envelope.id)
                         .ok_or_else(|| StoreError::Io("envelope id is not a ULID".into()))?;
-                    Ok((key, serde_json::to_vec(e).map_err(io_err)?))
+                    Ok(PreparedEvent {
+                        dedup_key: e.dedup.to_bytes(),
+                        id: e.envelope.id.clone(),
+                        key,
+                        envelope: serde_json::to_vec(&e.envelope).map_err(io_err)?,
+                    })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
             Ok(Prepared {
-                dedup_key: event.dedup.to_bytes(),
-                id: event.delivery.id.clone(),
                 delivery_key,
-                delivery: serde_json::to_vec(&event.delivery).map_err(io_err)?,
+                delivery: event.delivery,
                 body: event.body,
-                envelopes,
+                events,
+                guard: event.replay_guard.map(|g| g.to_bytes()),
             })
         })();
         match prepared {
@@ -578,7 +623,11 @@ impl Drop for SledStore {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::store::DeliveryStatus;
+    use crate::store::{DeliveryStatus, NewEnvelope};
+
+    fn stored(outcome: Committed) -> Commit {
+        Commit::Stored(vec![outcome])
+    }
 
     fn settings(dir: &Path) -> StorageSettings {
         StorageSettings {
@@ -597,10 +646,6 @@ mod tests {
         }))
         .unwrap();
         NewEvent {
-            dedup: DedupKey {
-                provider: "p".into(),
-                event_id: event_id.into(),
-            },
             delivery: DeliveryRecord {
                 id: id.into(),
                 provider: "p".into(),
@@ -614,7 +659,14 @@ mod tests {
                 envelope_ids: vec![id.into()],
             },
             body: bytes::Bytes::from_static(b"{\"raw\":true}"),
-            envelopes: vec![envelope],
+            events: vec![NewEnvelope {
+                dedup: DedupKey {
+                    provider: "p".into(),
+                    event_id: event_id.into(),
+                },
+                envelope,
+            }],
+            replay_guard: None,
         }
     }
 
@@ -629,11 +681,11 @@ mod tests {
         let store = SledStore::open(&settings(dir.path()), clock.clone()).unwrap();
         assert_eq!(
             store.commit(event(&ulid(1), "e1")).await.unwrap(),
-            Committed::Accepted
+            stored(Committed::Accepted)
         );
         assert_eq!(
             store.commit(event(&ulid(2), "e1")).await.unwrap(),
-            Committed::Duplicate { id: ulid(1) }
+            stored(Committed::Duplicate { id: ulid(1) })
         );
         store.close();
         drop(store);
@@ -675,7 +727,7 @@ mod tests {
         // Re-claimed before the sweep: the sweep must not remove the new claim.
         assert_eq!(
             store.commit(event(&ulid(3), "e1")).await.unwrap(),
-            Committed::Accepted
+            stored(Committed::Accepted)
         );
         assert_eq!(
             store.expire_claims(1_101).unwrap(),

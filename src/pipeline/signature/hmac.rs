@@ -1,0 +1,498 @@
+//! HMAC schemes: a signed-string template ([`HmacScheme`]: GitHub, Shopify, Slack, Zoom, Twitch,
+//! Linear, Square, Pusher, Mailgun, the generic kind), `key=value` signature headers
+//! ([`KeyedScheme`]: Stripe, Paddle), and plain shared tokens ([`TokenScheme`]: GitLab).
+
+use actix_web::http::header::HeaderName;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+
+use super::{
+    check_tolerance, describe, format_timestamp, header_name, parse_timestamp, set_pointer, source,
+    sources, Key, Message, SignInput, SignatureError, Signed, DEFAULT_TOLERANCE_SECS,
+};
+use crate::provider::definition::{
+    HmacAlgorithm, SignatureDef, SignatureEncoding, TimestampFormat,
+};
+use crate::provider::source::{Source, Sources};
+use crate::secret::Secret;
+
+/// One piece of a signed string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Literal(Vec<u8>),
+    Body,
+    Timestamp,
+    Url,
+    Value(Source),
+}
+
+/// Parses `{body}`, `{timestamp}`, `{url}`, `{header:Name}`, `{/pointer}` and literal text.
+pub fn parse_template(template: &str) -> Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(Part::Literal(rest.as_bytes()[..open].to_vec()));
+        }
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed `{{` in `{template}`"))?
+            + open;
+        let name = &rest[open + 1..close];
+        parts.push(match name {
+            "body" => Part::Body,
+            "timestamp" => Part::Timestamp,
+            "url" => Part::Url,
+            _ if name.starts_with("header:") || name.starts_with('/') => {
+                Part::Value(Source::parse(name)?)
+            }
+            _ => return Err(format!("unknown placeholder `{{{name}}}` in `{template}`")),
+        });
+        rest = &rest[close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Literal(rest.as_bytes().to_vec()));
+    }
+    Ok(parts)
+}
+
+/// Concatenates a template's parts for one message.
+fn assemble(parts: &[Part], message: &Message<'_>, timestamp: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.body.len() + 64);
+    for part in parts {
+        match part {
+            Part::Literal(bytes) => out.extend_from_slice(bytes),
+            Part::Body => out.extend_from_slice(message.body),
+            Part::Timestamp => out.extend_from_slice(timestamp.as_bytes()),
+            Part::Url => out.extend_from_slice(message.url.unwrap_or_default().as_bytes()),
+            Part::Value(source) => {
+                if let Some(text) = message.text(source) {
+                    out.extend_from_slice(text.as_bytes());
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn mac(algorithm: HmacAlgorithm, key: &[u8], message: &[u8]) -> Vec<u8> {
+    fn run<M: Mac + hmac::digest::KeyInit>(key: &[u8], message: &[u8]) -> Vec<u8> {
+        let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(key)
+            .expect("HMAC accepts keys of any length");
+        mac.update(message);
+        mac.finalize().into_bytes().to_vec()
+    }
+    match algorithm {
+        HmacAlgorithm::Sha1 => run::<Hmac<sha1::Sha1>>(key, message),
+        HmacAlgorithm::Sha256 => run::<Hmac<sha2::Sha256>>(key, message),
+        HmacAlgorithm::Sha512 => run::<Hmac<sha2::Sha512>>(key, message),
+    }
+}
+
+pub(crate) fn encode(encoding: SignatureEncoding, bytes: &[u8]) -> String {
+    match encoding {
+        SignatureEncoding::Hex => hex::encode(bytes),
+        SignatureEncoding::Base64 => BASE64.encode(bytes),
+    }
+}
+
+pub(crate) fn decode(encoding: SignatureEncoding, text: &str) -> Option<Vec<u8>> {
+    match encoding {
+        SignatureEncoding::Hex => hex::decode(text).ok(),
+        SignatureEncoding::Base64 => BASE64.decode(text).ok(),
+    }
+}
+
+/// Whether any shared key's MAC of `signed` equals one of `signatures` (constant time).
+fn any_match(
+    algorithm: HmacAlgorithm,
+    keys: &[Key],
+    signed: &[u8],
+    signatures: &[Vec<u8>],
+) -> bool {
+    keys.iter().any(|key| {
+        let Key::Shared(secret) = key else {
+            return false;
+        };
+        let expected = mac(algorithm, secret.expose(), signed);
+        signatures
+            .iter()
+            .any(|sig| bool::from(expected.as_slice().ct_eq(sig)))
+    })
+}
+
+#[derive(Debug)]
+pub struct HmacScheme {
+    pub algorithm: HmacAlgorithm,
+    pub signature: Sources,
+    pub prefix: String,
+    pub prefix_optional: bool,
+    pub encoding: SignatureEncoding,
+    pub signed: Vec<Part>,
+    pub timestamp: Option<Source>,
+    pub timestamp_format: TimestampFormat,
+    pub timestamp_required: bool,
+    pub tolerance_secs: u64,
+    pub replay_guard: Option<Source>,
+}
+
+impl HmacScheme {
+    pub fn compile(def: &SignatureDef) -> Result<Self, (String, String)> {
+        let SignatureDef::Hmac {
+            algorithm,
+            signature,
+            prefix,
+            prefix_optional,
+            encoding,
+            signed,
+            timestamp,
+            timestamp_format,
+            timestamp_required,
+            tolerance_secs,
+            unsigned_body,
+            replay_guard,
+        } = def
+        else {
+            unreachable!("called for hmac definitions only");
+        };
+        let signed = parse_template(signed).map_err(|m| ("signature.signed".into(), m))?;
+        if !signed.contains(&Part::Body) && !unsigned_body {
+            return Err((
+                "signature.signed".into(),
+                "the template does not sign `{body}` (set unsigned_body = true if the provider really signs only fields)".into(),
+            ));
+        }
+        let timestamp = timestamp
+            .as_deref()
+            .map(|t| source("signature.timestamp", t))
+            .transpose()?;
+        if signed.contains(&Part::Timestamp) && timestamp.is_none() {
+            return Err((
+                "signature.timestamp".into(),
+                "`{timestamp}` is signed, so a timestamp source is required".into(),
+            ));
+        }
+        let signature = sources("signature.signature", signature)?;
+        if signature.is_empty() {
+            return Err((
+                "signature.signature".into(),
+                "name at least one source".into(),
+            ));
+        }
+        Ok(Self {
+            algorithm: *algorithm,
+            signature,
+            prefix: prefix.clone(),
+            prefix_optional: *prefix_optional,
+            encoding: *encoding,
+            timestamp_required: *timestamp_required || signed.contains(&Part::Timestamp),
+            signed,
+            timestamp,
+            timestamp_format: *timestamp_format,
+            tolerance_secs: tolerance_secs.unwrap_or(DEFAULT_TOLERANCE_SECS),
+            replay_guard: replay_guard
+                .as_deref()
+                .map(|g| source("signature.replay_guard", g))
+                .transpose()?,
+        })
+    }
+
+    pub fn signs_url(&self) -> bool {
+        self.signed.contains(&Part::Url)
+    }
+
+    pub fn written_headers(&self) -> Vec<HeaderName> {
+        let mut out: Vec<HeaderName> = self
+            .signature
+            .0
+            .iter()
+            .take(1)
+            .filter_map(|s| match s {
+                Source::Header(h) => Some(h.clone()),
+                _ => None,
+            })
+            .collect();
+        if let Some(Source::Header(h)) = &self.timestamp {
+            out.push(h.clone());
+        }
+        out
+    }
+
+    pub fn verify(
+        &self,
+        message: &Message<'_>,
+        keys: &[Key],
+        tolerance_secs: u64,
+        now: i64,
+    ) -> Result<(), SignatureError> {
+        let sent = message
+            .first_text(&self.signature)
+            .ok_or_else(|| SignatureError::Missing(describe(&self.signature)))?;
+        let what = || describe(&self.signature);
+        let encoded = match sent.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => rest,
+            None if self.prefix_optional => &sent,
+            None => {
+                return Err(SignatureError::Malformed(format!(
+                    "{} (expected the `{}` prefix)",
+                    what(),
+                    self.prefix
+                )))
+            }
+        };
+        let signature = decode(self.encoding, encoded.trim()).ok_or_else(|| {
+            SignatureError::Malformed(format!("{} (not {:?})", what(), self.encoding))
+        })?;
+        let timestamp = match &self.timestamp {
+            Some(source) => match message.text(source) {
+                Some(text) => Some((text.to_string(), parse_timestamp(&text, "timestamp")?)),
+                None if self.timestamp_required => {
+                    return Err(SignatureError::Missing(describe(&Sources(vec![
+                        source.clone()
+                    ]))))
+                }
+                None => None,
+            },
+            None => None,
+        };
+        let ts_text = timestamp.as_ref().map(|(t, _)| t.as_str()).unwrap_or("");
+        let signed = assemble(&self.signed, message, ts_text);
+        if !any_match(self.algorithm, keys, &signed, &[signature]) {
+            return Err(SignatureError::NoMatch { keys: keys.len() });
+        }
+        if let Some((_, ts)) = timestamp {
+            check_tolerance(ts, now, tolerance_secs)?;
+        }
+        Ok(())
+    }
+
+    pub fn sign(&self, secret: &Secret, input: &SignInput<'_>) -> Result<Signed, String> {
+        let mut signed = Signed::default();
+        let ts = format_timestamp(input.timestamp, self.timestamp_format);
+        let mut headers = input.headers.clone();
+        let mut body: Option<Value> = None;
+        match &self.timestamp {
+            Some(Source::Header(h)) => {
+                signed.headers.push((h.clone(), ts.clone()));
+                headers.insert(
+                    h.clone(),
+                    ts.parse().map_err(|_| "timestamp is not a header value")?,
+                );
+            }
+            Some(Source::Body(pointer)) => {
+                let mut json: Value = serde_json::from_slice(input.body)
+                    .map_err(|e| format!("the body must be JSON to carry the timestamp: {e}"))?;
+                let value = ts
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .unwrap_or_else(|_| Value::String(ts.clone()));
+                set_pointer(&mut json, pointer, value);
+                body = Some(json);
+            }
+            _ => {}
+        }
+        let body_bytes = match &body {
+            Some(json) => serde_json::to_vec(json).map_err(|e| e.to_string())?,
+            None => input.body.to_vec(),
+        };
+        let message = Message::new(&headers, &body_bytes, input.url);
+        let mac = mac(
+            self.algorithm,
+            secret.expose(),
+            &assemble(&self.signed, &message, &ts),
+        );
+        let value = format!("{}{}", self.prefix, encode(self.encoding, &mac));
+        match self.signature.0.first() {
+            Some(Source::Header(h)) => signed.headers.push((h.clone(), value)),
+            Some(Source::Body(pointer)) => {
+                let json = body.get_or_insert_with(|| {
+                    serde_json::from_slice(&body_bytes).unwrap_or(Value::Null)
+                });
+                set_pointer(json, pointer, Value::String(value));
+            }
+            _ => return Err("the signature source cannot be written".into()),
+        }
+        signed.body = body
+            .map(|json| serde_json::to_vec(&json))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        Ok(signed)
+    }
+}
+
+/// `Stripe-Signature: t=..,v1=..` and `Paddle-Signature: ts=..;h1=..`.
+#[derive(Debug)]
+pub struct KeyedScheme {
+    pub header: HeaderName,
+    pub separator: String,
+    pub timestamp_key: String,
+    pub signature_key: String,
+    pub signed: Vec<Part>,
+    pub algorithm: HmacAlgorithm,
+    pub encoding: SignatureEncoding,
+    pub tolerance_secs: u64,
+}
+
+impl KeyedScheme {
+    pub fn compile(def: &SignatureDef) -> Result<Self, (String, String)> {
+        let (
+            header,
+            separator,
+            timestamp_key,
+            signature_key,
+            signed,
+            algorithm,
+            encoding,
+            tolerance,
+        ) = match def {
+            SignatureDef::Stripe {
+                header,
+                tolerance_secs,
+            } => (
+                header.as_str(),
+                ",",
+                "t",
+                "v1",
+                "{timestamp}.{body}",
+                HmacAlgorithm::Sha256,
+                SignatureEncoding::Hex,
+                *tolerance_secs,
+            ),
+            SignatureDef::KeyedHmac {
+                header,
+                separator,
+                timestamp_key,
+                signature_key,
+                signed,
+                algorithm,
+                encoding,
+                tolerance_secs,
+            } => (
+                header.as_str(),
+                separator.as_str(),
+                timestamp_key.as_str(),
+                signature_key.as_str(),
+                signed.as_str(),
+                *algorithm,
+                *encoding,
+                *tolerance_secs,
+            ),
+            _ => unreachable!("called for keyed definitions only"),
+        };
+        let signed = parse_template(signed).map_err(|m| ("signature.signed".into(), m))?;
+        if !signed.contains(&Part::Body) {
+            return Err((
+                "signature.signed".into(),
+                "the template must sign `{body}`".into(),
+            ));
+        }
+        Ok(Self {
+            header: header_name("signature.header", header)?,
+            separator: separator.to_owned(),
+            timestamp_key: timestamp_key.to_owned(),
+            signature_key: signature_key.to_owned(),
+            signed,
+            algorithm,
+            encoding,
+            tolerance_secs: tolerance.unwrap_or(DEFAULT_TOLERANCE_SECS),
+        })
+    }
+
+    pub fn verify(
+        &self,
+        message: &Message<'_>,
+        keys: &[Key],
+        tolerance_secs: u64,
+        now: i64,
+    ) -> Result<(), SignatureError> {
+        let header = &self.header;
+        let sent = message
+            .text(&Source::Header(header.clone()))
+            .ok_or_else(|| SignatureError::Missing(format!("{header} header")))?;
+        let mut timestamp = None;
+        let mut signatures = Vec::new();
+        for item in sent.split(self.separator.as_str()) {
+            let Some((key, value)) = item.trim().split_once('=') else {
+                return Err(SignatureError::Malformed(format!(
+                    "{header} header (items are key=value)"
+                )));
+            };
+            if key == self.timestamp_key {
+                timestamp = Some(value.to_owned());
+            } else if key == self.signature_key {
+                signatures.push(decode(self.encoding, value).ok_or_else(|| {
+                    SignatureError::Malformed(format!(
+                        "{header} header ({key} is not {:?})",
+                        self.encoding
+                    ))
+                })?);
+            }
+            // Other keys (Stripe's legacy v0, future schemes) are ignored, as the providers'
+            // own libraries do.
+        }
+        let timestamp = timestamp.ok_or_else(|| {
+            SignatureError::Malformed(format!("{header} header (no {}=)", self.timestamp_key))
+        })?;
+        let ts = parse_timestamp(&timestamp, &format!("{header} {}=", self.timestamp_key))?;
+        if signatures.is_empty() {
+            return Err(SignatureError::Missing(format!(
+                "{} signature in {header} header",
+                self.signature_key
+            )));
+        }
+        let signed = assemble(&self.signed, message, &timestamp);
+        if !any_match(self.algorithm, keys, &signed, &signatures) {
+            return Err(SignatureError::NoMatch { keys: keys.len() });
+        }
+        check_tolerance(ts, now, tolerance_secs)
+    }
+
+    pub fn sign(&self, secret: &Secret, input: &SignInput<'_>) -> Signed {
+        let ts = input.timestamp.timestamp().to_string();
+        let message = Message::new(input.headers, input.body, input.url);
+        let mac = mac(
+            self.algorithm,
+            secret.expose(),
+            &assemble(&self.signed, &message, &ts),
+        );
+        Signed {
+            headers: vec![(
+                self.header.clone(),
+                format!(
+                    "{}={ts}{}{}={}",
+                    self.timestamp_key,
+                    self.separator,
+                    self.signature_key,
+                    encode(self.encoding, &mac)
+                ),
+            )],
+            body: None,
+        }
+    }
+}
+
+/// A token sent verbatim in a header.
+#[derive(Debug)]
+pub struct TokenScheme {
+    pub header: HeaderName,
+}
+
+impl TokenScheme {
+    pub fn verify(&self, message: &Message<'_>, keys: &[Key]) -> Result<(), SignatureError> {
+        let sent = message
+            .text(&Source::Header(self.header.clone()))
+            .ok_or_else(|| SignatureError::Missing(format!("{} header", self.header)))?;
+        let matched = keys.iter().any(|k| match k {
+            Key::Shared(secret) => bool::from(sent.as_bytes().ct_eq(secret.expose())),
+            _ => false,
+        });
+        if matched {
+            Ok(())
+        } else {
+            Err(SignatureError::NoMatch { keys: keys.len() })
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Standard Webhooks (<https://www.standardwebhooks.com>): `webhook-id`, `webhook-timestamp` and
+//! `webhook-signature`, a space-separated list of `v1,<base64 HMAC-SHA256>` and
+//! `v1a,<base64 Ed25519>` over `{id}.{timestamp}.{body}`. The same headers with other prefixes
+//! (`svix-id`, ...) are accepted. Shared secrets are `whsec_<base64>`, public keys
+//! `whpk_<base64>`.
+
+use actix_web::http::header::{HeaderMap, HeaderName};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use ed25519_dalek::{Signer as _, Verifier as _};
+
+use super::hmac::mac;
+use super::keys::{self, Key};
+use super::{check_tolerance, parse_timestamp, Message, SignInput, SignatureError, Signed};
+use crate::provider::definition::HmacAlgorithm;
+use crate::secret::Secret;
+
+const ID: &str = "id";
+const TIMESTAMP: &str = "timestamp";
+const SIGNATURE: &str = "signature";
+const VERSION_HMAC: &str = "v1";
+const VERSION_ED25519: &str = "v1a";
+
+#[derive(Debug)]
+pub struct StandardScheme {
+    /// (id, timestamp, signature) header names per accepted prefix, in order.
+    pub header_sets: Vec<[HeaderName; 3]>,
+    pub tolerance_secs: u64,
+}
+
+impl StandardScheme {
+    pub fn compile(prefixes: &[String], tolerance: Option<u64>) -> Result<Self, (String, String)> {
+        if prefixes.is_empty() {
+            return Err((
+                "signature.header_prefixes".into(),
+                "list at least one prefix".into(),
+            ));
+        }
+        let header_sets = prefixes
+            .iter()
+            .map(|p| {
+                let name = |suffix: &str| {
+                    super::header_name("signature.header_prefixes", &format!("{p}{suffix}"))
+                };
+                Ok([name(ID)?, name(TIMESTAMP)?, name(SIGNATURE)?])
+            })
+            .collect::<Result<_, (String, String)>>()?;
+        Ok(Self {
+            header_sets,
+            tolerance_secs: tolerance.unwrap_or(super::DEFAULT_TOLERANCE_SECS),
+        })
+    }
+
+    /// The header set this delivery uses: the first whose signature header is present.
+    pub fn headers_in(&self, headers: &HeaderMap) -> Option<&[HeaderName; 3]> {
+        self.header_sets
+            .iter()
+            .find(|set| headers.contains_key(&set[2]))
+    }
+
+    pub fn all_headers(&self) -> Vec<HeaderName> {
+        self.header_sets
+            .first()
+            .map(|s| s.to_vec())
+            .unwrap_or_default()
+    }
+
+    pub fn verify(
+        &self,
+        message: &Message<'_>,
+        keys: &[Key],
+        tolerance_secs: u64,
+        now: i64,
+    ) -> Result<(), SignatureError> {
+        let Some([id_name, ts_name, sig_name]) = self.headers_in(message.headers) else {
+            let sig = &self.header_sets[0][2];
+            return Err(SignatureError::Missing(format!("{sig} header")));
+        };
+        let text = |name: &HeaderName| {
+            message
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| SignatureError::Missing(format!("{name} header")))
+        };
+        let id = text(id_name)?;
+        let timestamp = text(ts_name)?;
+        let ts = parse_timestamp(timestamp, &format!("{ts_name} header"))?;
+        let mut signed = Vec::with_capacity(message.body.len() + 64);
+        signed.extend_from_slice(id.as_bytes());
+        signed.push(b'.');
+        signed.extend_from_slice(timestamp.as_bytes());
+        signed.push(b'.');
+        signed.extend_from_slice(message.body);
+        let mut any_known = false;
+        let mut matched = false;
+        for item in text(sig_name)?.split_whitespace() {
+            let Some((version, encoded)) = item.split_once(',') else {
+                return Err(SignatureError::Malformed(format!(
+                    "{sig_name} header (entries are <version>,<base64>)"
+                )));
+            };
+            let Ok(signature) = BASE64.decode(encoded) else {
+                return Err(SignatureError::Malformed(format!(
+                    "{sig_name} header (not base64)"
+                )));
+            };
+            match version {
+                VERSION_HMAC => {
+                    any_known = true;
+                    matched |= keys.iter().any(|key| match key {
+                        Key::Shared(secret) => {
+                            let expected = mac(HmacAlgorithm::Sha256, secret.expose(), &signed);
+                            subtle::ConstantTimeEq::ct_eq(expected.as_slice(), signature.as_slice())
+                                .into()
+                        }
+                        _ => false,
+                    });
+                }
+                VERSION_ED25519 => {
+                    any_known = true;
+                    let Ok(signature) = ed25519_dalek::Signature::from_slice(&signature) else {
+                        continue;
+                    };
+                    matched |= keys.iter().any(|key| match key {
+                        Key::Ed25519(public) => public.verify(&signed, &signature).is_ok(),
+                        _ => false,
+                    });
+                }
+                // Unknown versions are skipped, as the specification asks.
+                _ => {}
+            }
+        }
+        if !any_known {
+            return Err(SignatureError::Missing(format!(
+                "v1 or v1a signature in {sig_name} header"
+            )));
+        }
+        if !matched {
+            return Err(SignatureError::NoMatch { keys: keys.len() });
+        }
+        check_tolerance(ts, now, tolerance_secs)
+    }
+
+    pub fn sign(&self, secret: &Secret, input: &SignInput<'_>) -> Result<Signed, String> {
+        let [id_name, ts_name, sig_name] = &self.header_sets[0];
+        let id = input
+            .headers
+            .get(id_name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("msg_{}", ulid::Ulid::new()));
+        let ts = input.timestamp.timestamp().to_string();
+        let mut signed = format!("{id}.{ts}.").into_bytes();
+        signed.extend_from_slice(input.body);
+        let text = secret.expose_str().trim();
+        let signature = if text.starts_with(keys::WHSK_PREFIX) {
+            let key = keys::ed25519_signing(secret)?;
+            format!(
+                "{VERSION_ED25519},{}",
+                BASE64.encode(key.sign(&signed).to_bytes())
+            )
+        } else {
+            let Key::Shared(key) = keys::standard_key(secret)? else {
+                return Err("signing needs a whsec_ secret or a whsk_ signing key".into());
+            };
+            format!(
+                "{VERSION_HMAC},{}",
+                BASE64.encode(mac(HmacAlgorithm::Sha256, key.expose(), &signed))
+            )
+        };
+        Ok(Signed {
+            headers: vec![
+                (id_name.clone(), id),
+                (ts_name.clone(), ts),
+                (sig_name.clone(), signature),
+            ],
+            body: None,
+        })
+    }
+}
