@@ -23,6 +23,7 @@ pub mod config;
 pub mod dispatch;
 pub mod envelope;
 pub mod error;
+pub mod fixture;
 pub mod pipeline;
 pub mod provider;
 pub mod routes;

@@ -1,4 +1,7 @@
-//! The command line: `hookgate serve` and `hookgate check`.
+//! The command line: `serve`, `check`, `sign` and `replay`.
+
+mod replay;
+mod sign;
 
 use std::path::PathBuf;
 
@@ -34,6 +37,10 @@ pub enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "HOOKGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Print the headers a provider would send for a body (and a ready curl command).
+    Sign(sign::SignArgs),
+    /// Send fixture files, freshly signed, to a running gateway or any URL.
+    Replay(replay::ReplayArgs),
 }
 
 /// Runs the parsed command.
@@ -41,6 +48,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
+        Command::Sign(args) => sign::run(args),
+        Command::Replay(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(replay::run(args))
+        }
     }
 }
 
