@@ -66,6 +66,9 @@ pub struct Settings {
     /// Sync handlers that receive every matching envelope after it is stored.
     #[serde(default)]
     pub sinks: Vec<SinkSettings>,
+    /// The operator API.
+    #[serde(default)]
+    pub admin: AdminSettings,
 }
 
 /// `[server]`
@@ -189,6 +192,9 @@ pub struct InstanceSettings {
     /// The public URL the provider calls (`https://hooks.example.com/webhooks/twilio`), for
     /// schemes that sign it (Twilio, Square); the request's query string is appended.
     pub public_url: Option<Expanded>,
+    /// `async` (default) or `sync`: deliver to the sinks before answering.
+    #[serde(default)]
+    pub mode: DeliveryMode,
 }
 
 /// `rate_limit = { per_second = 50, burst = 100 }`
@@ -209,34 +215,122 @@ pub struct BasicAuthSettings {
     pub password: Secret,
 }
 
-/// `[[sinks]]`: a sync handler.
+/// `[[sinks]]`: a sync handler, tagged by `kind`. Every envelope goes to every sink whose
+/// `events` match.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SinkSettings {
-    /// Appends one envelope per line (JSON Lines) to a file.
-    File {
-        /// Unique sink name, used in logs.
-        name: String,
-        /// File to append to; created with its parent directories.
-        path: Expanded,
-        /// `provider:object.action` globs; empty means every envelope.
+    /// POSTs the envelope as JSON, signed with Standard Webhooks headers.
+    Http {
+        #[serde(flatten)]
+        common: SinkCommon,
+        url: Expanded,
+        /// `whsec_...`: signs `webhook-signature`; without it only id and timestamp are sent.
+        secret: Option<Secret>,
+        /// Per-attempt timeout.
+        #[serde(default = "default_http_timeout_ms")]
+        timeout_ms: u64,
+        /// Extra request headers.
         #[serde(default)]
-        events: Vec<String>,
+        headers: BTreeMap<String, Expanded>,
+    },
+    /// Runs a program with the envelope as JSON on stdin; exit 0 means delivered.
+    Command {
+        #[serde(flatten)]
+        common: SinkCommon,
+        command: Vec<Expanded>,
+        #[serde(default = "default_command_timeout_ms")]
+        timeout_ms: u64,
+    },
+    /// Appends one envelope per line (JSON Lines).
+    File {
+        #[serde(flatten)]
+        common: SinkCommon,
+        path: Expanded,
     },
 }
 
-impl SinkSettings {
-    pub fn name(&self) -> &str {
-        match self {
-            SinkSettings::File { name, .. } => name,
-        }
-    }
+/// What every sink has.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SinkCommon {
+    /// Unique sink name, used in logs, metrics and the event browser.
+    pub name: String,
+    /// `provider:object.action` globs; a bare provider name means all of its events; empty
+    /// means every envelope.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// How failed deliveries are retried before they become dead letters.
+    #[serde(default)]
+    pub retry: RetrySettings,
+    /// Deliveries in flight at once (different objects; one object is always in order).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
 
-    pub fn events(&self) -> &[String] {
+impl SinkSettings {
+    pub fn common(&self) -> &SinkCommon {
         match self {
-            SinkSettings::File { events, .. } => events,
+            SinkSettings::Http { common, .. }
+            | SinkSettings::Command { common, .. }
+            | SinkSettings::File { common, .. } => common,
         }
     }
+}
+
+fn default_concurrency() -> usize {
+    8
+}
+
+fn default_http_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_command_timeout_ms() -> u64 {
+    30_000
+}
+
+/// `retry = { max_attempts = 8, initial_backoff_ms = 1000, max_backoff_ms = 3600000 }`
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Attempts before the delivery becomes a dead letter.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles each time, with jitter.
+    pub initial_backoff_ms: u64,
+    /// Longest delay between attempts (also caps `Retry-After`).
+    pub max_backoff_ms: u64,
+    /// A delivery older than this is dead-lettered after its next failure.
+    pub max_age_secs: u64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            initial_backoff_ms: 1_000,
+            max_backoff_ms: 3_600_000,
+            max_age_secs: 3 * 24 * 3600,
+        }
+    }
+}
+
+/// `[admin]`: the operator API under `/admin`, disabled without a token.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Bearer token for `/admin/...`; unset or empty disables the admin API.
+    pub token: Option<Secret>,
+}
+
+/// How an instance hands envelopes to the sinks.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// Store, acknowledge, then deliver in the background with retries.
+    #[default]
+    Async,
+    /// Store, deliver to the sinks, then answer: 200 when all delivered, 503 otherwise.
+    Sync,
 }
 
 /// Settings plus where they came from, so relative paths and errors refer to the right file.
@@ -411,15 +505,86 @@ fn validate(settings: &Settings, file: &str) -> Result<(), ConfigError> {
         }
     }
     let mut sink_names = std::collections::HashSet::new();
-    for (i, sink) in settings.sinks.iter().enumerate() {
+    for (i, sink_settings) in settings.sinks.iter().enumerate() {
         let key = |field: &str| format!("sinks[{i}].{field}");
-        if sink.name().is_empty() || !sink_names.insert(sink.name().to_owned()) {
+        let sink = sink_settings.common();
+        let valid_name = !sink.name.is_empty()
+            && sink
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_name || !sink_names.insert(sink.name.clone()) {
             return Err(err(
                 &key("name"),
-                format!("sink name `{}` is empty or used twice", sink.name()),
+                format!(
+                    "sink name `{}` is empty, used twice, or not letters, digits, `-` and `_`",
+                    sink.name
+                ),
             ));
         }
-        for (j, pattern) in sink.events().iter().enumerate() {
+        if sink.concurrency == 0 {
+            return Err(err(&key("concurrency"), "must be at least 1".into()));
+        }
+        let retry = &sink.retry;
+        if retry.max_attempts == 0
+            || retry.initial_backoff_ms == 0
+            || retry.max_backoff_ms < retry.initial_backoff_ms
+        {
+            return Err(err(
+                &key("retry"),
+                "max_attempts and initial_backoff_ms must be positive, and max_backoff_ms at least initial_backoff_ms".into(),
+            ));
+        }
+        match sink_settings {
+            SinkSettings::Http {
+                url,
+                secret,
+                timeout_ms,
+                headers,
+                ..
+            } => {
+                let text = url.as_str();
+                if !(text.starts_with("http://") || text.starts_with("https://")) {
+                    return Err(err(&key("url"), format!("`{text}` is not an http(s) URL")));
+                }
+                if let Some(secret) = secret {
+                    crate::pipeline::signature::keys::standard_key(secret)
+                        .map_err(|m| err(&key("secret"), m))?;
+                }
+                if *timeout_ms == 0 {
+                    return Err(err(&key("timeout_ms"), "must be positive".into()));
+                }
+                for (name, value) in headers {
+                    let ok = actix_web::http::header::HeaderName::from_bytes(name.as_bytes())
+                        .is_ok()
+                        && actix_web::http::header::HeaderValue::from_str(value.as_str()).is_ok();
+                    if !ok {
+                        return Err(err(
+                            &key(&format!("headers.{name}")),
+                            "not a valid header".into(),
+                        ));
+                    }
+                }
+            }
+            SinkSettings::Command {
+                command,
+                timeout_ms,
+                ..
+            } => {
+                if command.is_empty() || command[0].as_str().is_empty() {
+                    return Err(err(&key("command"), "name the program to run".into()));
+                }
+                if *timeout_ms == 0 {
+                    return Err(err(&key("timeout_ms"), "must be positive".into()));
+                }
+            }
+            SinkSettings::File { path, .. } => {
+                if path.as_str().is_empty() {
+                    return Err(err(&key("path"), "must not be empty".into()));
+                }
+            }
+        }
+        for (j, pattern) in sink.events.iter().enumerate() {
             crate::dispatch::EventFilter::parse_one(pattern)
                 .map_err(|m| err(&format!("sinks[{i}].events[{j}]"), m))?;
         }

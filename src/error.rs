@@ -48,6 +48,8 @@ pub enum GatewayError {
     UnprocessableEvent(String),
     #[error("storage is temporarily unavailable; retry later")]
     StorageUnavailable(#[source] StoreError),
+    #[error("the event is stored but was not delivered: {0}")]
+    DeliveryFailed(String),
 }
 
 fn retry_after_secs(wait: &Duration) -> u64 {
@@ -76,6 +78,7 @@ impl GatewayError {
             GatewayError::InvalidPayload { .. } => "invalid_payload",
             GatewayError::UnprocessableEvent(_) => "unprocessable_event",
             GatewayError::StorageUnavailable(_) => "storage_unavailable",
+            GatewayError::DeliveryFailed(_) => "delivery_failed",
         }
     }
 }
@@ -93,7 +96,9 @@ impl ResponseError for GatewayError {
             GatewayError::Unauthorized | GatewayError::Signature(_) => StatusCode::UNAUTHORIZED,
             GatewayError::InvalidPayload { .. } => StatusCode::BAD_REQUEST,
             GatewayError::UnprocessableEvent(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            GatewayError::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::StorageUnavailable(_) | GatewayError::DeliveryFailed(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -103,7 +108,7 @@ impl ResponseError for GatewayError {
             GatewayError::RateLimited(wait) => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs(wait).max(1)));
             }
-            GatewayError::StorageUnavailable(_) => {
+            GatewayError::StorageUnavailable(_) | GatewayError::DeliveryFailed(_) => {
                 response.insert_header((header::RETRY_AFTER, STORAGE_RETRY_AFTER_SECS));
             }
             GatewayError::Unauthorized => {

@@ -12,11 +12,15 @@
 //! - [`provider`]: provider definitions (`providers/*.toml`) compiled into kinds and instances.
 //! - [`envelope`]: the provider-neutral envelope, canonical actions, ids.
 //! - [`store`]: durable, group-committed storage with the idempotency table ([`store::sled`]).
-//! - [`dispatch`]: hands stored envelopes to the sinks after the acknowledgement.
+//! - [`dispatch`]: delivers stored envelopes to the sinks (http, command, file, in-process),
+//!   with retries, dead letters and per-object ordering.
+//! - [`metrics`]: Prometheus metrics; [`routes::admin`]: the operator API.
 //! - [`error`]: the one error type at the HTTP boundary, with stable codes.
 //! - [`config`], [`secret`]: `config.toml`, `${VAR}` expansion, redacted secrets.
+//! - [`fixture`]: recorded deliveries, shared by the golden test and `hookgate replay`.
 //! - [`clock`], [`telemetry`], [`cli`]: time as a dependency, logging, the command line.
 
+pub mod admin;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -24,6 +28,7 @@ pub mod dispatch;
 pub mod envelope;
 pub mod error;
 pub mod fixture;
+pub mod metrics;
 pub mod pipeline;
 pub mod provider;
 pub mod routes;

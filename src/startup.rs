@@ -14,15 +14,19 @@ use tracing::{info, warn};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, LoadedSettings};
-use crate::dispatch::{self, Route};
+use crate::dispatch::{self, worker::Worker, HandlerRoute, Route};
 use crate::envelope::IdGenerator;
+use crate::metrics::Metrics;
 use crate::provider::registry::Registry;
-use crate::routes::{self, health, webhook};
+use crate::routes::{self, admin, health, webhook};
+use crate::secret::Secret;
 use crate::store::sled::SledStore;
 use crate::store::Store;
 
 /// How often idle rate-limiter entries are forgotten.
 const LIMITER_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long in-flight deliveries may take to finish at shutdown.
+const WORKER_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often expired duplicate claims are removed.
 const CLAIM_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -35,6 +39,17 @@ pub struct AppState {
     pub trusted_proxies: Vec<IpNet>,
     pub body_read_timeout: Duration,
     pub max_header_bytes: usize,
+    /// The sinks, in configuration order.
+    pub routes: Vec<Arc<Route>>,
+    pub metrics: Arc<Metrics>,
+    /// Bearer token of `/admin`; `None` disables it.
+    pub admin_token: Option<Secret>,
+}
+
+impl AppState {
+    pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.name == name)
+    }
 }
 
 /// What [`Application::build_with`] lets a caller replace.
@@ -44,6 +59,8 @@ pub struct Dependencies {
     pub clock: Option<Arc<dyn Clock>>,
     /// Event store; default a [`SledStore`] at `storage.path`.
     pub store: Option<Arc<dyn Store>>,
+    /// In-process sync handlers, delivered to like configured sinks.
+    pub handlers: Vec<HandlerRoute>,
 }
 
 /// Why the application could not start.
@@ -69,7 +86,6 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
-    routes: Arc<Vec<Route>>,
 }
 
 impl Application {
@@ -95,8 +111,12 @@ impl Application {
                 );
             }
         }
-        let routes =
-            Arc::new(dispatch::build_routes(&loaded.settings.sinks).map_err(StartupError::Sink)?);
+        let routes: Vec<Arc<Route>> = dispatch::build_routes(&loaded.settings.sinks, deps.handlers)
+            .map_err(StartupError::Sink)?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let metrics = Arc::new(Metrics::new());
         let settings = loaded.settings;
         let server_settings = settings.server.clone();
         let addr = server_settings.bind.as_str().to_owned();
@@ -107,7 +127,11 @@ impl Application {
         let port = listener.local_addr().map_err(StartupError::Server)?.port();
         let store: Arc<dyn Store> = match deps.store {
             Some(store) => store,
-            None => Arc::new(SledStore::open(&settings.storage, clock.clone())?),
+            None => Arc::new(SledStore::open(
+                &settings.storage,
+                clock.clone(),
+                metrics.clone(),
+            )?),
         };
         let state = web::Data::new(AppState {
             registry,
@@ -117,6 +141,9 @@ impl Application {
             trusted_proxies: server_settings.trusted_proxies.clone(),
             body_read_timeout: Duration::from_millis(server_settings.body_read_timeout_ms),
             max_header_bytes: server_settings.max_header_bytes,
+            routes,
+            metrics,
+            admin_token: settings.admin.token.clone().filter(|t| !t.is_empty()),
         });
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {
@@ -125,6 +152,8 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(routes::limit_headers))
                 .route("/health", web::get().to(health::health))
                 .route("/ready", web::get().to(health::ready))
+                .route("/metrics", web::get().to(health::metrics))
+                .service(admin::scope())
                 .service(
                     web::resource("/webhooks/{name}/health")
                         .route(web::get().to(health::provider_health))
@@ -149,7 +178,6 @@ impl Application {
             port,
             server,
             state,
-            routes,
         })
     }
 
@@ -168,12 +196,33 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let store = self.state.store.clone();
-        let dispatcher = tokio::spawn(dispatch::run(store.clone(), self.routes, stop_rx.clone()));
+        let workers: Vec<_> = self
+            .state
+            .routes
+            .iter()
+            .map(|route| {
+                let worker = Worker {
+                    store: store.clone(),
+                    route: route.clone(),
+                    clock: self.state.clock.clone(),
+                    metrics: self.state.metrics.clone(),
+                };
+                tokio::spawn(worker.run(stop_rx.clone()))
+            })
+            .collect();
         let maintenance = tokio::spawn(maintain(self.state.clone(), stop_rx));
         let result = self.server.await;
         info!("HTTP server stopped; finishing background work.");
         let _ = stop_tx.send(true);
-        let _ = dispatcher.await;
+        // Deliveries in flight get a bounded time to finish; whatever does not finish stays
+        // pending in the store and is attempted again after the next start.
+        let drain = futures_util::future::join_all(workers);
+        if tokio::time::timeout(WORKER_DRAIN_TIMEOUT, drain)
+            .await
+            .is_err()
+        {
+            warn!("Deliveries still in flight at shutdown; they will be retried after restart.");
+        }
         let _ = maintenance.await;
         drop(self.state);
         store.close();

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use common::*;
 use futures_util::future::BoxFuture;
 use hookgate::envelope::Envelope;
-use hookgate::store::{Commit, DedupKey, DeliveryRecord, NewEvent, Pending, Store, StoreError};
+use hookgate::store::{
+    AttemptRecord, Commit, DedupKey, DeliveryRecord, NewEvent, PendingTask, Store, StoreError,
+    TaskRecord,
+};
 use serde_json::Value;
-use tokio::sync::Notify;
 
 const DEMO: &str = r#"
 [providers.demo]
@@ -61,7 +63,7 @@ async fn an_event_id_is_accepted_again_once_its_claim_has_expired() {
 }
 
 /// A store whose disk has gone: every write fails.
-struct BrokenStore(Arc<Notify>);
+struct BrokenStore(tokio::sync::watch::Sender<u64>);
 
 impl Store for BrokenStore {
     fn find_duplicate(&self, _: &DedupKey) -> Result<Option<String>, StoreError> {
@@ -80,17 +82,39 @@ impl Store for BrokenStore {
     fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>> {
         Box::pin(async { Err(StoreError::Io("disk unplugged".into())) })
     }
-    fn pending(&self, _: usize) -> Result<Vec<Pending>, StoreError> {
+    fn pending_tasks(&self, _: &str, _: usize) -> Result<Vec<PendingTask>, StoreError> {
+        Err(StoreError::Io("disk unplugged".into()))
+    }
+    fn pending_count(&self, _: &str) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+    fn record_attempt(&self, _: &TaskRecord, _: &AttemptRecord) -> Result<(), StoreError> {
+        Err(StoreError::Io("disk unplugged".into()))
+    }
+    fn tasks(&self, _: &str) -> Result<Vec<TaskRecord>, StoreError> {
         Ok(Vec::new())
     }
-    fn mark_dispatched(&self, _: &[Vec<u8>]) -> Result<(), StoreError> {
-        Ok(())
+    fn attempts(&self, _: &str, _: &str) -> Result<Vec<AttemptRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn recent_deliveries(
+        &self,
+        _: Option<&str>,
+        _: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn dead_letters(&self, _: Option<&str>, _: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn redeliver(&self, _: &str, _: Option<&str>, _: i64) -> Result<usize, StoreError> {
+        Ok(0)
     }
     fn expire_claims(&self, _: u64) -> Result<usize, StoreError> {
         Ok(0)
     }
-    fn committed_signal(&self) -> Arc<Notify> {
-        self.0.clone()
+    fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
     }
     fn delivery(&self, _: &str) -> Result<Option<(DeliveryRecord, Vec<u8>)>, StoreError> {
         Ok(None)
@@ -106,7 +130,7 @@ async fn storage_failure_is_503_with_retry_after_and_not_ready() {
     let app = spawn_with(
         DEMO,
         SpawnOptions {
-            store: Some(Arc::new(BrokenStore(Arc::new(Notify::new())))),
+            store: Some(Arc::new(BrokenStore(tokio::sync::watch::Sender::new(0)))),
             ..Default::default()
         },
     )

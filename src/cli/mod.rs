@@ -1,5 +1,6 @@
 //! The command line: `serve`, `check`, `sign` and `replay`.
 
+mod events;
 mod replay;
 mod sign;
 
@@ -41,6 +42,8 @@ pub enum Command {
     Sign(sign::SignArgs),
     /// Send fixture files, freshly signed, to a running gateway or any URL.
     Replay(replay::ReplayArgs),
+    /// List, show and redeliver stored events and dead letters.
+    Events(events::EventsArgs),
 }
 
 /// Runs the parsed command.
@@ -49,14 +52,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
         Command::Sign(args) => sign::run(args),
-        Command::Replay(args) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(replay::run(args))
-        }
+        Command::Replay(args) => current_thread()?.block_on(replay::run(args)),
+        Command::Events(args) => current_thread()?.block_on(events::run(args)),
     }
+}
+
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {

@@ -1,44 +1,34 @@
-//! The `file` sink: appends one envelope per line (JSON Lines) and syncs the file before the
-//! dispatcher removes the envelopes from the outbox, so a crash can repeat lines but never
-//! lose one.
+//! The `file` sink: appends one envelope per line (JSON Lines) and `fdatasync`s before the
+//! attempt counts as delivered, so a crash can repeat lines but never lose one.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
+use super::Attempt;
 use crate::envelope::Envelope;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FileSink {
-    name: String,
     path: PathBuf,
-    file: Mutex<File>,
+    file: Arc<Mutex<File>>,
 }
 
 impl FileSink {
-    pub fn open(name: &str, path: &str) -> std::io::Result<Self> {
+    pub fn open(path: &str) -> std::io::Result<Self> {
         let path = PathBuf::from(path);
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(Self {
-            name: name.to_owned(),
             path,
-            file: Mutex::new(file),
+            file: Arc::new(Mutex::new(file)),
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn append(&self, envelopes: &[&Envelope]) -> std::io::Result<()> {
+    fn write(&self, envelopes: &[Envelope]) -> std::io::Result<()> {
         let file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = BufWriter::new(&*file);
         for envelope in envelopes {
@@ -48,5 +38,29 @@ impl FileSink {
         out.flush()?;
         drop(out);
         file.sync_data()
+    }
+
+    pub async fn append(&self, envelopes: &[Envelope]) -> Attempt {
+        let sink = self.clone();
+        let envelopes = envelopes.to_vec();
+        let result = tokio::task::spawn_blocking(move || sink.write(&envelopes)).await;
+        match result {
+            Ok(Ok(())) => Attempt::Delivered {
+                http_status: None,
+                exit_code: None,
+            },
+            Ok(Err(e)) => Attempt::Retry {
+                error: format!("{}: {e}", self.path.display()),
+                http_status: None,
+                exit_code: None,
+                retry_after: None,
+            },
+            Err(e) => Attempt::Retry {
+                error: format!("write task failed: {e}"),
+                http_status: None,
+                exit_code: None,
+                retry_after: None,
+            },
+        }
     }
 }

@@ -1,28 +1,29 @@
-//! Handing stored envelopes to the sinks, after the provider has been answered.
+//! Delivery to the sync handlers ("sinks"), after the provider has been answered.
 //!
-//! The dispatcher reads the store's outbox oldest first, gives each envelope to every sink whose
-//! [`EventFilter`] matches, makes the sinks' writes durable, and only then removes the envelopes
-//! from the outbox. A crash in between means the envelope is handed over again after restart:
-//! delivery is at-least-once, and receivers deduplicate by the envelope `id`.
+//! Each stored envelope gets one delivery task per matching sink, written in the same atomic
+//! commit as the event, so a task can never be lost between store and sink. One worker per sink
+//! ([`worker`]) takes due tasks in arrival order, delivers them, and records every attempt;
+//! failures are retried with exponential backoff and jitter ([`retry`]) until they succeed or
+//! become dead letters. Envelopes about the same object (provider, object, object_id) reach a
+//! sink in arrival order: a failing one holds back only its own object. Delivery is
+//! at-least-once; receivers deduplicate by the envelope `id` (the `webhook-id` header).
+//!
+//! The sinks are a closed set ([`Sink`]): `http` ([`http`]), `command` ([`command`]), `file`
+//! ([`file`]), and in-process [`SyncHandler`]s for embedding.
 
+pub mod command;
 pub mod file;
+pub mod http;
+pub mod retry;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tracing::{debug, error, warn};
+use futures_util::future::BoxFuture;
 
-use crate::config::SinkSettings;
+use crate::config::{RetrySettings, SinkSettings};
 use crate::envelope::Envelope;
-use crate::store::Store;
-
-/// Envelopes read from the outbox per round.
-const BATCH: usize = 512;
-/// How long to wait before retrying after a sink or store failure.
-const RETRY_DELAY: Duration = Duration::from_secs(1);
-/// Wake-up interval even without commits (covers envelopes left by a previous run).
-const IDLE_POLL: Duration = Duration::from_secs(5);
 
 /// `events = ["stripe:customer.*", "pipedrive"]`: globs over `provider:object.action`.
 /// A bare provider name means all of its events; an empty list means everything.
@@ -59,112 +60,194 @@ impl EventFilter {
     }
 }
 
+/// The ordering lane of an envelope: provider, object and object id. Envelopes without an
+/// object id are not ordered against anything.
+pub fn lane(envelope: &Envelope) -> Vec<u8> {
+    match &envelope.object_id {
+        Some(id) => format!("{}\0{}\0{}", envelope.provider, envelope.object, id).into_bytes(),
+        None => Vec::new(),
+    }
+}
+
+/// An in-process sync handler, for embedding hookgate as a library: return `Ok` once the
+/// envelope is handled; an `Err` is retried like any failed delivery.
+pub trait SyncHandler: Send + Sync + 'static {
+    fn handle<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// How one attempt went, as the sink saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    Delivered {
+        http_status: Option<u16>,
+        exit_code: Option<i32>,
+    },
+    /// Worth retrying: 429, 5xx, a timeout, a connection error, a non-zero exit.
+    Retry {
+        error: String,
+        http_status: Option<u16>,
+        exit_code: Option<i32>,
+        retry_after: Option<Duration>,
+    },
+    /// Retrying will not help (4xx other than 408/429): dead letter at once.
+    Permanent {
+        error: String,
+        http_status: Option<u16>,
+    },
+}
+
 /// The closed set of sink kinds.
-#[derive(Debug)]
 pub enum Sink {
+    Http(http::HttpSink),
+    Command(command::CommandSink),
     File(file::FileSink),
+    Handler(Arc<dyn SyncHandler>),
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sink::Http(_) => "Sink::Http",
+            Sink::Command(_) => "Sink::Command",
+            Sink::File(_) => "Sink::File",
+            Sink::Handler(_) => "Sink::Handler",
+        })
+    }
 }
 
 impl Sink {
-    fn name(&self) -> &str {
+    /// Delivers envelopes; one result per envelope, in order. The file sink writes them all
+    /// with one sync; the others deliver each on its own, concurrently.
+    pub async fn deliver(&self, envelopes: &[Envelope]) -> Vec<Attempt> {
         match self {
-            Sink::File(s) => s.name(),
-        }
-    }
-
-    fn write(&self, envelopes: &[&Envelope]) -> std::io::Result<()> {
-        match self {
-            Sink::File(s) => s.append(envelopes),
+            Sink::File(sink) => {
+                let result = sink.append(envelopes).await;
+                vec![result; envelopes.len()]
+            }
+            Sink::Http(sink) => {
+                futures_util::future::join_all(envelopes.iter().map(|e| sink.deliver(e))).await
+            }
+            Sink::Command(sink) => {
+                futures_util::future::join_all(envelopes.iter().map(|e| sink.deliver(e))).await
+            }
+            Sink::Handler(handler) => {
+                futures_util::future::join_all(envelopes.iter().map(|e| async {
+                    match handler.handle(e).await {
+                        Ok(()) => Attempt::Delivered {
+                            http_status: None,
+                            exit_code: None,
+                        },
+                        Err(error) => Attempt::Retry {
+                            error,
+                            http_status: None,
+                            exit_code: None,
+                            retry_after: None,
+                        },
+                    }
+                }))
+                .await
+            }
         }
     }
 }
 
-/// A sink and what it wants.
+/// A sink with its name, filter and delivery policy.
 #[derive(Debug)]
 pub struct Route {
+    pub name: String,
     pub filter: EventFilter,
+    pub retry: RetrySettings,
+    /// Envelopes attempted at once.
+    pub concurrency: usize,
     pub sink: Sink,
 }
 
-/// Builds the sinks from configuration.
-pub fn build_routes(settings: &[SinkSettings]) -> Result<Vec<Route>, String> {
-    settings
+/// An in-process handler registered by an embedding application.
+pub struct HandlerRoute {
+    pub name: String,
+    pub events: Vec<String>,
+    pub retry: RetrySettings,
+    pub handler: Arc<dyn SyncHandler>,
+}
+
+/// How many envelopes the file sink writes per sync.
+const FILE_BATCH: usize = 512;
+
+/// Builds the configured sinks, plus any in-process handlers.
+pub fn build_routes(
+    settings: &[SinkSettings],
+    handlers: Vec<HandlerRoute>,
+) -> Result<Vec<Route>, String> {
+    let mut routes = settings
         .iter()
         .map(|s| {
-            let filter = EventFilter::parse(s.events())?;
+            let common = s.common();
+            let name = common.name.clone();
             let sink = match s {
-                SinkSettings::File { name, path, .. } => Sink::File(
-                    file::FileSink::open(name, path.as_str())
+                SinkSettings::File { path, .. } => Sink::File(
+                    file::FileSink::open(path.as_str())
                         .map_err(|e| format!("sink `{name}`: cannot open {path}: {e}"))?,
                 ),
+                SinkSettings::Http {
+                    url,
+                    secret,
+                    timeout_ms,
+                    headers,
+                    ..
+                } => Sink::Http(
+                    http::HttpSink::new(
+                        url.as_str(),
+                        secret.clone(),
+                        Duration::from_millis(*timeout_ms),
+                        headers,
+                    )
+                    .map_err(|e| format!("sink `{name}`: {e}"))?,
+                ),
+                SinkSettings::Command {
+                    command,
+                    timeout_ms,
+                    ..
+                } => Sink::Command(command::CommandSink::new(
+                    command.iter().map(|a| a.as_str().to_owned()).collect(),
+                    Duration::from_millis(*timeout_ms),
+                )),
             };
-            Ok(Route { filter, sink })
+            let concurrency = if matches!(sink, Sink::File(_)) {
+                FILE_BATCH
+            } else {
+                common.concurrency
+            };
+            Ok(Route {
+                filter: EventFilter::parse(&common.events)?,
+                retry: common.retry,
+                concurrency,
+                name,
+                sink,
+            })
         })
+        .collect::<Result<Vec<_>, String>>()?;
+    for handler in handlers {
+        if routes.iter().any(|r| r.name == handler.name) {
+            return Err(format!("sink name `{}` is used twice", handler.name));
+        }
+        routes.push(Route {
+            filter: EventFilter::parse(&handler.events)?,
+            retry: handler.retry,
+            concurrency: 8,
+            name: handler.name,
+            sink: Sink::Handler(handler.handler),
+        });
+    }
+    Ok(routes)
+}
+
+/// The names of the routes an envelope goes to.
+pub fn matching_sinks(routes: &[Arc<Route>], envelope: &Envelope) -> Vec<String> {
+    routes
+        .iter()
+        .filter(|r| r.filter.matches(envelope))
+        .map(|r| r.name.clone())
         .collect()
-}
-
-/// Moves envelopes from the store's outbox to the sinks until `stop` turns true.
-pub async fn run(store: Arc<dyn Store>, routes: Arc<Vec<Route>>, mut stop: watch::Receiver<bool>) {
-    let signal = store.committed_signal();
-    loop {
-        let store_for_round = store.clone();
-        let routes_for_round = routes.clone();
-        let round = tokio::task::spawn_blocking(move || {
-            dispatch_round(&*store_for_round, &routes_for_round)
-        })
-        .await;
-        let wait = match round {
-            Ok(Ok(0)) => IDLE_POLL,
-            Ok(Ok(n)) => {
-                debug!(envelopes = n, "Dispatched.");
-                Duration::ZERO
-            }
-            Ok(Err(e)) => {
-                warn!(error = %e, "Dispatch round failed; will retry.");
-                RETRY_DELAY
-            }
-            Err(e) => {
-                error!(error = %e, "Dispatch round panicked; will retry.");
-                RETRY_DELAY
-            }
-        };
-        if *stop.borrow() {
-            break;
-        }
-        if wait.is_zero() {
-            continue;
-        }
-        tokio::select! {
-            _ = signal.notified(), if wait == IDLE_POLL => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => break,
-        }
-    }
-    debug!("Dispatcher stopped.");
-}
-
-/// One round: a batch from the outbox through every sink. Returns how many were handed over.
-pub fn dispatch_round(store: &dyn Store, routes: &[Route]) -> Result<usize, String> {
-    let pending = store.pending(BATCH).map_err(|e| e.to_string())?;
-    if pending.is_empty() {
-        return Ok(0);
-    }
-    for route in routes {
-        let selected: Vec<&Envelope> = pending
-            .iter()
-            .map(|p| &p.envelope)
-            .filter(|e| route.filter.matches(e))
-            .collect();
-        if !selected.is_empty() {
-            route
-                .sink
-                .write(&selected)
-                .map_err(|e| format!("sink `{}`: {e}", route.sink.name()))?;
-        }
-    }
-    let keys: Vec<Vec<u8>> = pending.iter().map(|p| p.key.clone()).collect();
-    store.mark_dispatched(&keys).map_err(|e| e.to_string())?;
-    Ok(pending.len())
 }
 
 #[cfg(test)]
@@ -190,5 +273,17 @@ mod tests {
         assert!(f.matches(&envelope("pipedrive", "deal", "updated")));
         assert!(EventFilter::default().matches(&envelope("a", "b", "c")));
         assert!(EventFilter::parse(&["[".into()]).is_err());
+    }
+
+    #[test]
+    fn lanes_group_by_object_and_skip_envelopes_without_an_id() {
+        let mut a = envelope("crm", "deal", "updated");
+        assert!(lane(&a).is_empty());
+        a.object_id = Some("7".into());
+        let mut b = a.clone();
+        b.action = "deleted".into();
+        assert_eq!(lane(&a), lane(&b));
+        b.object_id = Some("8".into());
+        assert_ne!(lane(&a), lane(&b));
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::kind::{self, Kind};
-use crate::config::{ConfigError, LoadedSettings};
+use crate::config::{ConfigError, DeliveryMode, LoadedSettings};
 use crate::pipeline::access::{BasicAuth, ClientLimiter};
 use crate::pipeline::signature::Key;
 use crate::secret::Secret;
@@ -33,6 +33,8 @@ pub struct Instance {
     pub limiter: Option<ClientLimiter>,
     pub basic_auth: Option<BasicAuth>,
     pub body_limit: usize,
+    /// Whether sinks run before the answer.
+    pub mode: DeliveryMode,
 }
 
 impl Instance {
@@ -123,6 +125,7 @@ impl Registry {
                     limiter: cfg.rate_limit.map(ClientLimiter::new),
                     basic_auth: cfg.basic_auth.as_ref().map(BasicAuth::new),
                     body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
+                    mode: cfg.mode,
                 }),
             );
         }

@@ -54,3 +54,10 @@ pub async fn provider_health(
         "kind": instance.kind.name,
     })))
 }
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}

@@ -1,6 +1,7 @@
 //! HTTP routes: the webhook receiver and the health endpoints, plus JSON answers for unknown
 //! routes and methods.
 
+pub mod admin;
 pub mod health;
 pub mod webhook;
 

@@ -6,6 +6,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 use tracing::{field, info, warn, Instrument};
 
+use crate::config::DeliveryMode;
+use crate::dispatch::{self, worker::Worker};
 use crate::error::GatewayError;
 use crate::pipeline::normalise::{self, EnvelopeInfo, NormaliseError};
 use crate::pipeline::signature::{self, hmac, SignatureError, Verified};
@@ -16,11 +18,16 @@ use crate::provider::registry::Instance;
 use crate::provider::source::{text_of, Context};
 use crate::startup::AppState;
 use crate::store::{
-    Commit, Committed, DedupKey, DeliveryRecord, DeliveryStatus, NewEnvelope, NewEvent,
+    Commit, Committed, DedupKey, DeliveryRecord, DeliveryStatus, NewEnvelope, NewEvent, TaskStatus,
 };
 
 const STATUS_ACCEPTED: &str = "accepted";
 const STATUS_DUPLICATE: &str = "duplicate";
+/// How long sync-mode tasks are left to the request that created them before the background
+/// workers may attempt them.
+const SYNC_GRACE_MS: i64 = 60_000;
+/// Metric label for requests to names that are not configured (bounded label values).
+const UNKNOWN_PROVIDER_LABEL: &str = "unknown";
 /// Replay-guard values are claimed under `<instance>#replay-guard`, apart from event IDs.
 const REPLAY_GUARD_SUFFIX: &str = "#replay-guard";
 
@@ -39,7 +46,27 @@ pub async fn receive(
         outcome = field::Empty,
     );
     async move {
+        let started = std::time::Instant::now();
         let result = handle(&req, payload, &name, &state).await;
+        let label = if state.registry.get(&name).is_some() {
+            name.as_str()
+        } else {
+            UNKNOWN_PROVIDER_LABEL
+        };
+        let (outcome, code) = match &result {
+            Ok(_) => ("ok", ""),
+            Err(e) => ("rejected", e.code()),
+        };
+        state
+            .metrics
+            .requests
+            .with_label_values(&[label, outcome, code])
+            .inc();
+        state
+            .metrics
+            .request_duration
+            .with_label_values(&[label])
+            .observe(started.elapsed().as_secs_f64());
         let span = tracing::Span::current();
         match &result {
             Ok(_) => {}
@@ -267,6 +294,15 @@ async fn accept(
                     provider: instance.name.clone(),
                     event_id: event_id.clone(),
                 },
+                sinks: dispatch::matching_sinks(&state.routes, &envelope),
+                lane: dispatch::lane(&envelope),
+                // In sync mode the request delivers first; the workers take over after that.
+                not_before_ms: delivery.received_at.timestamp_millis()
+                    + if instance.mode == DeliveryMode::Sync {
+                        SYNC_GRACE_MS
+                    } else {
+                        0
+                    },
                 envelope,
             }),
             Err(e) => return unprocessable(record, delivery, e, state).await,
@@ -322,6 +358,17 @@ async fn accept(
         .map(|(event_id, id, status)| (*event_id, id.as_str(), *status))
         .collect();
     let any_accepted = outcomes.iter().any(|(_, _, s)| *s == STATUS_ACCEPTED);
+    if instance.mode == DeliveryMode::Sync {
+        let ids: Vec<String> = outcomes.iter().map(|(_, id, _)| id.to_string()).collect();
+        deliver_now(state, &ids).await?;
+    }
+    if !any_accepted {
+        state
+            .metrics
+            .duplicates
+            .with_label_values(&[&instance.name])
+            .inc();
+    }
     if any_accepted {
         info!(id = outcomes[0].1, events = outcomes.len(), "Accepted.");
     }
@@ -331,6 +378,44 @@ async fn accept(
         STATUS_DUPLICATE
     };
     Ok(answer(status, &outcomes, is_batch))
+}
+
+/// Sync mode: delivers the envelopes' pending tasks now, sink by sink; any failure is a 503 so
+/// the provider retries (the duplicate check then leads straight back here).
+async fn deliver_now(state: &AppState, envelope_ids: &[String]) -> Result<(), GatewayError> {
+    for route in &state.routes {
+        let mut due = Vec::new();
+        for id in envelope_ids {
+            let pending = state
+                .store
+                .tasks(id)?
+                .iter()
+                .any(|t| t.sink == route.name && t.status == TaskStatus::Pending);
+            if pending {
+                due.push(id.clone());
+            }
+        }
+        if due.is_empty() {
+            continue;
+        }
+        let worker = Worker {
+            store: state.store.clone(),
+            route: route.clone(),
+            clock: state.clock.clone(),
+            metrics: state.metrics.clone(),
+        };
+        let delivered = worker
+            .deliver(&due)
+            .await
+            .map_err(|e| GatewayError::DeliveryFailed(format!("sink `{}`: {e}", route.name)))?;
+        if !delivered {
+            return Err(GatewayError::DeliveryFailed(format!(
+                "sink `{}` did not accept the event; it will be retried",
+                route.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Stage 11 failed: keep the raw delivery for inspection, answer 422, claim nothing.

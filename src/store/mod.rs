@@ -1,5 +1,5 @@
-//! Durable storage: the idempotency table, raw deliveries, envelopes and the outbox that feeds
-//! the sinks. [`Store`] is the contract; [`sled::SledStore`] is the embedded implementation (a
+//! Durable storage: the idempotency table, raw deliveries, envelopes, and one delivery task per
+//! (envelope, sink) with every attempt made. [`Store`] is the contract; [`sled::SledStore`] is the embedded implementation (a
 //! clustered backend implements the same trait).
 //!
 //! The one rule every implementation keeps: a commit's future resolves `Ok` only after the event
@@ -8,11 +8,9 @@
 
 pub mod sled;
 
-use std::sync::Arc;
-
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use crate::envelope::Envelope;
 
@@ -59,11 +57,86 @@ pub struct DeliveryRecord {
     pub envelope_ids: Vec<String>,
 }
 
-/// One event of a delivery: its idempotency key and its envelope.
+/// One event of a delivery: its idempotency key, its envelope, and the sinks it goes to.
 #[derive(Debug, Clone)]
 pub struct NewEnvelope {
     pub dedup: DedupKey,
     pub envelope: Envelope,
+    /// Names of the sinks whose filters match; a delivery task is created for each.
+    pub sinks: Vec<String>,
+    /// Ordering lane: envelopes of one lane reach a sink in arrival order. Empty: no order.
+    pub lane: Vec<u8>,
+    /// The earliest time (Unix ms) the dispatcher may attempt the tasks (sync mode delivers
+    /// first itself).
+    pub not_before_ms: i64,
+}
+
+/// Where a delivery task stands.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Pending,
+    Delivered,
+    /// Gave up: a dead letter until redelivered.
+    Dead,
+}
+
+/// One envelope's delivery to one sink.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskRecord {
+    pub sink: String,
+    pub envelope_id: String,
+    pub status: TaskStatus,
+    /// Attempts made in all.
+    pub attempts: u32,
+    /// Attempts since the task was created or last redelivered (the retry budget).
+    pub round_attempts: u32,
+    pub created_at_ms: i64,
+    /// When the retry budget started (creation or redelivery).
+    pub round_started_ms: i64,
+    pub next_attempt_ms: Option<i64>,
+    pub last_error: Option<String>,
+    /// Ordering lane (see [`NewEnvelope::lane`]).
+    #[serde(default)]
+    pub lane: Vec<u8>,
+}
+
+/// What one attempt did.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Failed; will be retried.
+    Retry,
+    /// Failed for good (a 4xx, or the retry budget is spent): dead letter.
+    Dead,
+}
+
+/// One attempt, as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttemptRecord {
+    pub number: u32,
+    pub at: String,
+    pub outcome: AttemptOutcome,
+    pub http_status: Option<u16>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// A task waiting for its next attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingTask {
+    pub envelope_id: String,
+    pub next_attempt_ms: i64,
+    pub lane: Vec<u8>,
+}
+
+/// A stored delivery as listed by the event browser.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventSummary {
+    pub delivery: DeliveryRecord,
+    pub tasks: Vec<TaskRecord>,
 }
 
 /// A verified delivery to store: one event, or several from a batch.
@@ -108,13 +181,6 @@ pub enum StoreError {
     Io(String),
 }
 
-/// A stored envelope waiting for the sinks.
-#[derive(Debug, Clone)]
-pub struct Pending {
-    pub key: Vec<u8>,
-    pub envelope: Envelope,
-}
-
 /// Durable event storage.
 pub trait Store: Send + Sync + 'static {
     /// Fast path: the gateway id of an unexpired claim for `key`, without writing.
@@ -133,17 +199,46 @@ pub trait Store: Send + Sync + 'static {
     /// A durable no-op write: proves the store is writable (`/ready`).
     fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>>;
 
-    /// Up to `limit` envelopes not yet handed to the sinks, oldest first.
-    fn pending(&self, limit: usize) -> Result<Vec<Pending>, StoreError>;
+    /// Up to `limit` pending tasks of `sink`, in arrival order.
+    fn pending_tasks(&self, sink: &str, limit: usize) -> Result<Vec<PendingTask>, StoreError>;
 
-    /// Marks envelopes as handed to every sink.
-    fn mark_dispatched(&self, keys: &[Vec<u8>]) -> Result<(), StoreError>;
+    /// How many tasks of `sink` are pending.
+    fn pending_count(&self, sink: &str) -> Result<usize, StoreError>;
+
+    /// Records an attempt and the task's new state (pending with a next time, delivered, dead).
+    fn record_attempt(&self, task: &TaskRecord, attempt: &AttemptRecord) -> Result<(), StoreError>;
+
+    /// The delivery tasks of an envelope, one per sink.
+    fn tasks(&self, envelope_id: &str) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Every attempt made to deliver an envelope to a sink.
+    fn attempts(&self, envelope_id: &str, sink: &str) -> Result<Vec<AttemptRecord>, StoreError>;
+
+    /// Newest deliveries first, starting before `before` (a gateway id).
+    fn recent_deliveries(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError>;
+
+    /// Dead-lettered tasks, optionally of one sink.
+    fn dead_letters(&self, sink: Option<&str>, limit: usize)
+        -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Makes an envelope's tasks (all sinks, or one) pending again at `now_ms` with a fresh
+    /// retry budget. Returns how many tasks were rescheduled.
+    fn redeliver(
+        &self,
+        envelope_id: &str,
+        sink: Option<&str>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError>;
 
     /// Forgets claims whose TTL has passed; returns how many.
     fn expire_claims(&self, now_secs: u64) -> Result<usize, StoreError>;
 
-    /// Notified after every commit that queued envelopes.
-    fn committed_signal(&self) -> Arc<Notify>;
+    /// Changes after every commit that created delivery tasks.
+    fn commits(&self) -> watch::Receiver<u64>;
 
     /// The raw delivery record and body for a gateway id.
     fn delivery(&self, id: &str) -> Result<Option<(DeliveryRecord, Vec<u8>)>, StoreError>;

@@ -22,20 +22,27 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use super::{Commit, Committed, DedupKey, DeliveryRecord, NewEvent, Pending, Store, StoreError};
+use super::{
+    AttemptRecord, Commit, Committed, DedupKey, DeliveryRecord, NewEvent, PendingTask, Store,
+    StoreError, TaskRecord, TaskStatus,
+};
 use crate::clock::Clock;
 use crate::config::StorageSettings;
 use crate::envelope::Envelope;
+use crate::metrics::Metrics;
 
 const TREE_DELIVERIES: &str = "deliveries";
 const TREE_BODIES: &str = "bodies";
 const TREE_ENVELOPES: &str = "envelopes";
 const TREE_DEDUP: &str = "dedup";
 const TREE_DEDUP_EXPIRY: &str = "dedup_expiry";
-const TREE_OUTBOX: &str = "outbox";
+const TREE_TASKS: &str = "tasks";
+const TREE_PENDING: &str = "pending";
+const TREE_ATTEMPTS: &str = "attempts";
+const TREE_DEAD: &str = "dead";
 const TREE_META: &str = "meta";
 const META_PROBE: &[u8] = b"probe";
 const SLED_LOG_FILE: &str = "db";
@@ -101,6 +108,39 @@ struct PreparedEvent {
     id: String,
     key: [u8; 16],
     envelope: Vec<u8>,
+    /// (tasks key, pending key, task record) per sink.
+    tasks: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    /// The pending index value: next attempt time and lane.
+    pending_value: Vec<u8>,
+}
+
+/// `envelope id (16 bytes) ++ sink`: an envelope's tasks are one prefix scan.
+fn task_key(id: &[u8; 16], sink: &str) -> Vec<u8> {
+    let mut k = id.to_vec();
+    k.extend_from_slice(sink.as_bytes());
+    k
+}
+
+/// `sink \0 envelope id`: a sink's pending tasks in arrival order.
+fn sink_key(sink: &str, id: &[u8; 16]) -> Vec<u8> {
+    let mut k = sink.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(id);
+    k
+}
+
+fn pending_value(next_attempt_ms: i64, lane: &[u8]) -> Vec<u8> {
+    let mut v = next_attempt_ms.to_be_bytes().to_vec();
+    v.extend_from_slice(lane);
+    v
+}
+
+/// `envelope id ++ sink \0 ++ attempt number`.
+fn attempt_key(id: &[u8; 16], sink: &str, number: u32) -> Vec<u8> {
+    let mut k = task_key(id, sink);
+    k.push(0);
+    k.extend_from_slice(&number.to_be_bytes());
+    k
 }
 
 /// A delivery prepared before the transaction, so the transaction mostly moves bytes.
@@ -124,7 +164,10 @@ struct Trees {
     envelopes: sled::Tree,
     dedup: sled::Tree,
     expiry: sled::Tree,
-    outbox: sled::Tree,
+    tasks: sled::Tree,
+    pending: sled::Tree,
+    attempts: sled::Tree,
+    dead: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -134,9 +177,10 @@ struct Shared {
     dir: PathBuf,
     log_file: File,
     failed: OnceLock<String>,
-    committed: Arc<Notify>,
+    committed: watch::Sender<u64>,
     clock: Arc<dyn Clock>,
     dedup_ttl_secs: u64,
+    metrics: Arc<Metrics>,
 }
 
 /// sled-backed [`Store`].
@@ -180,7 +224,11 @@ fn io_err(e: impl std::fmt::Display) -> StoreError {
 
 impl SledStore {
     /// Opens (or creates) the store and starts its writer thread.
-    pub fn open(settings: &StorageSettings, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+    pub fn open(
+        settings: &StorageSettings,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         let dir = PathBuf::from(settings.path.as_str());
         std::fs::create_dir_all(&dir).map_err(|e| {
             StoreError::Io(format!(
@@ -201,7 +249,10 @@ impl SledStore {
             envelopes: tree(TREE_ENVELOPES)?,
             dedup: tree(TREE_DEDUP)?,
             expiry: tree(TREE_DEDUP_EXPIRY)?,
-            outbox: tree(TREE_OUTBOX)?,
+            tasks: tree(TREE_TASKS)?,
+            pending: tree(TREE_PENDING)?,
+            attempts: tree(TREE_ATTEMPTS)?,
+            dead: tree(TREE_DEAD)?,
             meta: tree(TREE_META)?,
         };
         // sled writes `conf` once without syncing it, and never syncs its directory.
@@ -223,9 +274,10 @@ impl SledStore {
             dir,
             log_file,
             failed: OnceLock::new(),
-            committed: Arc::new(Notify::new()),
+            committed: watch::Sender::new(0),
             clock,
             dedup_ttl_secs: settings.dedup_ttl_secs,
+            metrics,
         });
         let (sender, receiver) = mpsc::channel(settings.queue_capacity);
         let writer_shared = shared.clone();
@@ -234,7 +286,7 @@ impl SledStore {
             .name("hookgate-store-writer".into())
             .spawn(move || run_writer(&writer_shared, receiver, max_batch))
             .map_err(io_err)?;
-        let pending = shared.trees.outbox.len();
+        let pending = shared.trees.pending.len();
         info!(path = %shared.dir.display(), pending, "Store opened.");
         Ok(Self {
             shared,
@@ -280,9 +332,16 @@ fn run_writer(shared: &Shared, mut receiver: mpsc::Receiver<Job>, max_batch: usi
             continue;
         }
         let started = std::time::Instant::now();
-        let result = shared
-            .apply(&jobs)
-            .and_then(|outcomes| shared.sync(&mut synced_blobs).map(|()| outcomes));
+        let result = shared.apply(&jobs).and_then(|outcomes| {
+            let sync_started = std::time::Instant::now();
+            shared.sync(&mut synced_blobs)?;
+            shared
+                .metrics
+                .fsync_seconds
+                .observe(sync_started.elapsed().as_secs_f64());
+            Ok(outcomes)
+        });
+        shared.metrics.commit_batch.observe(jobs.len() as f64);
         match result {
             Ok(outcomes) => {
                 debug!(
@@ -297,7 +356,7 @@ fn run_writer(shared: &Shared, mut receiver: mpsc::Receiver<Job>, max_batch: usi
                     let _ = job.reply.send(Ok(outcome));
                 }
                 if queued {
-                    shared.committed.notify_one();
+                    shared.committed.send_modify(|n| *n = n.wrapping_add(1));
                 }
             }
             Err(e) => {
@@ -328,11 +387,12 @@ impl Shared {
             &t.envelopes,
             &t.dedup,
             &t.expiry,
-            &t.outbox,
+            &t.tasks,
+            &t.pending,
             &t.meta,
         )
             .transaction(
-                |(deliveries, bodies, envelopes, dedup, expiry, outbox, meta)| {
+                |(deliveries, bodies, envelopes, dedup, expiry, tasks, pending, meta)| {
                     let live_claim = |key: &[u8]| -> Result<Option<Claim>, _> {
                         Ok::<_, ConflictableTransactionError<()>>(
                             dedup
@@ -375,7 +435,13 @@ impl Shared {
                                     }
                                     claim(&event.dedup_key, &event.id)?;
                                     envelopes.insert(&event.key[..], event.envelope.as_slice())?;
-                                    outbox.insert(&event.key[..], &[][..])?;
+                                    for (task_key, pending_key, record) in &event.tasks {
+                                        tasks.insert(task_key.as_slice(), record.as_slice())?;
+                                        pending.insert(
+                                            pending_key.as_slice(),
+                                            event.pending_value.as_slice(),
+                                        )?;
+                                    }
                                     stored.push(event.id.clone());
                                     results.push(Committed::Accepted);
                                 }
@@ -467,11 +533,36 @@ impl Store for SledStore {
                 .map(|e| {
                     let key = id_key(&e.envelope.id)
                         .ok_or_else(|| StoreError::Io("envelope id is not a ULID".into()))?;
+                    let tasks = e
+                        .sinks
+                        .iter()
+                        .map(|sink| {
+                            let record = TaskRecord {
+                                sink: sink.clone(),
+                                envelope_id: e.envelope.id.clone(),
+                                status: TaskStatus::Pending,
+                                attempts: 0,
+                                round_attempts: 0,
+                                created_at_ms: self.shared.clock.now().timestamp_millis(),
+                                round_started_ms: self.shared.clock.now().timestamp_millis(),
+                                next_attempt_ms: Some(e.not_before_ms),
+                                last_error: None,
+                                lane: e.lane.clone(),
+                            };
+                            Ok((
+                                task_key(&key, sink),
+                                sink_key(sink, &key),
+                                serde_json::to_vec(&record).map_err(io_err)?,
+                            ))
+                        })
+                        .collect::<Result<Vec<_>, StoreError>>()?;
                     Ok(PreparedEvent {
                         dedup_key: e.dedup.to_bytes(),
                         id: e.envelope.id.clone(),
                         key,
                         envelope: serde_json::to_vec(&e.envelope).map_err(io_err)?,
+                        tasks,
+                        pending_value: pending_value(e.not_before_ms, &e.lane),
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
@@ -513,37 +604,183 @@ impl Store for SledStore {
         self.submit(Op::Probe).map(|r| r.map(|_| ())).boxed()
     }
 
-    fn pending(&self, limit: usize) -> Result<Vec<Pending>, StoreError> {
-        let t = &self.shared.trees;
+    fn pending_tasks(&self, sink: &str, limit: usize) -> Result<Vec<PendingTask>, StoreError> {
+        let mut prefix = sink.as_bytes().to_vec();
+        prefix.push(0);
         let mut out = Vec::new();
-        for item in t.outbox.iter().keys().take(limit) {
-            let key = item.map_err(io_err)?;
-            match t.envelopes.get(&key).map_err(io_err)? {
-                Some(bytes) => match serde_json::from_slice::<Envelope>(&bytes) {
-                    Ok(envelope) => out.push(Pending {
-                        key: key.to_vec(),
-                        envelope,
-                    }),
-                    Err(e) => {
-                        error!(error = %e, id = ?id_from_key(&key), "Stored envelope is unreadable; skipping it.");
-                        t.outbox.remove(&key).map_err(io_err)?;
+        for item in self.shared.trees.pending.scan_prefix(&prefix).take(limit) {
+            let (key, value) = item.map_err(io_err)?;
+            let Some(id) = id_from_key(&key[prefix.len()..]) else {
+                continue;
+            };
+            let (when, lane) = value.split_at(8.min(value.len()));
+            out.push(PendingTask {
+                envelope_id: id,
+                next_attempt_ms: i64::from_be_bytes(when.try_into().unwrap_or_default()),
+                lane: lane.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn pending_count(&self, sink: &str) -> Result<usize, StoreError> {
+        let mut prefix = sink.as_bytes().to_vec();
+        prefix.push(0);
+        Ok(self.shared.trees.pending.scan_prefix(&prefix).count())
+    }
+
+    fn record_attempt(&self, task: &TaskRecord, attempt: &AttemptRecord) -> Result<(), StoreError> {
+        let id = id_key(&task.envelope_id)
+            .ok_or_else(|| StoreError::Io("envelope id is not a ULID".into()))?;
+        let record = serde_json::to_vec(task).map_err(io_err)?;
+        let attempt_bytes = serde_json::to_vec(attempt).map_err(io_err)?;
+        let t = &self.shared.trees;
+        (&t.tasks, &t.pending, &t.attempts, &t.dead)
+            .transaction(|(tasks, pending, attempts, dead)| {
+                tasks.insert(task_key(&id, &task.sink), record.as_slice())?;
+                attempts.insert(
+                    attempt_key(&id, &task.sink, attempt.number),
+                    attempt_bytes.as_slice(),
+                )?;
+                let index = sink_key(&task.sink, &id);
+                match (task.status, task.next_attempt_ms) {
+                    (TaskStatus::Pending, Some(next)) => {
+                        pending.insert(index.as_slice(), pending_value(next, &task.lane))?;
+                        dead.remove(index.as_slice())?;
                     }
-                },
-                None => {
-                    warn!(id = ?id_from_key(&key), "Outbox entry without envelope; dropping it.");
-                    t.outbox.remove(&key).map_err(io_err)?;
+                    (TaskStatus::Dead, _) => {
+                        pending.remove(index.as_slice())?;
+                        dead.insert(index.as_slice(), &[][..])?;
+                    }
+                    _ => {
+                        pending.remove(index.as_slice())?;
+                        dead.remove(index.as_slice())?;
+                    }
                 }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e: TransactionError<()>| StoreError::Io(format!("{e:?}")))
+    }
+
+    fn tasks(&self, envelope_id: &str) -> Result<Vec<TaskRecord>, StoreError> {
+        let Some(id) = id_key(envelope_id) else {
+            return Ok(Vec::new());
+        };
+        self.shared
+            .trees
+            .tasks
+            .scan_prefix(id)
+            .map(|item| {
+                let (_, value) = item.map_err(io_err)?;
+                serde_json::from_slice(&value).map_err(io_err)
+            })
+            .collect()
+    }
+
+    fn attempts(&self, envelope_id: &str, sink: &str) -> Result<Vec<AttemptRecord>, StoreError> {
+        let Some(id) = id_key(envelope_id) else {
+            return Ok(Vec::new());
+        };
+        let mut prefix = task_key(&id, sink);
+        prefix.push(0);
+        self.shared
+            .trees
+            .attempts
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (_, value) = item.map_err(io_err)?;
+                serde_json::from_slice(&value).map_err(io_err)
+            })
+            .collect()
+    }
+
+    fn recent_deliveries(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let t = &self.shared.trees.deliveries;
+        let iter = match before.and_then(id_key) {
+            Some(key) => t.range(..key.to_vec()),
+            None => t.range::<Vec<u8>, _>(..),
+        };
+        iter.rev()
+            .take(limit)
+            .map(|item| {
+                let (_, value) = item.map_err(io_err)?;
+                serde_json::from_slice(&value).map_err(io_err)
+            })
+            .collect()
+    }
+
+    fn dead_letters(
+        &self,
+        sink: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let t = &self.shared.trees;
+        let prefix = sink
+            .map(|s| {
+                let mut p = s.as_bytes().to_vec();
+                p.push(0);
+                p
+            })
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for item in t.dead.scan_prefix(&prefix).take(limit) {
+            let (key, _) = item.map_err(io_err)?;
+            let Some(split) = key.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let (sink, id) = (&key[..split], &key[split + 1..]);
+            let Ok(id) = <[u8; 16]>::try_from(id) else {
+                continue;
+            };
+            let sink = String::from_utf8_lossy(sink);
+            if let Some(record) = t.tasks.get(task_key(&id, &sink)).map_err(io_err)? {
+                out.push(serde_json::from_slice(&record).map_err(io_err)?);
             }
         }
         Ok(out)
     }
 
-    fn mark_dispatched(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for key in keys {
-            batch.remove(key.as_slice());
+    fn redeliver(
+        &self,
+        envelope_id: &str,
+        sink: Option<&str>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let Some(id) = id_key(envelope_id) else {
+            return Ok(0);
+        };
+        let t = &self.shared.trees;
+        let mut count = 0;
+        for mut task in self.tasks(envelope_id)? {
+            if sink.is_some_and(|s| s != task.sink) {
+                continue;
+            }
+            task.status = TaskStatus::Pending;
+            task.round_attempts = 0;
+            task.round_started_ms = now_ms;
+            task.next_attempt_ms = Some(now_ms);
+            let record = serde_json::to_vec(&task).map_err(io_err)?;
+            let index = sink_key(&task.sink, &id);
+            (&t.tasks, &t.pending, &t.dead)
+                .transaction(|(tasks, pending, dead)| {
+                    tasks.insert(task_key(&id, &task.sink), record.as_slice())?;
+                    pending.insert(index.as_slice(), pending_value(now_ms, &task.lane))?;
+                    dead.remove(index.as_slice())?;
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e: TransactionError<()>| StoreError::Io(format!("{e:?}")))?;
+            count += 1;
         }
-        self.shared.trees.outbox.apply_batch(batch).map_err(io_err)
+        if count > 0 {
+            self.shared
+                .committed
+                .send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(count)
     }
 
     fn expire_claims(&self, now_secs: u64) -> Result<usize, StoreError> {
@@ -569,8 +806,8 @@ impl Store for SledStore {
         Ok(removed)
     }
 
-    fn committed_signal(&self) -> Arc<Notify> {
-        self.shared.committed.clone()
+    fn commits(&self) -> watch::Receiver<u64> {
+        self.shared.committed.subscribe()
     }
 
     fn delivery(&self, id: &str) -> Result<Option<(DeliveryRecord, Vec<u8>)>, StoreError> {
@@ -665,6 +902,9 @@ mod tests {
                     event_id: event_id.into(),
                 },
                 envelope,
+                sinks: vec!["sink-a".into()],
+                lane: b"lane-1".to_vec(),
+                not_before_ms: 0,
             }],
             replay_guard: None,
         }
@@ -678,7 +918,12 @@ mod tests {
     async fn committed_events_their_claims_and_their_outbox_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::at_unix(1_000));
-        let store = SledStore::open(&settings(dir.path()), clock.clone()).unwrap();
+        let store = SledStore::open(
+            &settings(dir.path()),
+            clock.clone(),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
         assert_eq!(
             store.commit(event(&ulid(1), "e1")).await.unwrap(),
             stored(Committed::Accepted)
@@ -690,20 +935,45 @@ mod tests {
         store.close();
         drop(store);
 
-        let store = SledStore::open(&settings(dir.path()), clock.clone()).unwrap();
+        let store = SledStore::open(
+            &settings(dir.path()),
+            clock.clone(),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
         let key = DedupKey {
             provider: "p".into(),
             event_id: "e1".into(),
         };
         assert_eq!(store.find_duplicate(&key).unwrap(), Some(ulid(1)));
-        let pending = store.pending(10).unwrap();
+        let pending = store.pending_tasks("sink-a", 10).unwrap();
         assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].envelope.event_id, "e1");
+        assert_eq!(pending[0].envelope_id, ulid(1));
+        assert_eq!(pending[0].lane, b"lane-1");
         let (record, body) = store.delivery(&ulid(1)).unwrap().unwrap();
         assert_eq!(record.event_id.as_deref(), Some("e1"));
         assert_eq!(body, b"{\"raw\":true}");
-        store.mark_dispatched(&[pending[0].key.clone()]).unwrap();
-        assert!(store.pending(10).unwrap().is_empty());
+        // An attempt that delivers removes the task from the pending index, durably recorded.
+        let mut task = store.tasks(&ulid(1)).unwrap().remove(0);
+        task.status = TaskStatus::Delivered;
+        task.attempts = 1;
+        task.next_attempt_ms = None;
+        let attempt = crate::store::AttemptRecord {
+            number: 1,
+            at: "2024-01-01T00:00:00.000Z".into(),
+            outcome: crate::store::AttemptOutcome::Delivered,
+            http_status: Some(200),
+            exit_code: None,
+            error: None,
+            duration_ms: 3,
+        };
+        store.record_attempt(&task, &attempt).unwrap();
+        assert!(store.pending_tasks("sink-a", 10).unwrap().is_empty());
+        assert_eq!(store.attempts(&ulid(1), "sink-a").unwrap(), vec![attempt]);
+        // Redelivery makes it pending again with a fresh budget.
+        assert_eq!(store.redeliver(&ulid(1), None, 99).unwrap(), 1);
+        let again = store.pending_tasks("sink-a", 10).unwrap();
+        assert_eq!(again[0].next_attempt_ms, 99);
         assert!(
             store.envelope(&ulid(1)).unwrap().is_some(),
             "envelopes are kept"
@@ -714,7 +984,12 @@ mod tests {
     async fn expired_claims_are_swept_and_can_be_claimed_again() {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::at_unix(1_000));
-        let store = SledStore::open(&settings(dir.path()), clock.clone()).unwrap();
+        let store = SledStore::open(
+            &settings(dir.path()),
+            clock.clone(),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
         store.commit(event(&ulid(1), "e1")).await.unwrap();
         store.commit(event(&ulid(2), "e2")).await.unwrap();
         assert_eq!(store.expire_claims(1_050).unwrap(), 0);
@@ -740,8 +1015,12 @@ mod tests {
     #[tokio::test]
     async fn probes_write_durably_and_a_closed_store_refuses_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            SledStore::open(&settings(dir.path()), Arc::new(ManualClock::at_unix(5))).unwrap();
+        let store = SledStore::open(
+            &settings(dir.path()),
+            Arc::new(ManualClock::at_unix(5)),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
         store.probe().await.unwrap();
         store.close();
         assert!(matches!(store.probe().await, Err(StoreError::Closed)));

@@ -68,6 +68,10 @@ pub struct SpawnOptions {
     pub store: Option<Arc<dyn Store>>,
     /// Extra lines for `[server]`.
     pub server_extra: String,
+    /// In-process sync handlers.
+    pub handlers: Vec<hookgate::dispatch::HandlerRoute>,
+    /// Let time pass (retries are due at real times); otherwise the clock stands still.
+    pub moving_clock: bool,
 }
 
 pub async fn spawn(extra: &str) -> TestApp {
@@ -90,11 +94,17 @@ pub async fn spawn_in(dir: Arc<TempDir>, extra: &str, options: SpawnOptions) -> 
             .clock_unix
             .unwrap_or_else(|| chrono::Utc::now().timestamp()),
     ));
+    let app_clock: Arc<dyn hookgate::clock::Clock> = if options.moving_clock {
+        Arc::new(hookgate::clock::SystemClock)
+    } else {
+        clock.clone()
+    };
     let app = Application::build_with(
         loaded,
         Dependencies {
-            clock: Some(clock.clone()),
+            clock: Some(app_clock),
             store: options.store,
+            handlers: options.handlers,
         },
     )
     .await

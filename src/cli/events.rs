@@ -1,0 +1,310 @@
+//! `hookgate events`: list, show and redeliver stored events and dead letters. Talks to the
+//! running gateway's `/admin` API when one answers (with `admin.token`); otherwise opens the
+//! store directly (the store can only be open in one process at a time).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use crate::admin::{self, ListQuery};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{self, LoadedSettings};
+use crate::metrics::Metrics;
+use crate::store::sled::SledStore;
+use crate::store::Store;
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH, env = "HOOKGATE_CONFIG", global = true)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: EventsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Stored events, newest first, with their delivery status per sink.
+    List {
+        #[arg(long)]
+        provider: Option<String>,
+        /// accepted | unprocessable | pending | delivered | dead
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = admin::DEFAULT_LIMIT)]
+        limit: usize,
+        /// Show events older than this id (the `next` of the previous page).
+        #[arg(long)]
+        before: Option<String>,
+    },
+    /// One event: the raw delivery, its envelopes, and every attempt per sink (JSON).
+    Show { id: String },
+    /// Dead letters.
+    DeadLetters {
+        #[arg(long)]
+        sink: Option<String>,
+        #[arg(long, default_value_t = admin::DEFAULT_LIMIT)]
+        limit: usize,
+    },
+    /// Deliver an event again (all sinks, or --sink), or every dead letter.
+    Redeliver {
+        /// The event's id; omit with --dead-letters.
+        id: Option<String>,
+        #[arg(long)]
+        dead_letters: bool,
+        #[arg(long)]
+        sink: Option<String>,
+    },
+}
+
+/// Where the commands run.
+enum Backend {
+    Api {
+        client: reqwest::Client,
+        base: String,
+        token: String,
+    },
+    Store(Arc<SledStore>),
+}
+
+async fn backend(loaded: &LoadedSettings) -> anyhow::Result<Backend> {
+    let settings = &loaded.settings;
+    if let Some(token) = settings.admin.token.as_ref().filter(|t| !t.is_empty()) {
+        let base = format!(
+            "http://{}/admin",
+            settings
+                .server
+                .bind
+                .as_str()
+                .replace("0.0.0.0", "127.0.0.1")
+        );
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let probe = client
+            .get(format!("{base}/dead-letters?limit=1"))
+            .bearer_auth(token.expose_str())
+            .send()
+            .await;
+        if probe.is_ok() {
+            return Ok(Backend::Api {
+                client,
+                base,
+                token: token.expose_str().to_owned(),
+            });
+        }
+    }
+    let store = SledStore::open(
+        &settings.storage,
+        Arc::new(SystemClock),
+        Arc::new(Metrics::new()),
+    )
+    .map_err(|e| {
+        anyhow!(
+            "{e}\n(if the gateway is running, set [admin] token in {} so this command can use its API)",
+            loaded.file_name()
+        )
+    })?;
+    Ok(Backend::Store(Arc::new(store)))
+}
+
+impl Backend {
+    async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        let Backend::Api {
+            client,
+            base,
+            token,
+        } = self
+        else {
+            unreachable!("only called on the API backend");
+        };
+        let response = client
+            .get(format!("{base}{path}"))
+            .query(query)
+            .bearer_auth(token)
+            .send()
+            .await?;
+        read(response).await
+    }
+
+    async fn post(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        let Backend::Api {
+            client,
+            base,
+            token,
+        } = self
+        else {
+            unreachable!("only called on the API backend");
+        };
+        let response = client
+            .post(format!("{base}{path}"))
+            .query(query)
+            .bearer_auth(token)
+            .send()
+            .await?;
+        read(response).await
+    }
+}
+
+async fn read(response: reqwest::Response) -> anyhow::Result<Value> {
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .context("the gateway answered no JSON")?;
+    if !status.is_success() {
+        bail!(
+            "{}: {}",
+            status,
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed")
+        );
+    }
+    Ok(body)
+}
+
+fn opt(name: &'static str, value: &Option<String>) -> Vec<(&'static str, String)> {
+    value.iter().map(|v| (name, v.clone())).collect()
+}
+
+pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
+    let loaded = config::load(&args.config)?;
+    let backend = backend(&loaded).await?;
+    let now = SystemClock.now().timestamp_millis();
+    let result = match (&backend, args.command) {
+        (
+            _,
+            EventsCommand::List {
+                provider,
+                status,
+                limit,
+                before,
+            },
+        ) => {
+            let body = match &backend {
+                Backend::Store(store) => admin::list(
+                    &**store,
+                    &ListQuery {
+                        provider,
+                        status,
+                        limit: Some(limit),
+                        before,
+                    },
+                )
+                .map_err(|e| anyhow!(e))?,
+                Backend::Api { .. } => {
+                    let mut query = vec![("limit", limit.to_string())];
+                    query.extend(opt("provider", &provider));
+                    query.extend(opt("status", &status));
+                    query.extend(opt("before", &before));
+                    backend.get("/events", &query).await?
+                }
+            };
+            print_list(&body);
+            Ok(())
+        }
+        (Backend::Store(store), EventsCommand::Show { id }) => {
+            let body = admin::show(&**store, &id)
+                .map_err(|e| anyhow!(e))?
+                .ok_or_else(|| anyhow!("no stored event has id {id}"))?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
+            Ok(())
+        }
+        (Backend::Api { .. }, EventsCommand::Show { id }) => {
+            let body = backend.get(&format!("/events/{id}"), &[]).await?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
+            Ok(())
+        }
+        (_, EventsCommand::DeadLetters { sink, limit }) => {
+            let body = match &backend {
+                Backend::Store(store) => {
+                    admin::dead_letters(&**store, sink.as_deref(), limit).map_err(|e| anyhow!(e))?
+                }
+                Backend::Api { .. } => {
+                    let mut query = vec![("limit", limit.to_string())];
+                    query.extend(opt("sink", &sink));
+                    backend.get("/dead-letters", &query).await?
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&body)?);
+            Ok(())
+        }
+        (
+            _,
+            EventsCommand::Redeliver {
+                id,
+                dead_letters,
+                sink,
+            },
+        ) => {
+            let count = match (&backend, id, dead_letters) {
+                (_, Some(_), true) | (_, None, false) => {
+                    bail!("give an event id, or --dead-letters")
+                }
+                (Backend::Store(store), Some(id), false) => {
+                    admin::redeliver(&**store, &id, sink.as_deref(), now)
+                        .map_err(|e| anyhow!(e))?
+                        .ok_or_else(|| anyhow!("no stored event has id {id}"))?
+                }
+                (Backend::Store(store), None, true) => {
+                    admin::redeliver_dead_letters(&**store, sink.as_deref(), now)
+                        .map_err(|e| anyhow!(e))?
+                }
+                (Backend::Api { .. }, Some(id), false) => backend
+                    .post(&format!("/events/{id}/redeliver"), &opt("sink", &sink))
+                    .await?["redelivered"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    as usize,
+                (Backend::Api { .. }, None, true) => backend
+                    .post("/dead-letters/redeliver", &opt("sink", &sink))
+                    .await?["redelivered"]
+                    .as_u64()
+                    .unwrap_or(0) as usize,
+            };
+            println!("{count} delivery task(s) scheduled again");
+            Ok(())
+        }
+    };
+    if let Backend::Store(store) = backend {
+        store.close();
+    }
+    result
+}
+
+fn print_list(body: &Value) {
+    let events = body["events"].as_array().cloned().unwrap_or_default();
+    for event in &events {
+        let deliveries: Vec<String> = event["deliveries"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .map(|t| {
+                        format!(
+                            "{}:{}({})",
+                            t["sink"].as_str().unwrap_or_default(),
+                            t["status"].as_str().unwrap_or_default(),
+                            t["attempts"]
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "{}  {}  {:<12} {:<14} {:<40} {}",
+            event["id"].as_str().unwrap_or_default(),
+            event["received_at"].as_str().unwrap_or_default(),
+            event["provider"].as_str().unwrap_or_default(),
+            event["status"].as_str().unwrap_or_default(),
+            event["event_id"].as_str().unwrap_or_default(),
+            deliveries.join(" ")
+        );
+    }
+    if let Some(next) = body["next"].as_str() {
+        println!("more: --before {next}");
+    }
+}

@@ -1,0 +1,209 @@
+//! `/admin`: the operator API, behind `Authorization: Bearer <admin.token>` (constant-time
+//! comparison). Without a configured token every `/admin` route answers 404.
+//!
+//! | route | does |
+//! |-------|------|
+//! | `GET /admin/events?provider=&status=&limit=&before=` | stored events, newest first |
+//! | `GET /admin/events/{id}` | one event: raw delivery, envelopes, tasks, attempts |
+//! | `POST /admin/events/{id}/redeliver?sink=` | deliver again (all sinks, or one) |
+//! | `GET /admin/dead-letters?sink=&limit=` | dead letters |
+//! | `POST /admin/dead-letters/redeliver?sink=` | redeliver every dead letter |
+
+use actix_web::dev::HttpServiceFactory;
+use actix_web::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::admin::{self, ListQuery};
+use crate::startup::AppState;
+
+const BEARER: &str = "Bearer ";
+
+pub fn scope() -> impl HttpServiceFactory {
+    web::scope("/admin")
+        .route("/events", web::get().to(list))
+        .route("/events/{id}", web::get().to(show))
+        .route("/events/{id}/redeliver", web::post().to(redeliver))
+        .route("/dead-letters", web::get().to(dead_letters))
+        .route("/dead-letters/redeliver", web::post().to(redeliver_dead))
+}
+
+fn error(status: actix_web::http::StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({"error": {"code": code, "message": message}}))
+}
+
+/// `None` when the caller may proceed; otherwise the refusal.
+fn refuse(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
+    let Some(token) = &state.admin_token else {
+        return Some(error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "the route was not found",
+        ));
+    };
+    let sent = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix(BEARER))
+        .unwrap_or_default();
+    if bool::from(sent.as_bytes().ct_eq(token.expose())) {
+        None
+    } else {
+        let mut response = error(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid admin bearer token is required",
+        );
+        response.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            actix_web::http::header::HeaderValue::from_static("Bearer"),
+        );
+        Some(response)
+    }
+}
+
+/// Runs blocking store work off the async workers.
+async fn blocking<T: Send + 'static>(
+    state: &web::Data<AppState>,
+    work: impl FnOnce(&dyn crate::store::Store) -> Result<T, String> + Send + 'static,
+) -> Result<T, HttpResponse> {
+    let store = state.store.clone();
+    match web::block(move || work(&*store)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(message)) => Err(error(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "bad_request",
+            &message,
+        )),
+        Err(_) => Err(error(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "storage is temporarily unavailable",
+        )),
+    }
+}
+
+async fn list(
+    req: HttpRequest,
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Some(refusal) = refuse(&req, &state) {
+        return refusal;
+    }
+    let query = query.into_inner();
+    match blocking(&state, move |store| admin::list(store, &query)).await {
+        Ok(body) => HttpResponse::Ok().json(body),
+        Err(response) => response,
+    }
+}
+
+async fn show(req: HttpRequest, id: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(refusal) = refuse(&req, &state) {
+        return refusal;
+    }
+    let id = id.into_inner();
+    match blocking(&state, move |store| admin::show(store, &id)).await {
+        Ok(Some(body)) => HttpResponse::Ok().json(body),
+        Ok(None) => error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "no stored event has this id",
+        ),
+        Err(response) => response,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinkQuery {
+    sink: Option<String>,
+    limit: Option<usize>,
+}
+
+fn check_sink(state: &AppState, sink: Option<&str>) -> Option<HttpResponse> {
+    match sink {
+        Some(name) if state.route(name).is_none() => Some(error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "unknown_sink",
+            "no sink with this name is configured",
+        )),
+        _ => None,
+    }
+}
+
+async fn redeliver(
+    req: HttpRequest,
+    id: web::Path<String>,
+    query: web::Query<SinkQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Some(refusal) = refuse(&req, &state) {
+        return refusal;
+    }
+    let sink = query.into_inner().sink;
+    if let Some(refusal) = check_sink(&state, sink.as_deref()) {
+        return refusal;
+    }
+    let id = id.into_inner();
+    let now = state.clock.now().timestamp_millis();
+    match blocking(&state, move |store| {
+        admin::redeliver(store, &id, sink.as_deref(), now)
+    })
+    .await
+    {
+        Ok(Some(count)) => HttpResponse::Ok().json(json!({"redelivered": count})),
+        Ok(None) => error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "no stored event has this id",
+        ),
+        Err(response) => response,
+    }
+}
+
+async fn dead_letters(
+    req: HttpRequest,
+    query: web::Query<SinkQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Some(refusal) = refuse(&req, &state) {
+        return refusal;
+    }
+    let query = query.into_inner();
+    let limit = query.limit.unwrap_or(admin::DEFAULT_LIMIT);
+    match blocking(&state, move |store| {
+        admin::dead_letters(store, query.sink.as_deref(), limit)
+    })
+    .await
+    {
+        Ok(body) => HttpResponse::Ok().json(body),
+        Err(response) => response,
+    }
+}
+
+async fn redeliver_dead(
+    req: HttpRequest,
+    query: web::Query<SinkQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Some(refusal) = refuse(&req, &state) {
+        return refusal;
+    }
+    let sink = query.into_inner().sink;
+    if let Some(refusal) = check_sink(&state, sink.as_deref()) {
+        return refusal;
+    }
+    let now = state.clock.now().timestamp_millis();
+    match blocking(&state, move |store| {
+        admin::redeliver_dead_letters(store, sink.as_deref(), now)
+    })
+    .await
+    {
+        Ok(count) => HttpResponse::Ok().json(json!({"redelivered": count})),
+        Err(response) => response,
+    }
+}
