@@ -266,6 +266,15 @@ async fn accept(
                 )
             })
             .collect();
+        if instance.mode == DeliveryMode::Sync {
+            let ids: Vec<String> = outcomes.iter().map(|(_, id, _)| id.to_string()).collect();
+            deliver_now(state, &ids).await?;
+        }
+        state
+            .metrics
+            .duplicates
+            .with_label_values(&[&instance.name])
+            .inc();
         return Ok(answer(STATUS_DUPLICATE, &outcomes, is_batch));
     }
     // 11. normalise
