@@ -274,3 +274,40 @@ async fn every_event_acknowledged_before_a_sigkill_survives_it() {
     gateway.child.kill().unwrap();
     gateway.child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_gateway_within_its_bound_keeping_what_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = start_binary(dir.path());
+    let client = reqwest::Client::new();
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let id = format!("evt_term_{i}");
+        assert_eq!(
+            send(&client, gateway.port, &id).await.as_deref(),
+            Some("accepted")
+        );
+        acknowledged.push(id);
+    }
+    let pid = gateway.child.id().to_string();
+    let started = std::time::Instant::now();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || gateway.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "clean exit after SIGTERM: {exit:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let mut gateway = start_binary(dir.path());
+    for id in &acknowledged {
+        assert_eq!(
+            send(&client, gateway.port, id).await.as_deref(),
+            Some("duplicate")
+        );
+    }
+    let lines = wait_for_lines(&dir.path().join("envelopes.jsonl"), acknowledged.len()).await;
+    assert_eq!(lines.len(), acknowledged.len());
+    gateway.child.kill().unwrap();
+    gateway.child.wait().unwrap();
+}
