@@ -66,8 +66,11 @@ async fn an_event_id_is_accepted_again_once_its_claim_has_expired() {
 struct BrokenStore(tokio::sync::watch::Sender<u64>);
 
 impl Store for BrokenStore {
-    fn find_duplicate(&self, _: &DedupKey) -> Result<Option<String>, StoreError> {
-        Ok(None)
+    fn find_duplicate(
+        &self,
+        _: &DedupKey,
+    ) -> BoxFuture<'static, Result<Option<String>, StoreError>> {
+        Box::pin(async { Ok(None) })
     }
     fn commit(&self, _: NewEvent) -> BoxFuture<'static, Result<Commit, StoreError>> {
         Box::pin(async { Err(StoreError::Io("disk unplugged".into())) })

@@ -45,7 +45,10 @@ async fn raw(port: u16, request: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -170,7 +173,9 @@ async fn every_hostile_request_gets_its_4xx_and_the_server_stays_up() {
     assert_eq!(health.status(), 200);
     // And a normal event still goes through.
     let body = generic_body("evt_after_hostile", "post.created", "p1");
-    let response = app.post_generic("demo", GENERIC_SECRET, "evt_after_hostile", &body).await;
+    let response = app
+        .post_generic("demo", GENERIC_SECRET, "evt_after_hostile", &body)
+        .await;
     assert_eq!(response.status(), 200);
 }
 
@@ -182,7 +187,10 @@ impl ReplaceTs for Vec<u8> {
     fn replace_ts(self, ts: i64, with: &str) -> Vec<u8> {
         String::from_utf8(self)
             .unwrap()
-            .replace(&format!("X-Webhook-Timestamp: {ts}"), &format!("X-Webhook-Timestamp: {with}"))
+            .replace(
+                &format!("X-Webhook-Timestamp: {ts}"),
+                &format!("X-Webhook-Timestamp: {with}"),
+            )
             .into_bytes()
     }
 }
@@ -204,7 +212,9 @@ async fn slow_clients_do_not_starve_normal_ones_and_are_cut_off() {
             .await
             .unwrap();
         stream
-            .write_all(format!("POST /webhooks/demo HTTP/1.1\r\nHost: x\r\nX-Slow-{i}: a").as_bytes())
+            .write_all(
+                format!("POST /webhooks/demo HTTP/1.1\r\nHost: x\r\nX-Slow-{i}: a").as_bytes(),
+            )
             .await
             .unwrap();
         slow.push(stream);

@@ -92,17 +92,49 @@ retry = {{ max_attempts = 2, initial_backoff_ms = 10, max_backoff_ms = 10 }}
     );
     let requests = vec![
         // valid, then a duplicate
-        (format!("{base}/webhooks/demo"), generic_headers(SECRETS[0], "evt_s1", now, body.as_bytes()), body.clone()),
-        (format!("{base}/webhooks/demo"), generic_headers(SECRETS[0], "evt_s1", now, body.as_bytes()), body.clone()),
+        (
+            format!("{base}/webhooks/demo"),
+            generic_headers(SECRETS[0], "evt_s1", now, body.as_bytes()),
+            body.clone(),
+        ),
+        (
+            format!("{base}/webhooks/demo"),
+            generic_headers(SECRETS[0], "evt_s1", now, body.as_bytes()),
+            body.clone(),
+        ),
         // wrong secret, stale, malformed
-        (format!("{base}/webhooks/demo"), generic_headers("wrong", "evt_s2", now, forged.as_bytes()), forged.clone()),
-        (format!("{base}/webhooks/demo"), generic_headers(SECRETS[0], "evt_s3", now - 9999, body.as_bytes()), body.clone()),
-        (format!("{base}/webhooks/demo"), vec![("X-Webhook-Signature".into(), "sha256=nothex".into())], body.clone()),
+        (
+            format!("{base}/webhooks/demo"),
+            generic_headers("wrong", "evt_s2", now, forged.as_bytes()),
+            forged.clone(),
+        ),
+        (
+            format!("{base}/webhooks/demo"),
+            generic_headers(SECRETS[0], "evt_s3", now - 9999, body.as_bytes()),
+            body.clone(),
+        ),
+        (
+            format!("{base}/webhooks/demo"),
+            vec![("X-Webhook-Signature".into(), "sha256=nothex".into())],
+            body.clone(),
+        ),
         // Basic Auth right and wrong
-        (format!("{base}/webhooks/crm"), vec![("Authorization".into(), crm_auth.clone())], std::fs::read_to_string(fixtures_dir().join("pipedrive/v2_deal_change.json")).unwrap()),
-        (format!("{base}/webhooks/crm"), vec![("Authorization".into(), "Basic aG9va3M6d3Jvbmc=".into())], "{}".into()),
+        (
+            format!("{base}/webhooks/crm"),
+            vec![("Authorization".into(), crm_auth.clone())],
+            std::fs::read_to_string(fixtures_dir().join("pipedrive/v2_deal_change.json")).unwrap(),
+        ),
+        (
+            format!("{base}/webhooks/crm"),
+            vec![("Authorization".into(), "Basic aG9va3M6d3Jvbmc=".into())],
+            "{}".into(),
+        ),
         // Stripe with a bad signature
-        (format!("{base}/webhooks/stripe"), vec![("Stripe-Signature".into(), format!("t={now},v1=00"))], "{}".into()),
+        (
+            format!("{base}/webhooks/stripe"),
+            vec![("Stripe-Signature".into(), format!("t={now},v1=00"))],
+            "{}".into(),
+        ),
     ];
     for (url, headers, body) in requests {
         let mut request = client.post(url);
@@ -113,7 +145,13 @@ retry = {{ max_attempts = 2, initial_backoff_ms = 10, max_backoff_ms = 10 }}
         responses.push_str(&format!("{:?}", response.headers()));
         responses.push_str(&response.text().await.unwrap());
     }
-    for path in ["/admin/events", "/admin/dead-letters", "/metrics", "/ready", "/webhooks/crm/health"] {
+    for path in [
+        "/admin/events",
+        "/admin/dead-letters",
+        "/metrics",
+        "/ready",
+        "/webhooks/crm/health",
+    ] {
         let response = client
             .get(format!("{base}{path}"))
             .bearer_auth(SECRETS[2])
@@ -148,11 +186,23 @@ retry = {{ max_attempts = 2, initial_backoff_ms = 10, max_backoff_ms = 10 }}
     }
     // Let the failing sink try (and dead-letter) so its attempts are logged too.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = child.wait();
     let mut logs = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
-    child.stdout.take().unwrap().read_to_string(&mut logs).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
     assert!(logs.lines().count() > 20, "debug logging was on:\n{logs}");
     assert!(logs.contains("evt_s1"), "request logs are there");
     let crm_b64 = crm_auth.trim_start_matches("Basic ").to_owned();

@@ -245,10 +245,13 @@ async fn accept(
             ..root
         };
         let event_id = normalise::event_id(rule, &ctx, &delivery.body);
-        let known = state.store.find_duplicate(&DedupKey {
-            provider: instance.name.clone(),
-            event_id: event_id.clone(),
-        })?;
+        let known = state
+            .store
+            .find_duplicate(&DedupKey {
+                provider: instance.name.clone(),
+                event_id: event_id.clone(),
+            })
+            .await?;
         events.push((*element, event_id, known));
     }
     if let Some((_, first_id, _)) = events.first() {

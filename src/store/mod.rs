@@ -183,8 +183,12 @@ pub enum StoreError {
 
 /// Durable event storage.
 pub trait Store: Send + Sync + 'static {
-    /// Fast path: the gateway id of an unexpired claim for `key`, without writing.
-    fn find_duplicate(&self, key: &DedupKey) -> Result<Option<String>, StoreError>;
+    /// Fast path: the gateway id of an unexpired claim for `key`, without writing. Resolves
+    /// only once that claim is durable.
+    fn find_duplicate(
+        &self,
+        key: &DedupKey,
+    ) -> BoxFuture<'static, Result<Option<String>, StoreError>>;
 
     /// Atomically claims the event IDs and stores the new events; resolves once durable.
     fn commit(&self, event: NewEvent) -> BoxFuture<'static, Result<Commit, StoreError>>;

@@ -15,6 +15,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -178,6 +179,11 @@ struct Shared {
     log_file: File,
     failed: OnceLock<String>,
     committed: watch::Sender<u64>,
+    /// The last batch applied to sled (visible to readers) and the last one made durable.
+    applied: AtomicU64,
+    synced: watch::Sender<u64>,
+    /// Fault injection for tests: runs before each sync (a slow or stuck disk).
+    before_sync: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     clock: Arc<dyn Clock>,
     dedup_ttl_secs: u64,
     metrics: Arc<Metrics>,
@@ -188,6 +194,18 @@ pub struct SledStore {
     shared: Arc<Shared>,
     sender: RwLock<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SledStore {
+    /// Fault injection for tests: `hook` runs on the writer thread before every sync, so a
+    /// test can hold the "disk" and check that nothing is acknowledged meanwhile.
+    pub fn set_before_sync(&self, hook: Option<Arc<dyn Fn() + Send + Sync>>) {
+        *self
+            .shared
+            .before_sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = hook;
+    }
 }
 
 impl std::fmt::Debug for SledStore {
@@ -275,6 +293,9 @@ impl SledStore {
             log_file,
             failed: OnceLock::new(),
             committed: watch::Sender::new(0),
+            applied: AtomicU64::new(0),
+            synced: watch::Sender::new(0),
+            before_sync: Mutex::new(None),
             clock,
             dedup_ttl_secs: settings.dedup_ttl_secs,
             metrics,
@@ -332,8 +353,19 @@ fn run_writer(shared: &Shared, mut receiver: mpsc::Receiver<Job>, max_batch: usi
             continue;
         }
         let started = std::time::Instant::now();
+        let batch = shared.applied.load(Ordering::SeqCst) + 1;
         let result = shared.apply(&jobs).and_then(|outcomes| {
+            // From here readers can see this batch's claims; they wait for `synced`.
+            shared.applied.store(batch, Ordering::SeqCst);
             let sync_started = std::time::Instant::now();
+            if let Some(hook) = shared
+                .before_sync
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+            {
+                hook();
+            }
             shared.sync(&mut synced_blobs)?;
             shared
                 .metrics
@@ -344,6 +376,7 @@ fn run_writer(shared: &Shared, mut receiver: mpsc::Receiver<Job>, max_batch: usi
         shared.metrics.commit_batch.observe(jobs.len() as f64);
         match result {
             Ok(outcomes) => {
+                shared.synced.send_replace(batch);
                 debug!(
                     batch = jobs.len(),
                     elapsed_us = started.elapsed().as_micros() as u64,
@@ -363,6 +396,8 @@ fn run_writer(shared: &Shared, mut receiver: mpsc::Receiver<Job>, max_batch: usi
                 error!(error = %e, "Storage write failed; refusing writes until restarted.");
                 let reason = e.to_string();
                 let _ = shared.failed.set(reason.clone());
+                // Wake readers waiting for this batch: they now see the failure.
+                shared.synced.send_modify(|_| {});
                 for job in jobs {
                     let _ = job.reply.send(Err(StoreError::Failed(reason.clone())));
                 }
@@ -507,20 +542,46 @@ impl Shared {
 }
 
 impl Store for SledStore {
-    fn find_duplicate(&self, key: &DedupKey) -> Result<Option<String>, StoreError> {
-        if let Some(reason) = self.shared.failed.get() {
-            return Err(StoreError::Failed(reason.clone()));
+    fn find_duplicate(
+        &self,
+        key: &DedupKey,
+    ) -> BoxFuture<'static, Result<Option<String>, StoreError>> {
+        let shared = self.shared.clone();
+        let lookup = (|| {
+            if let Some(reason) = shared.failed.get() {
+                return Err(StoreError::Failed(reason.clone()));
+            }
+            let now = shared.now_secs();
+            let claim = shared
+                .trees
+                .dedup
+                .get(key.to_bytes())
+                .map_err(io_err)?
+                .and_then(|v| Claim::decode(&v))
+                .filter(|c| c.expires_at > now)
+                .map(|c| c.id);
+            // A claim may belong to a batch that is applied but not yet synced: answering
+            // "duplicate" now would acknowledge an event that a crash could still lose.
+            Ok(claim.map(|id| (id, shared.applied.load(Ordering::SeqCst))))
+        })();
+        async move {
+            let Some((id, batch)) = lookup? else {
+                return Ok(None);
+            };
+            let mut synced = shared.synced.subscribe();
+            loop {
+                if let Some(reason) = shared.failed.get() {
+                    return Err(StoreError::Failed(reason.clone()));
+                }
+                if *synced.borrow_and_update() >= batch {
+                    return Ok(Some(id));
+                }
+                if synced.changed().await.is_err() {
+                    return Err(StoreError::Closed);
+                }
+            }
         }
-        let now = self.shared.now_secs();
-        Ok(self
-            .shared
-            .trees
-            .dedup
-            .get(key.to_bytes())
-            .map_err(io_err)?
-            .and_then(|v| Claim::decode(&v))
-            .filter(|c| c.expires_at > now)
-            .map(|c| c.id))
+        .boxed()
     }
 
     fn commit(&self, event: NewEvent) -> BoxFuture<'static, Result<Commit, StoreError>> {
@@ -945,7 +1006,7 @@ mod tests {
             provider: "p".into(),
             event_id: "e1".into(),
         };
-        assert_eq!(store.find_duplicate(&key).unwrap(), Some(ulid(1)));
+        assert_eq!(store.find_duplicate(&key).await.unwrap(), Some(ulid(1)));
         let pending = store.pending_tasks("sink-a", 10).unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].envelope_id, ulid(1));
@@ -998,7 +1059,7 @@ mod tests {
             provider: "p".into(),
             event_id: "e1".into(),
         };
-        assert_eq!(store.find_duplicate(&key).unwrap(), None, "expired");
+        assert_eq!(store.find_duplicate(&key).await.unwrap(), None, "expired");
         // Re-claimed before the sweep: the sweep must not remove the new claim.
         assert_eq!(
             store.commit(event(&ulid(3), "e1")).await.unwrap(),
@@ -1009,7 +1070,7 @@ mod tests {
             1,
             "only e2's old claim"
         );
-        assert_eq!(store.find_duplicate(&key).unwrap(), Some(ulid(3)));
+        assert_eq!(store.find_duplicate(&key).await.unwrap(), Some(ulid(3)));
     }
 
     #[tokio::test]
@@ -1024,5 +1085,39 @@ mod tests {
         store.probe().await.unwrap();
         store.close();
         assert!(matches!(store.probe().await, Err(StoreError::Closed)));
+    }
+
+    /// The fault-injecting "disk" holds every sync: neither the commit nor a duplicate check
+    /// of the same event may answer until the sync returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_is_acknowledged_before_its_sync_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::at_unix(1_000));
+        let store =
+            SledStore::open(&settings(dir.path()), clock, Arc::new(Metrics::new())).unwrap();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Mutex::new(held);
+        store.set_before_sync(Some(Arc::new(move || {
+            let _ = held.lock().unwrap().recv();
+        })));
+        let commit = tokio::spawn(store.commit(event(&ulid(1), "e1")));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!commit.is_finished(), "acknowledged before the sync");
+        let key = DedupKey {
+            provider: "p".into(),
+            event_id: "e1".into(),
+        };
+        // The claim is already applied in sled, but not durable: the fast path must wait.
+        let duplicate = tokio::spawn(store.find_duplicate(&key));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !duplicate.is_finished(),
+            "duplicate answered before the sync"
+        );
+        release.send(()).unwrap();
+        assert_eq!(commit.await.unwrap().unwrap(), stored(Committed::Accepted));
+        assert_eq!(duplicate.await.unwrap().unwrap(), Some(ulid(1)));
+        store.set_before_sync(None);
+        drop(release);
     }
 }
