@@ -20,6 +20,10 @@ struct Args {
     requests: usize,
     concurrency: usize,
     duplicates: bool,
+    /// Send every request with a distinct `X-Forwarded-For` client address.
+    distinct_ips: bool,
+    /// Print one JSON line instead of text.
+    json: bool,
 }
 
 fn parse_args() -> Args {
@@ -30,6 +34,8 @@ fn parse_args() -> Args {
         requests: 20_000,
         concurrency: 64,
         duplicates: false,
+        distinct_ips: false,
+        json: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -40,6 +46,8 @@ fn parse_args() -> Args {
             "--requests" => args.requests = value().parse().expect("number"),
             "--concurrency" => args.concurrency = value().parse().expect("number"),
             "--duplicates" => args.duplicates = true,
+            "--distinct-ips" => args.distinct_ips = true,
+            "--json" => args.json = true,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -74,7 +82,15 @@ async fn main() {
     if args.duplicates {
         // Store the one event first, so every timed request is a duplicate.
         let (body, sig) = signed(&args.secret, &format!("dup-{run_id}"));
-        send(&client, &args.url, &format!("dup-{run_id}"), body, sig).await;
+        send(
+            &client,
+            &args.url,
+            &format!("dup-{run_id}"),
+            body,
+            sig,
+            None,
+        )
+        .await;
     }
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -95,8 +111,12 @@ async fn main() {
                     format!("load-{run_id}-{i}")
                 };
                 let (body, sig) = signed(&args.secret, &id);
+                let xff = args.distinct_ips.then(|| {
+                    let n = i as u32 + 1;
+                    format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255)
+                });
                 let t = Instant::now();
-                if !send(&client, &args.url, &id, body, sig).await {
+                if !send(&client, &args.url, &id, body, sig, xff).await {
                     failures += 1;
                 }
                 latencies.push(t.elapsed());
@@ -114,6 +134,24 @@ async fn main() {
     let elapsed = started.elapsed();
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    if args.json {
+        println!(
+            r#"{{"mode":"{}","requests":{},"concurrency":{},"rps":{:.0},"p50_ms":{:.3},"p99_ms":{:.3},"max_ms":{:.3},"failures":{}}}"#,
+            if args.duplicates {
+                "duplicate"
+            } else {
+                "unique"
+            },
+            latencies.len(),
+            args.concurrency,
+            latencies.len() as f64 / elapsed.as_secs_f64(),
+            pct(0.50).as_secs_f64() * 1e3,
+            pct(0.99).as_secs_f64() * 1e3,
+            latencies.last().unwrap().as_secs_f64() * 1e3,
+            failures
+        );
+        return;
+    }
     println!(
         "{} {} requests, concurrency {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, failures {}",
         if args.duplicates { "duplicate" } else { "unique" },
@@ -127,13 +165,23 @@ async fn main() {
     );
 }
 
-async fn send(client: &reqwest::Client, url: &str, id: &str, body: String, sig: String) -> bool {
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    id: &str,
+    body: String,
+    sig: String,
+    xff: Option<String>,
+) -> bool {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    match client
-        .post(url)
+    let mut request = client.post(url);
+    if let Some(xff) = xff {
+        request = request.header("X-Forwarded-For", xff);
+    }
+    match request
         .header("Content-Type", "application/json")
         .header("X-Webhook-ID", id)
         .header("X-Webhook-Timestamp", now.to_string())

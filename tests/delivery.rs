@@ -21,8 +21,10 @@ const ADMIN_TOKEN: &str = "test-admin-token";
 struct Script {
     queue: VecDeque<u16>,
     otherwise: u16,
-    /// Answer this status for envelopes whose object_id is listed, once each.
+    /// Answer 500 for envelopes whose object_id is listed, once each.
     fail_once: Vec<String>,
+    /// Answer 500 for object `.0` until an envelope of object `.1` has been delivered.
+    fail_until: Option<(String, String)>,
 }
 
 #[derive(Default)]
@@ -86,7 +88,18 @@ async fn receive(
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        if let Some(pos) = script.fail_once.iter().position(|o| *o == object_id) {
+        let held = script.fail_until.as_ref().is_some_and(|(failing, first)| {
+            *failing == object_id
+                && !state
+                    .seen
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(e, s)| e["object_id"] == first.as_str() && *s == 200)
+        });
+        if held {
+            500
+        } else if let Some(pos) = script.fail_once.iter().position(|o| *o == object_id) {
             script.fail_once.remove(pos);
             500
         } else {
@@ -469,8 +482,9 @@ async fn sync_mode_answers_503_until_the_sink_accepts() {
 #[tokio::test]
 async fn a_failing_event_holds_back_only_its_own_object() {
     let receiver = receiver(200).await;
-    receiver.script(|s| s.fail_once.push("x".into()));
-    let extra = "concurrency = 1\nretry = { max_attempts = 5, initial_backoff_ms = 150, max_backoff_ms = 150 }";
+    // x fails until y has been delivered: y must not wait for x.
+    receiver.script(|s| s.fail_until = Some(("x".into(), "y".into())));
+    let extra = "concurrency = 1\nretry = { max_attempts = 1000, initial_backoff_ms = 10, max_backoff_ms = 20 }";
     let cfg = config(&receiver, "", "").replace(
         "retry = { max_attempts = 4, initial_backoff_ms = 20, max_backoff_ms = 100 }",
         extra,

@@ -91,7 +91,7 @@ impl Store for BrokenStore {
     fn pending_count(&self, _: &str) -> Result<usize, StoreError> {
         Ok(0)
     }
-    fn record_attempt(&self, _: &TaskRecord, _: &AttemptRecord) -> Result<(), StoreError> {
+    fn record_attempts(&self, _: &[(TaskRecord, AttemptRecord)]) -> Result<(), StoreError> {
         Err(StoreError::Io("disk unplugged".into()))
     }
     fn tasks(&self, _: &str) -> Result<Vec<TaskRecord>, StoreError> {

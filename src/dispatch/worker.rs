@@ -143,7 +143,7 @@ impl Worker {
                         format_millis(now),
                         Duration::ZERO,
                     );
-                    self.record(task, record).await?;
+                    self.record(vec![(task, record)]).await?;
                 }
                 _ => {}
             }
@@ -156,6 +156,7 @@ impl Worker {
         let duration = started.elapsed();
         let now = self.clock.now();
         let mut all_delivered = true;
+        let mut done = Vec::with_capacity(tasks.len());
         for (mut task, attempt) in tasks.into_iter().zip(attempts) {
             let record = retry::apply(
                 &self.route.retry,
@@ -197,18 +198,18 @@ impl Worker {
                         error = record.error.as_deref().unwrap_or_default(), "Delivery dead-lettered.");
                 }
             }
-            self.record(task, record).await?;
+            done.push((task, record));
         }
+        self.record(done).await?;
         Ok(all_delivered)
     }
 
     async fn record(
         &self,
-        task: TaskRecord,
-        record: crate::store::AttemptRecord,
+        done: Vec<(TaskRecord, crate::store::AttemptRecord)>,
     ) -> Result<(), String> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.record_attempt(&task, &record))
+        tokio::task::spawn_blocking(move || store.record_attempts(&done))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())

@@ -209,8 +209,9 @@ pub trait Store: Send + Sync + 'static {
     /// How many tasks of `sink` are pending.
     fn pending_count(&self, sink: &str) -> Result<usize, StoreError>;
 
-    /// Records an attempt and the task's new state (pending with a next time, delivered, dead).
-    fn record_attempt(&self, task: &TaskRecord, attempt: &AttemptRecord) -> Result<(), StoreError>;
+    /// Records attempts and their tasks' new states (pending with a next time, delivered,
+    /// dead), all in one atomic write.
+    fn record_attempts(&self, done: &[(TaskRecord, AttemptRecord)]) -> Result<(), StoreError>;
 
     /// The delivery tasks of an envelope, one per sink.
     fn tasks(&self, envelope_id: &str) -> Result<Vec<TaskRecord>, StoreError>;

@@ -690,32 +690,41 @@ impl Store for SledStore {
         Ok(self.shared.trees.pending.scan_prefix(&prefix).count())
     }
 
-    fn record_attempt(&self, task: &TaskRecord, attempt: &AttemptRecord) -> Result<(), StoreError> {
-        let id = id_key(&task.envelope_id)
-            .ok_or_else(|| StoreError::Io("envelope id is not a ULID".into()))?;
-        let record = serde_json::to_vec(task).map_err(io_err)?;
-        let attempt_bytes = serde_json::to_vec(attempt).map_err(io_err)?;
+    fn record_attempts(&self, done: &[(TaskRecord, AttemptRecord)]) -> Result<(), StoreError> {
+        let prepared = done
+            .iter()
+            .map(|(task, attempt)| {
+                let id = id_key(&task.envelope_id)
+                    .ok_or_else(|| StoreError::Io("envelope id is not a ULID".into()))?;
+                Ok((
+                    id,
+                    task,
+                    serde_json::to_vec(task).map_err(io_err)?,
+                    attempt.number,
+                    serde_json::to_vec(attempt).map_err(io_err)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let t = &self.shared.trees;
         (&t.tasks, &t.pending, &t.attempts, &t.dead)
             .transaction(|(tasks, pending, attempts, dead)| {
-                tasks.insert(task_key(&id, &task.sink), record.as_slice())?;
-                attempts.insert(
-                    attempt_key(&id, &task.sink, attempt.number),
-                    attempt_bytes.as_slice(),
-                )?;
-                let index = sink_key(&task.sink, &id);
-                match (task.status, task.next_attempt_ms) {
-                    (TaskStatus::Pending, Some(next)) => {
-                        pending.insert(index.as_slice(), pending_value(next, &task.lane))?;
-                        dead.remove(index.as_slice())?;
-                    }
-                    (TaskStatus::Dead, _) => {
-                        pending.remove(index.as_slice())?;
-                        dead.insert(index.as_slice(), &[][..])?;
-                    }
-                    _ => {
-                        pending.remove(index.as_slice())?;
-                        dead.remove(index.as_slice())?;
+                for (id, task, record, number, attempt) in &prepared {
+                    tasks.insert(task_key(id, &task.sink), record.as_slice())?;
+                    attempts.insert(attempt_key(id, &task.sink, *number), attempt.as_slice())?;
+                    let index = sink_key(&task.sink, id);
+                    match (task.status, task.next_attempt_ms) {
+                        (TaskStatus::Pending, Some(next)) => {
+                            pending.insert(index.as_slice(), pending_value(next, &task.lane))?;
+                            dead.remove(index.as_slice())?;
+                        }
+                        (TaskStatus::Dead, _) => {
+                            pending.remove(index.as_slice())?;
+                            dead.insert(index.as_slice(), &[][..])?;
+                        }
+                        _ => {
+                            pending.remove(index.as_slice())?;
+                            dead.remove(index.as_slice())?;
+                        }
                     }
                 }
                 Ok::<_, ConflictableTransactionError<()>>(())
@@ -1028,7 +1037,7 @@ mod tests {
             error: None,
             duration_ms: 3,
         };
-        store.record_attempt(&task, &attempt).unwrap();
+        store.record_attempts(&[(task, attempt.clone())]).unwrap();
         assert!(store.pending_tasks("sink-a", 10).unwrap().is_empty());
         assert_eq!(store.attempts(&ulid(1), "sink-a").unwrap(), vec![attempt]);
         // Redelivery makes it pending again with a fresh budget.
