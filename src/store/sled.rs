@@ -3,16 +3,10 @@
 //! sled's `flush()` ends in `sync_file_range` on Linux, which neither flushes the disk cache nor
 //! commits the file size (upstream issue 1452), and `flush_async()` deadlocks with many waiters
 //! (upstream issue 1308). So requests never write sled themselves: they queue a job on a bounded
-//! channel and wait. The writer drains up to `max_batch` jobs and applies them in one multi-tree
-//! transaction (crash-atomic: claim and event land together or not at all). A second thread
-//! then calls `flush()`, `fdatasync`s sled's log file and any new blob files, and only then
-//! answers every request of the batches that sync covered. While one batch is being synced the
-//! writer applies the next, so CPU work and disk waits overlap. A full queue answers `QueueFull`
-//! at once (503 with `Retry-After`).
-//!
-//! Claims become visible to readers when applied, before they are durable; the duplicate fast
-//! path therefore waits for the sync of the batch it saw ([`Store::find_duplicate`]), so not
-//! even a `duplicate` answer can precede the fsync of the event it refers to.
+//! channel and wait. The writer drains up to `max_batch` jobs, applies them in one multi-tree
+//! transaction (crash-atomic: claim and event land together or not at all), calls `flush()`,
+//! then `fdatasync`s sled's log file and any new blob files, and only then answers every waiting
+//! request. A full queue answers `QueueFull` at once (503 with `Retry-After`).
 //!
 //! If a flush or sync fails, what is in memory may never reach the disk, so the store refuses
 //! every later write ([`StoreError::Failed`]) until restarted: the provider keeps retrying, and
@@ -311,7 +305,7 @@ impl SledStore {
         let max_batch = settings.max_batch;
         let writer = std::thread::Builder::new()
             .name("hookgate-store-writer".into())
-            .spawn(move || run_writer(writer_shared, receiver, max_batch))
+            .spawn(move || run_writer(&writer_shared, receiver, max_batch))
             .map_err(io_err)?;
         let pending = shared.trees.pending.len();
         info!(path = %shared.dir.display(), pending, "Store opened.");
@@ -342,35 +336,8 @@ impl SledStore {
     }
 }
 
-/// A batch applied to sled, waiting for the sync that makes it durable.
-struct Applied {
-    batch: u64,
-    jobs: Vec<Job>,
-    outcomes: Vec<Commit>,
-}
-
-/// Applies batches; a second thread ([`run_syncer`]) makes them durable and answers. While one
-/// batch is being fsynced the next is already being applied, so CPU and disk overlap.
-fn run_writer(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
-    let (to_syncer, from_writer) = std::sync::mpsc::channel::<Applied>();
-    let syncer_shared = shared.clone();
-    let syncer = std::thread::Builder::new()
-        .name("hookgate-store-sync".into())
-        .spawn(move || run_syncer(&syncer_shared, from_writer));
-    let syncer = match syncer {
-        Ok(handle) => handle,
-        Err(e) => {
-            error!(error = %e, "Cannot start the store's sync thread; refusing writes.");
-            let _ = shared.failed.set(format!("no sync thread: {e}"));
-            while let Some(job) = receiver.blocking_recv() {
-                let _ = job
-                    .reply
-                    .send(Err(StoreError::Failed("no sync thread".into())));
-            }
-            return;
-        }
-    };
-    let mut batch = 0u64;
+fn run_writer(shared: &Shared, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
+    let mut synced_blobs = HashSet::new();
     while let Some(first) = receiver.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < max_batch {
@@ -385,27 +352,51 @@ fn run_writer(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>, max_batch:
             }
             continue;
         }
+        let started = std::time::Instant::now();
+        let batch = shared.applied.load(Ordering::SeqCst) + 1;
+        let result = shared.apply(&jobs).and_then(|outcomes| {
+            // From here readers can see this batch's claims; they wait for `synced`.
+            shared.applied.store(batch, Ordering::SeqCst);
+            let sync_started = std::time::Instant::now();
+            if let Some(hook) = shared
+                .before_sync
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+            {
+                hook();
+            }
+            shared.sync(&mut synced_blobs)?;
+            shared
+                .metrics
+                .fsync_seconds
+                .observe(sync_started.elapsed().as_secs_f64());
+            Ok(outcomes)
+        });
         shared.metrics.commit_batch.observe(jobs.len() as f64);
-        match shared.apply(&jobs) {
+        match result {
             Ok(outcomes) => {
-                batch += 1;
-                // From here readers can see this batch's claims; they wait for `synced`.
-                shared.applied.store(batch, Ordering::SeqCst);
-                if let Err(std::sync::mpsc::SendError(lost)) = to_syncer.send(Applied {
-                    batch,
-                    jobs,
-                    outcomes,
-                }) {
-                    let _ = shared.failed.set("the sync thread stopped".into());
-                    for job in lost.jobs {
-                        let _ = job.reply.send(Err(StoreError::Closed));
-                    }
+                shared.synced.send_replace(batch);
+                debug!(
+                    batch = jobs.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "Committed batch."
+                );
+                let queued = outcomes.iter().any(|outcome| {
+                    matches!(outcome, Commit::Stored(events) if events.contains(&Committed::Accepted))
+                });
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+                if queued {
+                    shared.committed.send_modify(|n| *n = n.wrapping_add(1));
                 }
             }
             Err(e) => {
                 error!(error = %e, "Storage write failed; refusing writes until restarted.");
                 let reason = e.to_string();
                 let _ = shared.failed.set(reason.clone());
+                // Wake readers waiting for this batch: they now see the failure.
                 shared.synced.send_modify(|_| {});
                 for job in jobs {
                     let _ = job.reply.send(Err(StoreError::Failed(reason.clone())));
@@ -413,65 +404,7 @@ fn run_writer(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>, max_batch:
             }
         }
     }
-    drop(to_syncer);
-    let _ = syncer.join();
     debug!("Store writer stopped.");
-}
-
-/// Syncs everything applied so far, then answers the batches it covered.
-fn run_syncer(shared: &Shared, applied: std::sync::mpsc::Receiver<Applied>) {
-    let mut synced_blobs = HashSet::new();
-    while let Ok(first) = applied.recv() {
-        let mut ready = vec![first];
-        ready.extend(applied.try_iter());
-        let last = ready.last().map_or(0, |a| a.batch);
-        if let Some(hook) = shared
-            .before_sync
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
-            hook();
-        }
-        let started = std::time::Instant::now();
-        let result = match shared.failed.get() {
-            Some(reason) => Err(StoreError::Failed(reason.clone())),
-            None => shared.sync(&mut synced_blobs),
-        };
-        match result {
-            Ok(()) => {
-                shared
-                    .metrics
-                    .fsync_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                shared.synced.send_replace(last);
-                let mut queued = false;
-                for Applied { jobs, outcomes, .. } in ready {
-                    queued |= outcomes.iter().any(|outcome| {
-                        matches!(outcome, Commit::Stored(events) if events.contains(&Committed::Accepted))
-                    });
-                    for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                        let _ = job.reply.send(Ok(outcome));
-                    }
-                }
-                if queued {
-                    shared.committed.send_modify(|n| *n = n.wrapping_add(1));
-                }
-            }
-            Err(e) => {
-                error!(error = %e, "Storage sync failed; refusing writes until restarted.");
-                let reason = e.to_string();
-                let _ = shared.failed.set(reason.clone());
-                shared.synced.send_modify(|_| {});
-                for Applied { jobs, .. } in ready {
-                    for job in jobs {
-                        let _ = job.reply.send(Err(StoreError::Failed(reason.clone())));
-                    }
-                }
-            }
-        }
-    }
-    debug!("Store sync thread stopped.");
 }
 
 impl Shared {
