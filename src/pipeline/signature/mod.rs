@@ -214,7 +214,7 @@ pub(crate) fn check_tolerance(
 pub(crate) fn parse_timestamp(text: &str, what: &str) -> Result<i64, SignatureError> {
     let text = text.trim();
     if let Ok(value) = text.parse::<i64>() {
-        return Ok(if value.abs() > 100_000_000_000 {
+        return Ok(if value.unsigned_abs() > 100_000_000_000 {
             value / 1000
         } else {
             value

@@ -658,3 +658,32 @@ fn every_kind_verifies_what_its_signer_produces() {
         );
     }
 }
+
+/// Found by the `signature_headers` fuzz target: `t=i64::MIN` overflowed `abs()` (a panic with
+/// overflow checks on). It is now an ordinary out-of-tolerance timestamp.
+#[test]
+fn an_extreme_timestamp_is_out_of_tolerance_not_a_panic() {
+    let kind = kind("stripe");
+    let keys = kind
+        .scheme
+        .compile_keys(&[Secret::new("whsec_test")])
+        .unwrap();
+    for ts in ["-9223372036854775808", "9223372036854775807"] {
+        let body = b"{}";
+        let signed_text = format!("{ts}.");
+        let mac = hmac::mac(
+            crate::provider::definition::HmacAlgorithm::Sha256,
+            b"whsec_test",
+            &[signed_text.as_bytes(), body].concat(),
+        );
+        let header = format!("t={ts},v1={}", hex::encode(mac));
+        let h = headers(&[("Stripe-Signature", &header)]);
+        let result = kind
+            .scheme
+            .verify(&Message::new(&h, body, None), &keys, 300, 1_700_000_000);
+        assert!(
+            matches!(result, Err(SignatureError::OutOfTolerance { .. })),
+            "{ts}: {result:?}"
+        );
+    }
+}
