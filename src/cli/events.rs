@@ -112,7 +112,13 @@ async fn backend(loaded: &LoadedSettings) -> anyhow::Result<Backend> {
 }
 
 impl Backend {
-    async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+    /// Calls the admin API (only on the API backend).
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<Value> {
         let Backend::Api {
             client,
             base,
@@ -122,7 +128,7 @@ impl Backend {
             unreachable!("only called on the API backend");
         };
         let response = client
-            .get(format!("{base}{path}"))
+            .request(method, format!("{base}{path}"))
             .query(query)
             .bearer_auth(token)
             .send()
@@ -130,22 +136,12 @@ impl Backend {
         read(response).await
     }
 
+    async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, path, query).await
+    }
+
     async fn post(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
-        let Backend::Api {
-            client,
-            base,
-            token,
-        } = self
-        else {
-            unreachable!("only called on the API backend");
-        };
-        let response = client
-            .post(format!("{base}{path}"))
-            .query(query)
-            .bearer_auth(token)
-            .send()
-            .await?;
-        read(response).await
+        self.call(reqwest::Method::POST, path, query).await
     }
 }
 

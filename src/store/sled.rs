@@ -236,6 +236,18 @@ fn open_db(config: &sled::Config, path: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
+/// Decodes every JSON value of a sled scan.
+fn decode_all<T: serde::de::DeserializeOwned>(
+    items: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+) -> Result<Vec<T>, StoreError> {
+    items
+        .map(|item| {
+            let (_, value) = item.map_err(io_err)?;
+            serde_json::from_slice(&value).map_err(io_err)
+        })
+        .collect()
+}
+
 fn io_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
@@ -736,15 +748,7 @@ impl Store for SledStore {
         let Some(id) = id_key(envelope_id) else {
             return Ok(Vec::new());
         };
-        self.shared
-            .trees
-            .tasks
-            .scan_prefix(id)
-            .map(|item| {
-                let (_, value) = item.map_err(io_err)?;
-                serde_json::from_slice(&value).map_err(io_err)
-            })
-            .collect()
+        decode_all(self.shared.trees.tasks.scan_prefix(id))
     }
 
     fn attempts(&self, envelope_id: &str, sink: &str) -> Result<Vec<AttemptRecord>, StoreError> {
@@ -753,15 +757,7 @@ impl Store for SledStore {
         };
         let mut prefix = task_key(&id, sink);
         prefix.push(0);
-        self.shared
-            .trees
-            .attempts
-            .scan_prefix(prefix)
-            .map(|item| {
-                let (_, value) = item.map_err(io_err)?;
-                serde_json::from_slice(&value).map_err(io_err)
-            })
-            .collect()
+        decode_all(self.shared.trees.attempts.scan_prefix(prefix))
     }
 
     fn recent_deliveries(
@@ -774,13 +770,7 @@ impl Store for SledStore {
             Some(key) => t.range(..key.to_vec()),
             None => t.range::<Vec<u8>, _>(..),
         };
-        iter.rev()
-            .take(limit)
-            .map(|item| {
-                let (_, value) = item.map_err(io_err)?;
-                serde_json::from_slice(&value).map_err(io_err)
-            })
-            .collect()
+        decode_all(iter.rev().take(limit))
     }
 
     fn dead_letters(

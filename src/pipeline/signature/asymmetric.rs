@@ -5,11 +5,11 @@
 use actix_web::http::header::HeaderName;
 use ed25519_dalek::{Signer as _, Verifier as _};
 
-use super::hmac::{decode, encode, parse_template, Part};
+use super::hmac::{assemble, compile_signed, decode, encode, Part};
 use super::keys::{self, Key};
 use super::{
-    check_tolerance, describe, format_timestamp, parse_timestamp, source, sources, Message,
-    SignInput, SignatureError, Signed, DEFAULT_TOLERANCE_SECS,
+    check_tolerance, describe, format_timestamp, parse_timestamp, sources, Message, SignInput,
+    SignatureError, Signed, DEFAULT_TOLERANCE_SECS,
 };
 use crate::provider::definition::{SignatureDef, SignatureEncoding, TimestampFormat};
 use crate::provider::source::{Source, Sources};
@@ -46,23 +46,7 @@ impl AsymmetricScheme {
         else {
             unreachable!("called for public-key definitions only");
         };
-        let signed = parse_template(signed).map_err(|m| ("signature.signed".into(), m))?;
-        if !signed.contains(&Part::Body) {
-            return Err((
-                "signature.signed".into(),
-                "the template must sign `{body}`".into(),
-            ));
-        }
-        let timestamp = timestamp
-            .as_deref()
-            .map(|t| source("signature.timestamp", t))
-            .transpose()?;
-        if signed.contains(&Part::Timestamp) && timestamp.is_none() {
-            return Err((
-                "signature.timestamp".into(),
-                "`{timestamp}` is signed, so a timestamp source is required".into(),
-            ));
-        }
+        let (signed, timestamp) = compile_signed(signed, timestamp.as_deref(), false)?;
         Ok(Self {
             signature: sources("signature.signature", signature)?,
             encoding: *encoding,
@@ -107,25 +91,7 @@ impl AsymmetricScheme {
             }
             None => (String::new(), None),
         };
-        Ok((signature, self.assemble(message, &ts_text), ts))
-    }
-
-    fn assemble(&self, message: &Message<'_>, ts: &str) -> Vec<u8> {
-        let mut out = Vec::with_capacity(message.body.len() + 32);
-        for part in &self.signed {
-            match part {
-                Part::Literal(b) => out.extend_from_slice(b),
-                Part::Body => out.extend_from_slice(message.body),
-                Part::Timestamp => out.extend_from_slice(ts.as_bytes()),
-                Part::Url => out.extend_from_slice(message.url.unwrap_or_default().as_bytes()),
-                Part::Value(s) => {
-                    if let Some(t) = message.text(s) {
-                        out.extend_from_slice(t.as_bytes());
-                    }
-                }
-            }
-        }
-        out
+        Ok((signature, assemble(&self.signed, message, &ts_text), ts))
     }
 
     fn finish(
@@ -198,7 +164,7 @@ impl AsymmetricScheme {
     ) -> Result<Signed, String> {
         let ts = format_timestamp(input.timestamp, TimestampFormat::Unix);
         let message = Message::new(input.headers, input.body, input.url);
-        let signature = encode(self.encoding, &sign(&self.assemble(&message, &ts)));
+        let signature = encode(self.encoding, &sign(&assemble(&self.signed, &message, &ts)));
         let mut headers = Vec::new();
         match self.signature.0.first() {
             Some(Source::Header(h)) => headers.push((h.clone(), signature)),

@@ -59,8 +59,34 @@ pub fn parse_template(template: &str) -> Result<Vec<Part>, String> {
     Ok(parts)
 }
 
+/// Parses a signed-string template and its timestamp source together: a template that signs
+/// `{timestamp}` needs a source for it; `{body}` is required unless `unsigned_body`.
+pub(crate) fn compile_signed(
+    template: &str,
+    timestamp: Option<&str>,
+    unsigned_body: bool,
+) -> Result<(Vec<Part>, Option<Source>), (String, String)> {
+    let signed = parse_template(template).map_err(|m| ("signature.signed".into(), m))?;
+    if !signed.contains(&Part::Body) && !unsigned_body {
+        return Err((
+            "signature.signed".into(),
+            "the template does not sign `{body}` (set unsigned_body = true if the provider really signs only fields)".into(),
+        ));
+    }
+    let timestamp = timestamp
+        .map(|t| source("signature.timestamp", t))
+        .transpose()?;
+    if signed.contains(&Part::Timestamp) && timestamp.is_none() {
+        return Err((
+            "signature.timestamp".into(),
+            "`{timestamp}` is signed, so a timestamp source is required".into(),
+        ));
+    }
+    Ok((signed, timestamp))
+}
+
 /// Concatenates a template's parts for one message.
-fn assemble(parts: &[Part], message: &Message<'_>, timestamp: &str) -> Vec<u8> {
+pub(crate) fn assemble(parts: &[Part], message: &Message<'_>, timestamp: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.body.len() + 64);
     for part in parts {
         match part {
@@ -158,23 +184,7 @@ impl HmacScheme {
         else {
             unreachable!("called for hmac definitions only");
         };
-        let signed = parse_template(signed).map_err(|m| ("signature.signed".into(), m))?;
-        if !signed.contains(&Part::Body) && !unsigned_body {
-            return Err((
-                "signature.signed".into(),
-                "the template does not sign `{body}` (set unsigned_body = true if the provider really signs only fields)".into(),
-            ));
-        }
-        let timestamp = timestamp
-            .as_deref()
-            .map(|t| source("signature.timestamp", t))
-            .transpose()?;
-        if signed.contains(&Part::Timestamp) && timestamp.is_none() {
-            return Err((
-                "signature.timestamp".into(),
-                "`{timestamp}` is signed, so a timestamp source is required".into(),
-            ));
-        }
+        let (signed, timestamp) = compile_signed(signed, timestamp.as_deref(), *unsigned_body)?;
         let signature = sources("signature.signature", signature)?;
         if signature.is_empty() {
             return Err((
