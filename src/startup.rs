@@ -192,7 +192,7 @@ impl Application {
     }
 
     /// Serves until SIGINT/SIGTERM or [`ServerHandle::stop`], then stops the dispatcher and
-    /// closes the store (everything committed stays; the outbox resumes on the next start).
+    /// closes the store (everything committed stays; pending deliveries resume on the next start).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let store = self.state.store.clone();

@@ -975,7 +975,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn committed_events_their_claims_and_their_outbox_survive_reopening() {
+    async fn committed_events_their_claims_and_their_tasks_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::at_unix(1_000));
         let store = SledStore::open(
