@@ -122,6 +122,9 @@ pub struct StorageSettings {
     pub path: Expanded,
     /// How long event IDs are remembered for duplicate detection.
     pub dedup_ttl_secs: u64,
+    /// How long stored deliveries, envelopes and attempt records are kept once every delivery
+    /// task is finished (delivered or dead); 0 keeps them forever.
+    pub retention_secs: u64,
     /// Pending writes before new deliveries are refused with 503.
     pub queue_capacity: usize,
     /// Most writes committed by one fsync.
@@ -135,6 +138,7 @@ impl Default for StorageSettings {
         Self {
             path: Expanded::from("./data"),
             dedup_ttl_secs: 7 * 24 * 3600,
+            retention_secs: 30 * 24 * 3600,
             queue_capacity: 8192,
             max_batch: 1024,
             cache_capacity_bytes: 256 * 1024 * 1024,

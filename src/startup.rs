@@ -27,7 +27,9 @@ use crate::store::Store;
 const LIMITER_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long in-flight deliveries may take to finish at shutdown.
 const WORKER_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often expired duplicate claims are removed.
+/// Deliveries purged per maintenance round (bounds the work of one round).
+const PURGE_BATCH: usize = 10_000;
+/// How often expired duplicate claims (and deliveries past retention) are removed.
 const CLAIM_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What every request handler shares.
@@ -44,6 +46,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Bearer token of `/admin`; `None` disables it.
     pub admin_token: Option<Secret>,
+    /// `storage.retention_secs`; 0 keeps deliveries forever.
+    pub retention_secs: u64,
 }
 
 impl AppState {
@@ -144,6 +148,7 @@ impl Application {
             routes,
             metrics,
             admin_token: settings.admin.token.clone().filter(|t| !t.is_empty()),
+            retention_secs: settings.storage.retention_secs,
         });
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {
@@ -245,11 +250,30 @@ async fn maintain(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
                 }
             }
             _ = expire.tick() => {
-                let now = u64::try_from(state.clock.unix_secs()).unwrap_or(0);
-                match state.store.expire_claims(now) {
-                    Ok(0) => {}
-                    Ok(n) => info!(expired = n, "Expired duplicate claims."),
-                    Err(e) => warn!(error = %e, "Claim expiry failed."),
+                let now = state.clock.now();
+                let retention_ms =
+                    i64::try_from(state.retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+                let store = state.store.clone();
+                // Store scans block: keep them off the async workers.
+                let upkeep = tokio::task::spawn_blocking(move || {
+                    let expired = store.expire_claims(u64::try_from(now.timestamp()).unwrap_or(0));
+                    let purged = (retention_ms > 0).then(|| {
+                        store.purge_before(now.timestamp_millis().saturating_sub(retention_ms), PURGE_BATCH)
+                    });
+                    (expired, purged)
+                })
+                .await;
+                if let Ok((expired, purged)) = upkeep {
+                    match expired {
+                        Ok(0) => {}
+                        Ok(n) => info!(expired = n, "Expired duplicate claims."),
+                        Err(e) => warn!(error = %e, "Claim expiry failed."),
+                    }
+                    match purged {
+                        None | Some(Ok(0)) => {}
+                        Some(Ok(n)) => info!(purged = n, "Purged deliveries past their retention."),
+                        Some(Err(e)) => warn!(error = %e, "Retention purge failed."),
+                    }
                 }
             }
             _ = stop.changed() => break,

@@ -116,6 +116,9 @@ impl Store for BrokenStore {
     fn expire_claims(&self, _: u64) -> Result<usize, StoreError> {
         Ok(0)
     }
+    fn purge_before(&self, _: i64, _: usize) -> Result<usize, StoreError> {
+        Ok(0)
+    }
     fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
         self.0.subscribe()
     }

@@ -242,6 +242,10 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets claims whose TTL has passed; returns how many.
     fn expire_claims(&self, now_secs: u64) -> Result<usize, StoreError>;
 
+    /// Deletes up to `limit` deliveries received before `cutoff_ms` (with their bodies,
+    /// envelopes, tasks and attempts) whose tasks are all finished. Returns how many.
+    fn purge_before(&self, cutoff_ms: i64, limit: usize) -> Result<usize, StoreError>;
+
     /// Changes after every commit that created delivery tasks.
     fn commits(&self) -> watch::Receiver<u64>;
 
