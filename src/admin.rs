@@ -28,6 +28,15 @@ pub struct ListQuery {
     pub before: Option<String>,
 }
 
+/// Why an admin operation failed: the caller's mistake (400) or storage trouble (503).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("storage error: {0}")]
+    Storage(#[from] StoreError),
+}
+
 /// The statuses `list` filters on.
 pub const STATUSES: [&str; 5] = ["accepted", "unprocessable", "pending", "delivered", "dead"];
 
@@ -65,13 +74,13 @@ fn matches(record: &DeliveryRecord, tasks: &[TaskRecord], query: &ListQuery) -> 
 }
 
 /// Newest first; `next` is the `before` of the following page.
-pub fn list(store: &dyn Store, query: &ListQuery) -> Result<Value, String> {
+pub fn list(store: &dyn Store, query: &ListQuery) -> Result<Value, AdminError> {
     if let Some(status) = &query.status {
         if !STATUSES.contains(&status.as_str()) {
-            return Err(format!(
+            return Err(AdminError::Invalid(format!(
                 "status must be one of {}, not `{status}`",
                 STATUSES.join(", ")
-            ));
+            )));
         }
     }
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
@@ -80,9 +89,7 @@ pub fn list(store: &dyn Store, query: &ListQuery) -> Result<Value, String> {
     let mut scanned = 0;
     let mut exhausted = false;
     while events.len() < limit && scanned < SCAN_LIMIT {
-        let page = store
-            .recent_deliveries(before.as_deref(), limit)
-            .map_err(|e| e.to_string())?;
+        let page = store.recent_deliveries(before.as_deref(), limit)?;
         if page.is_empty() {
             exhausted = true;
             break;
@@ -90,7 +97,7 @@ pub fn list(store: &dyn Store, query: &ListQuery) -> Result<Value, String> {
         for record in page {
             scanned += 1;
             before = Some(record.id.clone());
-            let tasks = tasks_of(store, &record).map_err(|e| e.to_string())?;
+            let tasks = tasks_of(store, &record)?;
             if matches(&record, &tasks, query) {
                 events.push(summary(&record, &tasks));
                 if events.len() == limit {
@@ -126,25 +133,24 @@ fn summary(record: &DeliveryRecord, tasks: &[TaskRecord]) -> Value {
 
 /// Everything about one stored event: the raw delivery, its envelopes, and per sink the task
 /// and every attempt. `id` is a delivery id or an envelope id.
-pub fn show(store: &dyn Store, id: &str) -> Result<Option<Value>, String> {
-    let err = |e: StoreError| e.to_string();
-    let (record, body) = match store.delivery(id).map_err(err)? {
+pub fn show(store: &dyn Store, id: &str) -> Result<Option<Value>, AdminError> {
+    let (record, body) = match store.delivery(id)? {
         Some((record, body)) => (Some(record), Some(body)),
         None => (None, None),
     };
     let envelope_ids = match &record {
         Some(record) => record.envelope_ids.clone(),
-        None if store.envelope(id).map_err(err)?.is_some() => vec![id.to_owned()],
+        None if store.envelope(id)?.is_some() => vec![id.to_owned()],
         None => return Ok(None),
     };
     let mut envelopes = Vec::new();
     for envelope_id in &envelope_ids {
-        let Some(envelope) = store.envelope(envelope_id).map_err(err)? else {
+        let Some(envelope) = store.envelope(envelope_id)? else {
             continue;
         };
         let mut deliveries = Vec::new();
-        for task in store.tasks(envelope_id).map_err(err)? {
-            let attempts = store.attempts(envelope_id, &task.sink).map_err(err)?;
+        for task in store.tasks(envelope_id)? {
+            let attempts = store.attempts(envelope_id, &task.sink)?;
             let mut entry = task_json(&task);
             entry["attempts_made"] = json!(attempts);
             deliveries.push(entry);
@@ -173,25 +179,26 @@ pub fn redeliver(
     id: &str,
     sink: Option<&str>,
     now_ms: i64,
-) -> Result<Option<usize>, String> {
-    let err = |e: StoreError| e.to_string();
-    let envelope_ids = match store.delivery(id).map_err(err)? {
+) -> Result<Option<usize>, AdminError> {
+    let envelope_ids = match store.delivery(id)? {
         Some((record, _)) => record.envelope_ids,
-        None if store.envelope(id).map_err(err)?.is_some() => vec![id.to_owned()],
+        None if store.envelope(id)?.is_some() => vec![id.to_owned()],
         None => return Ok(None),
     };
     let mut count = 0;
     for envelope_id in envelope_ids {
-        count += store.redeliver(&envelope_id, sink, now_ms).map_err(err)?;
+        count += store.redeliver(&envelope_id, sink, now_ms)?;
     }
     Ok(Some(count))
 }
 
 /// Lists dead letters (optionally of one sink).
-pub fn dead_letters(store: &dyn Store, sink: Option<&str>, limit: usize) -> Result<Value, String> {
-    let tasks = store
-        .dead_letters(sink, limit.clamp(1, MAX_LIMIT))
-        .map_err(|e| e.to_string())?;
+pub fn dead_letters(
+    store: &dyn Store,
+    sink: Option<&str>,
+    limit: usize,
+) -> Result<Value, AdminError> {
+    let tasks = store.dead_letters(sink, limit.clamp(1, MAX_LIMIT))?;
     let items: Vec<Value> = tasks
         .iter()
         .map(|t| {
@@ -208,19 +215,15 @@ pub fn redeliver_dead_letters(
     store: &dyn Store,
     sink: Option<&str>,
     now_ms: i64,
-) -> Result<usize, String> {
+) -> Result<usize, AdminError> {
     let mut count = 0;
     loop {
-        let batch = store
-            .dead_letters(sink, MAX_LIMIT)
-            .map_err(|e| e.to_string())?;
+        let batch = store.dead_letters(sink, MAX_LIMIT)?;
         if batch.is_empty() {
             return Ok(count);
         }
         for task in batch {
-            count += store
-                .redeliver(&task.envelope_id, Some(&task.sink), now_ms)
-                .map_err(|e| e.to_string())?;
+            count += store.redeliver(&task.envelope_id, Some(&task.sink), now_ms)?;
         }
     }
 }

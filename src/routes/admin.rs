@@ -68,16 +68,24 @@ fn refuse(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
 /// Runs blocking store work off the async workers.
 async fn blocking<T: Send + 'static>(
     state: &web::Data<AppState>,
-    work: impl FnOnce(&dyn crate::store::Store) -> Result<T, String> + Send + 'static,
+    work: impl FnOnce(&dyn crate::store::Store) -> Result<T, admin::AdminError> + Send + 'static,
 ) -> Result<T, HttpResponse> {
     let store = state.store.clone();
     match web::block(move || work(&*store)).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(message)) => Err(error(
+        Ok(Err(admin::AdminError::Invalid(message))) => Err(error(
             actix_web::http::StatusCode::BAD_REQUEST,
             "bad_request",
             &message,
         )),
+        Ok(Err(admin::AdminError::Storage(cause))) => {
+            tracing::warn!(error = %cause, "Admin request failed: storage error.");
+            Err(error(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "storage is temporarily unavailable",
+            ))
+        }
         Err(_) => Err(error(
             actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
             "storage_unavailable",
