@@ -37,7 +37,7 @@ impl SyncHandler for PrintHandler {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let loaded = hookgate::config::load(Path::new("config.toml"))?;
-    hookgate::telemetry::init(&loaded.settings.log);
+    let _log_writer = hookgate::telemetry::init(&loaded.settings.log);
     let app = Application::build_with(
         loaded,
         Dependencies {

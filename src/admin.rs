@@ -8,23 +8,30 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::store::{DeliveryRecord, DeliveryStatus, Store, StoreError, TaskRecord, TaskStatus};
+use crate::store::{EventQuery, EventStatus, EventSummary, Store, StoreError, TaskRecord};
 
 /// Default and largest page size of `list`.
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 1000;
-/// Deliveries inspected per page when a filter is set (bounds the work of one request).
-const SCAN_LIMIT: usize = 20_000;
 
-/// `?provider=&status=&limit=&before=`
+/// `?provider=&status=&event_id=&type=&since=&until=&limit=&before=`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub provider: Option<String>,
     /// `accepted`, `unprocessable`, `pending`, `delivered` or `dead`.
     pub status: Option<String>,
+    /// The provider's event id (any event of a batch).
+    pub event_id: Option<String>,
+    /// A glob over the provider's event type, e.g. `customer.*`.
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// Received at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Received before this time (RFC 3339).
+    pub until: Option<String>,
     pub limit: Option<usize>,
-    /// Page: deliveries older than this gateway id.
+    /// Page: receipts older than this gateway id.
     pub before: Option<String>,
 }
 
@@ -36,9 +43,6 @@ pub enum AdminError {
     #[error("storage error: {0}")]
     Storage(#[from] StoreError),
 }
-
-/// The statuses `list` filters on.
-pub const STATUSES: [&str; 5] = ["accepted", "unprocessable", "pending", "delivered", "dead"];
 
 fn task_json(task: &TaskRecord) -> Value {
     json!({
@@ -52,72 +56,62 @@ fn task_json(task: &TaskRecord) -> Value {
     })
 }
 
-fn matches(record: &DeliveryRecord, tasks: &[TaskRecord], query: &ListQuery) -> bool {
-    if query
-        .provider
-        .as_ref()
-        .is_some_and(|p| *p != record.provider)
-    {
-        return false;
-    }
-    match query.status.as_deref() {
-        None => true,
-        Some("accepted") => record.status == DeliveryStatus::Accepted,
-        Some("unprocessable") => record.status == DeliveryStatus::Unprocessable,
-        Some("pending") => tasks.iter().any(|t| t.status == TaskStatus::Pending),
-        Some("dead") => tasks.iter().any(|t| t.status == TaskStatus::Dead),
-        Some("delivered") => {
-            !tasks.is_empty() && tasks.iter().all(|t| t.status == TaskStatus::Delivered)
-        }
-        Some(_) => false,
+fn time_ms(name: &str, text: &Option<String>) -> Result<Option<i64>, AdminError> {
+    text.as_deref()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| AdminError::Invalid(format!("`{name}` is not an RFC 3339 time: {e}")))
+        })
+        .transpose()
+}
+
+impl ListQuery {
+    /// The store query these parameters ask for.
+    pub fn to_query(&self) -> Result<EventQuery, AdminError> {
+        let status = self
+            .status
+            .as_deref()
+            .map(|s| {
+                EventStatus::parse(s).ok_or_else(|| {
+                    let names: Vec<&str> = EventStatus::ALL.iter().map(|(n, _)| *n).collect();
+                    AdminError::Invalid(format!(
+                        "status must be one of {}, not `{s}`",
+                        names.join(", ")
+                    ))
+                })
+            })
+            .transpose()?;
+        let event_type = self
+            .event_type
+            .as_deref()
+            .map(|t| {
+                glob::Pattern::new(t)
+                    .map_err(|e| AdminError::Invalid(format!("`type` is not a valid glob: {e}")))
+            })
+            .transpose()?;
+        Ok(EventQuery {
+            provider: self.provider.clone(),
+            status,
+            event_id: self.event_id.clone(),
+            event_type,
+            since_ms: time_ms("since", &self.since)?,
+            until_ms: time_ms("until", &self.until)?,
+            before: self.before.clone(),
+            limit: self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+        })
     }
 }
 
 /// Newest first; `next` is the `before` of the following page.
-pub fn list(store: &dyn Store, query: &ListQuery) -> Result<Value, AdminError> {
-    if let Some(status) = &query.status {
-        if !STATUSES.contains(&status.as_str()) {
-            return Err(AdminError::Invalid(format!(
-                "status must be one of {}, not `{status}`",
-                STATUSES.join(", ")
-            )));
-        }
-    }
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
-    let mut before = query.before.clone();
-    let mut events = Vec::new();
-    let mut scanned = 0;
-    let mut exhausted = false;
-    while events.len() < limit && scanned < SCAN_LIMIT {
-        let page = store.recent_deliveries(before.as_deref(), limit)?;
-        if page.is_empty() {
-            exhausted = true;
-            break;
-        }
-        for record in page {
-            scanned += 1;
-            before = Some(record.id.clone());
-            let tasks = tasks_of(store, &record)?;
-            if matches(&record, &tasks, query) {
-                events.push(summary(&record, &tasks));
-                if events.len() == limit {
-                    break;
-                }
-            }
-        }
-    }
-    Ok(json!({"events": events, "next": if exhausted { None } else { before }}))
+pub async fn list(store: &dyn Store, query: &ListQuery) -> Result<Value, AdminError> {
+    let page = store.events(query.to_query()?).await?;
+    let events: Vec<Value> = page.events.iter().map(summary).collect();
+    Ok(json!({"events": events, "next": page.next}))
 }
 
-fn tasks_of(store: &dyn Store, record: &DeliveryRecord) -> Result<Vec<TaskRecord>, StoreError> {
-    let mut tasks = Vec::new();
-    for id in &record.envelope_ids {
-        tasks.extend(store.tasks(id)?);
-    }
-    Ok(tasks)
-}
-
-fn summary(record: &DeliveryRecord, tasks: &[TaskRecord]) -> Value {
+fn summary(event: &EventSummary) -> Value {
+    let record = &event.receipt;
     json!({
         "id": record.id,
         "provider": record.provider,
@@ -127,42 +121,51 @@ fn summary(record: &DeliveryRecord, tasks: &[TaskRecord]) -> Value {
         "status": record.status,
         "error": record.error,
         "envelope_ids": record.envelope_ids,
-        "deliveries": tasks.iter().map(|t| json!({"envelope_id": t.envelope_id, "sink": t.sink, "status": t.status, "attempts": t.attempts})).collect::<Vec<_>>(),
+        "deliveries": event.tasks.iter().map(|t| json!({"envelope_id": t.envelope_id, "sink": t.sink, "status": t.status, "attempts": t.attempts})).collect::<Vec<_>>(),
     })
 }
 
-/// Everything about one stored event: the raw delivery, its envelopes, and per sink the task
-/// and every attempt. `id` is a delivery id or an envelope id.
-pub fn show(store: &dyn Store, id: &str) -> Result<Option<Value>, AdminError> {
-    let (record, body) = match store.delivery(id)? {
-        Some((record, body)) => (Some(record), Some(body)),
-        None => (None, None),
-    };
-    let envelope_ids = match &record {
-        Some(record) => record.envelope_ids.clone(),
-        None if store.envelope(id)?.is_some() => vec![id.to_owned()],
+/// The envelopes a gateway id names: a receipt's, or the one envelope with that id.
+async fn envelope_ids(store: &dyn Store, id: &str) -> Result<Option<Vec<String>>, StoreError> {
+    if let Some((receipt, _)) = store.receipt(id.to_owned()).await? {
+        return Ok(Some(receipt.envelope_ids));
+    }
+    Ok(store
+        .envelope(id.to_owned())
+        .await?
+        .map(|_| vec![id.to_owned()]))
+}
+
+/// Everything about one stored event: the receipt, its envelopes, and per sink the task and
+/// every attempt. `id` is a receipt id or an envelope id.
+pub async fn show(store: &dyn Store, id: &str) -> Result<Option<Value>, AdminError> {
+    let receipt = store.receipt(id.to_owned()).await?;
+    let envelope_ids = match &receipt {
+        Some((record, _)) => record.envelope_ids.clone(),
+        None if store.envelope(id.to_owned()).await?.is_some() => vec![id.to_owned()],
         None => return Ok(None),
     };
     let mut envelopes = Vec::new();
     for envelope_id in &envelope_ids {
-        let Some(envelope) = store.envelope(envelope_id)? else {
+        let Some(envelope) = store.envelope(envelope_id.clone()).await? else {
             continue;
         };
         let mut deliveries = Vec::new();
-        for task in store.tasks(envelope_id)? {
-            let attempts = store.attempts(envelope_id, &task.sink)?;
+        for task in store.tasks(envelope_id.clone()).await? {
+            let attempts = store
+                .attempts(envelope_id.clone(), task.sink.clone())
+                .await?;
             let mut entry = task_json(&task);
             entry["attempts_made"] = json!(attempts);
             deliveries.push(entry);
         }
         envelopes.push(json!({"envelope": envelope, "deliveries": deliveries}));
     }
-    let raw = record.map(|record| {
-        let body = body.unwrap_or_default();
-        let (body, encoding) = match String::from_utf8(body) {
-            Ok(text) => (Value::String(text), "utf-8"),
-            Err(e) => (
-                Value::String(base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
+    let raw = receipt.map(|(record, body)| {
+        let (body, encoding) = match std::str::from_utf8(&body) {
+            Ok(text) => (Value::String(text.to_owned()), "utf-8"),
+            Err(_) => (
+                Value::String(base64::engine::general_purpose::STANDARD.encode(&body)),
                 "base64",
             ),
         };
@@ -174,31 +177,33 @@ pub fn show(store: &dyn Store, id: &str) -> Result<Option<Value>, AdminError> {
 }
 
 /// Redelivers every envelope of a stored event (all sinks, or one).
-pub fn redeliver(
+pub async fn redeliver(
     store: &dyn Store,
     id: &str,
     sink: Option<&str>,
     now_ms: i64,
 ) -> Result<Option<usize>, AdminError> {
-    let envelope_ids = match store.delivery(id)? {
-        Some((record, _)) => record.envelope_ids,
-        None if store.envelope(id)?.is_some() => vec![id.to_owned()],
-        None => return Ok(None),
+    let Some(ids) = envelope_ids(store, id).await? else {
+        return Ok(None);
     };
     let mut count = 0;
-    for envelope_id in envelope_ids {
-        count += store.redeliver(&envelope_id, sink, now_ms)?;
+    for envelope_id in ids {
+        count += store
+            .redeliver(envelope_id, sink.map(str::to_owned), now_ms)
+            .await?;
     }
     Ok(Some(count))
 }
 
 /// Lists dead letters (optionally of one sink).
-pub fn dead_letters(
+pub async fn dead_letters(
     store: &dyn Store,
     sink: Option<&str>,
     limit: usize,
 ) -> Result<Value, AdminError> {
-    let tasks = store.dead_letters(sink, limit.clamp(1, MAX_LIMIT))?;
+    let tasks = store
+        .dead_letters(sink.map(str::to_owned), limit.clamp(1, MAX_LIMIT))
+        .await?;
     let items: Vec<Value> = tasks
         .iter()
         .map(|t| {
@@ -211,19 +216,27 @@ pub fn dead_letters(
 }
 
 /// Redelivers every dead letter (optionally of one sink).
-pub fn redeliver_dead_letters(
+pub async fn redeliver_dead_letters(
     store: &dyn Store,
     sink: Option<&str>,
     now_ms: i64,
 ) -> Result<usize, AdminError> {
     let mut count = 0;
     loop {
-        let batch = store.dead_letters(sink, MAX_LIMIT)?;
+        let batch = store
+            .dead_letters(sink.map(str::to_owned), MAX_LIMIT)
+            .await?;
         if batch.is_empty() {
             return Ok(count);
         }
+        let before = count;
         for task in batch {
-            count += store.redeliver(&task.envelope_id, Some(&task.sink), now_ms)?;
+            count += store
+                .redeliver(task.envelope_id, Some(task.sink), now_ms)
+                .await?;
+        }
+        if count == before {
+            return Ok(count); // nothing left that can be rescheduled
         }
     }
 }

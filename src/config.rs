@@ -127,8 +127,17 @@ pub struct StorageSettings {
     pub retention_secs: u64,
     /// Pending writes before new deliveries are refused with 503.
     pub queue_capacity: usize,
+    /// Bytes (bodies and envelopes) the pending writes may hold before new deliveries are
+    /// refused with 503.
+    pub queue_max_bytes: u64,
     /// Most writes committed by one fsync.
     pub max_batch: usize,
+    /// Longest wait for storage (a write to become durable, a read) before the request is
+    /// answered 503 `storage_unavailable`: a stalled disk never hangs a request.
+    pub write_timeout_ms: u64,
+    /// How long a delivery task handed to a worker stays reserved for it before another
+    /// worker may take it again.
+    pub lease_secs: u64,
     /// sled page-cache budget in bytes.
     pub cache_capacity_bytes: u64,
 }
@@ -140,8 +149,11 @@ impl Default for StorageSettings {
             dedup_ttl_secs: 7 * 24 * 3600,
             retention_secs: 30 * 24 * 3600,
             queue_capacity: 8192,
+            queue_max_bytes: 64 * 1024 * 1024,
             max_batch: 1024,
-            cache_capacity_bytes: 256 * 1024 * 1024,
+            write_timeout_ms: 5_000,
+            lease_secs: 30,
+            cache_capacity_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -455,11 +467,15 @@ fn validate(settings: &Settings, file: &str) -> Result<(), ConfigError> {
     if storage.path.as_str().is_empty() {
         return Err(err("storage.path", "must not be empty".into()));
     }
-    if storage.dedup_ttl_secs == 0 {
-        return Err(err(
-            "storage.dedup_ttl_secs",
-            "must be greater than 0".into(),
-        ));
+    for (key, value) in [
+        ("storage.dedup_ttl_secs", storage.dedup_ttl_secs),
+        ("storage.queue_max_bytes", storage.queue_max_bytes),
+        ("storage.write_timeout_ms", storage.write_timeout_ms),
+        ("storage.lease_secs", storage.lease_secs),
+    ] {
+        if value == 0 {
+            return Err(err(key, "must be greater than 0".into()));
+        }
     }
     if storage.queue_capacity == 0 || storage.max_batch == 0 {
         return Err(err(

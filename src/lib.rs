@@ -28,6 +28,7 @@ pub mod dispatch;
 pub mod envelope;
 pub mod error;
 pub mod fixture;
+pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
 pub mod provider;

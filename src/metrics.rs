@@ -2,9 +2,25 @@
 //! running several gateways in one process do not share counters.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+/// Outcome label of requests that were acknowledged (accepted, duplicate, handshake).
+pub const OUTCOME_OK: &str = "ok";
+/// Outcome label of refused requests (the code label says why).
+pub const OUTCOME_REJECTED: &str = "rejected";
+
+/// One instance's hot-path metrics, looked up once at startup instead of per request.
+#[derive(Debug, Clone)]
+pub struct InstanceMetrics {
+    /// `hookgate_requests_total{provider, outcome="ok", code=""}`.
+    pub acknowledged: IntCounter,
+    /// `hookgate_duplicates_total{provider}`.
+    pub duplicates: IntCounter,
+    /// `hookgate_request_duration_seconds{provider}`.
+    pub duration: Histogram,
+}
 
 /// Every metric hookgate exports.
 pub struct Metrics {
@@ -140,6 +156,15 @@ impl Metrics {
             dead_letters,
             commit_batch,
             fsync_seconds,
+        }
+    }
+
+    /// The handles of one instance (or of the `unknown` label).
+    pub fn instance(&self, name: &str) -> InstanceMetrics {
+        InstanceMetrics {
+            acknowledged: self.requests.with_label_values(&[name, OUTCOME_OK, ""]),
+            duplicates: self.duplicates.with_label_values(&[name]),
+            duration: self.request_duration.with_label_values(&[name]),
         }
     }
 

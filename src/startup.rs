@@ -2,6 +2,7 @@
 //! bound listener, an open store, compiled providers and sinks; `hookgate serve` and the tests
 //! both use it. Tests bind port 0 and read [`Application::port`].
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,46 +15,53 @@ use tracing::{info, warn};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, LoadedSettings};
-use crate::dispatch::{self, worker::Worker, HandlerRoute, Route};
-use crate::envelope::IdGenerator;
-use crate::metrics::Metrics;
+use crate::dispatch::{self, Dispatcher, HandlerRoute};
+use crate::ingest::Ingestor;
+use crate::metrics::{InstanceMetrics, Metrics};
 use crate::provider::registry::Registry;
 use crate::routes::{self, admin, health, webhook};
 use crate::secret::Secret;
 use crate::store::sled::SledStore;
 use crate::store::Store;
+use crate::telemetry::LogBudget;
 
 /// How often idle rate-limiter entries are forgotten.
 const LIMITER_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long in-flight deliveries may take to finish at shutdown.
 const WORKER_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deliveries purged per maintenance round (bounds the work of one round).
-const PURGE_BATCH: usize = 10_000;
+/// Receipts purged per store write (keeps each write short: commits queue behind it) and per
+/// maintenance round.
+const PURGE_BATCH: usize = 500;
+const PURGE_ROUND: usize = 10_000;
 /// How often expired duplicate claims (and deliveries past retention) are removed.
 const CLAIM_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+/// Rejection log lines per second (and burst) before they are counted instead of written.
+const REJECTION_LOG_PER_SECOND: u32 = 20;
+const REJECTION_LOG_BURST: u32 = 100;
 
 /// What every request handler shares.
 pub struct AppState {
     pub registry: Registry,
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
-    pub ids: IdGenerator,
+    /// Stages 10–12: duplicate check, envelopes, commit.
+    pub ingestor: Ingestor,
+    /// The sinks and their workers.
+    pub dispatcher: Arc<Dispatcher>,
     pub trusted_proxies: Vec<IpNet>,
     pub body_read_timeout: Duration,
     pub max_header_bytes: usize,
-    /// The sinks, in configuration order.
-    pub routes: Vec<Arc<Route>>,
     pub metrics: Arc<Metrics>,
+    /// Per-instance metric handles, by instance name.
+    pub instance_metrics: HashMap<String, InstanceMetrics>,
+    /// Handles of requests to names that are not configured.
+    pub unknown_metrics: InstanceMetrics,
+    /// Bounds the rejection lines in the log.
+    pub rejection_log: LogBudget,
     /// Bearer token of `/admin`; `None` disables it.
     pub admin_token: Option<Secret>,
     /// `storage.retention_secs`; 0 keeps deliveries forever.
     pub retention_secs: u64,
-}
-
-impl AppState {
-    pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| r.name == name)
-    }
 }
 
 /// What [`Application::build_with`] lets a caller replace.
@@ -115,11 +123,8 @@ impl Application {
                 );
             }
         }
-        let routes: Vec<Arc<Route>> = dispatch::build_routes(&loaded.settings.sinks, deps.handlers)
-            .map_err(StartupError::Sink)?
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+        let routes = dispatch::build_routes(&loaded.settings.sinks, deps.handlers)
+            .map_err(StartupError::Sink)?;
         let metrics = Arc::new(Metrics::new());
         let settings = loaded.settings;
         let server_settings = settings.server.clone();
@@ -137,15 +142,29 @@ impl Application {
                 metrics.clone(),
             )?),
         };
+        let dispatcher = Arc::new(Dispatcher::new(
+            routes,
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+            Duration::from_secs(settings.storage.lease_secs),
+        ));
+        let instance_metrics = registry
+            .iter()
+            .map(|i| (i.name.clone(), metrics.instance(&i.name)))
+            .collect();
         let state = web::Data::new(AppState {
+            ingestor: Ingestor::new(store.clone(), dispatcher.clone()),
+            dispatcher,
             registry,
             store,
             clock,
-            ids: IdGenerator::default(),
             trusted_proxies: server_settings.trusted_proxies.clone(),
             body_read_timeout: Duration::from_millis(server_settings.body_read_timeout_ms),
             max_header_bytes: server_settings.max_header_bytes,
-            routes,
+            instance_metrics,
+            unknown_metrics: metrics.instance(webhook::UNKNOWN_PROVIDER_LABEL),
+            rejection_log: LogBudget::new(REJECTION_LOG_PER_SECOND, REJECTION_LOG_BURST),
             metrics,
             admin_token: settings.admin.token.clone().filter(|t| !t.is_empty()),
             retention_secs: settings.storage.retention_secs,
@@ -201,20 +220,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let store = self.state.store.clone();
-        let workers: Vec<_> = self
-            .state
-            .routes
-            .iter()
-            .map(|route| {
-                let worker = Worker {
-                    store: store.clone(),
-                    route: route.clone(),
-                    clock: self.state.clock.clone(),
-                    metrics: self.state.metrics.clone(),
-                };
-                tokio::spawn(worker.run(stop_rx.clone()))
-            })
-            .collect();
+        let workers = self.state.dispatcher.spawn_workers(&stop_rx);
         let maintenance = tokio::spawn(maintain(self.state.clone(), stop_rx));
         let result = self.server.await;
         info!("HTTP server stopped; finishing background work.");
@@ -253,26 +259,30 @@ async fn maintain(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
                 let now = state.clock.now();
                 let retention_ms =
                     i64::try_from(state.retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-                let store = state.store.clone();
-                // Store scans block: keep them off the async workers.
-                let upkeep = tokio::task::spawn_blocking(move || {
-                    let expired = store.expire_claims(u64::try_from(now.timestamp()).unwrap_or(0));
-                    let purged = (retention_ms > 0).then(|| {
-                        store.purge_before(now.timestamp_millis().saturating_sub(retention_ms), PURGE_BATCH)
-                    });
-                    (expired, purged)
-                })
-                .await;
-                if let Ok((expired, purged)) = upkeep {
-                    match expired {
-                        Ok(0) => {}
-                        Ok(n) => info!(expired = n, "Expired duplicate claims."),
-                        Err(e) => warn!(error = %e, "Claim expiry failed."),
+                match state.store.expire_claims(u64::try_from(now.timestamp()).unwrap_or(0)).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(expired = n, "Expired duplicate claims."),
+                    Err(e) => warn!(error = %e, "Claim expiry failed."),
+                }
+                if retention_ms > 0 {
+                    let cutoff = now.timestamp_millis().saturating_sub(retention_ms);
+                    let mut purged = 0;
+                    while purged < PURGE_ROUND {
+                        match state.store.purge_before(cutoff, PURGE_BATCH).await {
+                            Ok(n) => {
+                                purged += n;
+                                if n < PURGE_BATCH {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "Retention purge failed.");
+                                break;
+                            }
+                        }
                     }
-                    match purged {
-                        None | Some(Ok(0)) => {}
-                        Some(Ok(n)) => info!(purged = n, "Purged deliveries past their retention."),
-                        Some(Err(e)) => warn!(error = %e, "Retention purge failed."),
+                    if purged > 0 {
+                        info!(purged, "Purged deliveries past their retention.");
                     }
                 }
             }

@@ -9,11 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use common::*;
-use futures_util::future::BoxFuture;
+use hookgate::config::StorageSettings;
 use hookgate::envelope::Envelope;
+use hookgate::store::sled::SledStore;
 use hookgate::store::{
-    AttemptRecord, Commit, DedupKey, DeliveryRecord, NewEvent, PendingTask, Store, StoreError,
-    TaskRecord,
+    AttemptRecord, Commit, DedupKey, Due, DueTask, EventBrowser, EventPage, EventQuery,
+    IngestStore, Maintenance, NewReceipt, Receipt, StoreError, StoreFuture, TaskQueue, TaskRecord,
 };
 use serde_json::Value;
 
@@ -62,71 +63,76 @@ async fn an_event_id_is_accepted_again_once_its_claim_has_expired() {
     assert_eq!(post_event(&app, "evt_ttl").await["status"], "accepted");
 }
 
-/// A store whose disk has gone: every write fails.
+/// A store whose disk has gone: every write and read fails.
 struct BrokenStore(tokio::sync::watch::Sender<u64>);
 
-impl Store for BrokenStore {
-    fn find_duplicate(
-        &self,
-        _: &DedupKey,
-    ) -> BoxFuture<'static, Result<Option<String>, StoreError>> {
+fn unplugged<T: Send + 'static>() -> StoreFuture<T> {
+    Box::pin(async { Err(StoreError::Io("disk unplugged".into())) })
+}
+
+impl IngestStore for BrokenStore {
+    fn find_duplicate(&self, _: DedupKey) -> StoreFuture<Option<String>> {
         Box::pin(async { Ok(None) })
     }
-    fn commit(&self, _: NewEvent) -> BoxFuture<'static, Result<Commit, StoreError>> {
-        Box::pin(async { Err(StoreError::Io("disk unplugged".into())) })
+    fn commit(&self, _: NewReceipt) -> StoreFuture<Commit> {
+        unplugged()
     }
-    fn keep_unprocessable(
-        &self,
-        _: DeliveryRecord,
-        _: bytes::Bytes,
-    ) -> BoxFuture<'static, Result<(), StoreError>> {
-        Box::pin(async { Err(StoreError::Io("disk unplugged".into())) })
+    fn keep_unprocessable(&self, _: Receipt, _: bytes::Bytes) -> StoreFuture<()> {
+        unplugged()
     }
-    fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>> {
-        Box::pin(async { Err(StoreError::Io("disk unplugged".into())) })
+    fn probe(&self) -> StoreFuture<()> {
+        unplugged()
     }
-    fn pending_tasks(&self, _: &str, _: usize) -> Result<Vec<PendingTask>, StoreError> {
-        Err(StoreError::Io("disk unplugged".into()))
+}
+
+impl TaskQueue for BrokenStore {
+    fn take_due(&self, _: String, _: i64, _: usize) -> StoreFuture<Due> {
+        unplugged()
     }
-    fn pending_count(&self, _: &str) -> Result<usize, StoreError> {
-        Ok(0)
+    fn take(&self, _: String, _: Vec<String>, _: i64) -> StoreFuture<Vec<DueTask>> {
+        unplugged()
     }
-    fn record_attempts(&self, _: &[(TaskRecord, AttemptRecord)]) -> Result<(), StoreError> {
-        Err(StoreError::Io("disk unplugged".into()))
+    fn record_attempts(&self, _: Vec<(TaskRecord, AttemptRecord)>) -> StoreFuture<()> {
+        unplugged()
     }
-    fn tasks(&self, _: &str) -> Result<Vec<TaskRecord>, StoreError> {
-        Ok(Vec::new())
+    fn redeliver(&self, _: String, _: Option<String>, _: i64) -> StoreFuture<usize> {
+        unplugged()
     }
-    fn attempts(&self, _: &str, _: &str) -> Result<Vec<AttemptRecord>, StoreError> {
-        Ok(Vec::new())
+    fn pending_count(&self, _: String) -> StoreFuture<usize> {
+        unplugged()
     }
-    fn recent_deliveries(
-        &self,
-        _: Option<&str>,
-        _: usize,
-    ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn dead_letters(&self, _: Option<&str>, _: usize) -> Result<Vec<TaskRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn redeliver(&self, _: &str, _: Option<&str>, _: i64) -> Result<usize, StoreError> {
-        Ok(0)
-    }
-    fn expire_claims(&self, _: u64) -> Result<usize, StoreError> {
-        Ok(0)
-    }
-    fn purge_before(&self, _: i64, _: usize) -> Result<usize, StoreError> {
-        Ok(0)
-    }
-    fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+    fn wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
         self.0.subscribe()
     }
-    fn delivery(&self, _: &str) -> Result<Option<(DeliveryRecord, Vec<u8>)>, StoreError> {
-        Ok(None)
+}
+
+impl EventBrowser for BrokenStore {
+    fn events(&self, _: EventQuery) -> StoreFuture<EventPage> {
+        unplugged()
     }
-    fn envelope(&self, _: &str) -> Result<Option<Envelope>, StoreError> {
-        Ok(None)
+    fn receipt(&self, _: String) -> StoreFuture<Option<(Receipt, bytes::Bytes)>> {
+        unplugged()
+    }
+    fn envelope(&self, _: String) -> StoreFuture<Option<Envelope>> {
+        unplugged()
+    }
+    fn tasks(&self, _: String) -> StoreFuture<Vec<TaskRecord>> {
+        unplugged()
+    }
+    fn attempts(&self, _: String, _: String) -> StoreFuture<Vec<AttemptRecord>> {
+        unplugged()
+    }
+    fn dead_letters(&self, _: Option<String>, _: usize) -> StoreFuture<Vec<TaskRecord>> {
+        unplugged()
+    }
+}
+
+impl Maintenance for BrokenStore {
+    fn expire_claims(&self, _: u64) -> StoreFuture<usize> {
+        unplugged()
+    }
+    fn purge_before(&self, _: i64, _: usize) -> StoreFuture<usize> {
+        unplugged()
     }
     fn close(&self) {}
 }
@@ -316,4 +322,116 @@ async fn sigterm_stops_the_gateway_within_its_bound_keeping_what_was_acknowledge
     assert_eq!(lines.len(), acknowledged.len());
     gateway.child.kill().unwrap();
     gateway.child.wait().unwrap();
+}
+
+/// A real sled store whose "disk" holds every sync until released: the gateway in front of it
+/// must not acknowledge, hand out or hang while it is held.
+struct HeldDisk {
+    store: Arc<SledStore>,
+    release: std::sync::mpsc::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl HeldDisk {
+    fn new(write_timeout_ms: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StorageSettings {
+            path: dir.path().join("held").to_str().unwrap().into(),
+            write_timeout_ms,
+            ..StorageSettings::default()
+        };
+        let store = Arc::new(
+            SledStore::open(
+                &settings,
+                Arc::new(hookgate::clock::SystemClock),
+                Arc::new(hookgate::metrics::Metrics::new()),
+            )
+            .unwrap(),
+        );
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = std::sync::Mutex::new(held);
+        store.set_before_sync(Some(Arc::new(move || {
+            let _ = held.lock().unwrap().recv();
+        })));
+        Self {
+            store,
+            release,
+            _dir: dir,
+        }
+    }
+
+    /// Lets the disk run freely from now on.
+    fn release(&self) {
+        self.store.set_before_sync(None);
+        let _ = self.release.send(());
+    }
+}
+
+async fn spawn_on(disk: &HeldDisk) -> TestApp {
+    spawn_with(
+        DEMO,
+        SpawnOptions {
+            store: Some(disk.store.clone()),
+            moving_clock: true,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_is_not_acknowledged_while_the_first_copy_is_not_yet_durable() {
+    let disk = HeldDisk::new(10_000);
+    let app = Arc::new(spawn_on(&disk).await);
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { post_event(&app, "evt_gap").await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let second = tokio::spawn({
+        let app = app.clone();
+        async move { post_event(&app, "evt_gap").await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!first.is_finished(), "acknowledged before its sync");
+    assert!(!second.is_finished(), "duplicate acknowledged before the first copy's sync");
+    // Nor may the sink have seen it: workers read only what is durable.
+    assert!(std::fs::read_to_string(app.sink_path())
+        .unwrap_or_default()
+        .is_empty());
+    disk.release();
+    let first = first.await.unwrap();
+    let second = second.await.unwrap();
+    assert_eq!(first["status"], "accepted");
+    assert_eq!(second["status"], "duplicate");
+    assert_eq!(second["id"], first["id"]);
+    assert_eq!(app.sink_envelopes(1).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_disk_is_answered_503_within_the_storage_timeout_and_not_ready() {
+    let disk = HeldDisk::new(400);
+    let app = spawn_on(&disk).await;
+    let body = generic_body("evt_stall", "post.created", "p1");
+    let started = std::time::Instant::now();
+    let response = app
+        .post_generic("demo", GENERIC_SECRET, "evt_stall", &body)
+        .await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(error_code(response).await, "storage_unavailable");
+    let ready = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "answered within the deadline, not when the client gave up"
+    );
+    // When the disk moves again the provider's retry succeeds (the first copy was stored).
+    disk.release();
+    let retry = app
+        .post_generic("demo", GENERIC_SECRET, "evt_stall", &body)
+        .await;
+    assert_eq!(retry.status(), 200);
+    let ready = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
 }

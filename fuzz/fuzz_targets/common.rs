@@ -4,6 +4,7 @@
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use chrono::{DateTime, Utc};
 use hookgate::pipeline::normalise::{self, EnvelopeInfo};
+use hookgate::pipeline::plan::{self, Plan};
 use hookgate::provider::kind::Kind;
 use hookgate::provider::source::Context;
 use serde_json::Value;
@@ -85,52 +86,44 @@ pub fn fixture_headers() -> HeaderMap {
     headers
 }
 
-/// Stages 9–11 as `routes::webhook::accept` drives them (minus the store): handshake, format,
-/// batch elements, event IDs and envelopes.
+/// Stages 9–11 as the gateway drives them (minus the store): the same planning step
+/// (`pipeline::plan`: handshake, format, batch elements, event IDs), then every envelope.
 pub fn normalise_all(kind: &Kind, value: &Value, headers: &HeaderMap, raw: &[u8]) {
-    let root = Context {
-        body: value,
-        root: value,
-        headers,
-        current: None,
-    };
-    if let Some(handshake) = kind.handshake(&root) {
-        // The reply itself is built by a private function of routes::webhook; resolve what it
-        // would read.
-        match &handshake.reply {
-            hookgate::provider::kind::Reply::Echo { source, .. }
-            | hookgate::provider::kind::Reply::HmacEcho { source, .. } => {
-                let _ = source.resolve(&root);
+    let _ = plan::header_event_id(kind, headers);
+    match plan::plan(kind, value, headers, raw) {
+        Plan::Handshake(handshake) => {
+            // The reply itself is HTTP, built by routes::webhook; resolve what it would read.
+            let root = Context {
+                body: value,
+                root: value,
+                headers,
+                current: None,
+            };
+            match &handshake.reply {
+                hookgate::provider::kind::Reply::Echo { source, .. }
+                | hookgate::provider::kind::Reply::HmacEcho { source, .. } => {
+                    let _ = source.resolve(&root);
+                }
+                _ => {}
             }
-            _ => {}
         }
-    }
-    let rule = kind.format(&root);
-    let elements = match rule.map(|r| normalise::elements(r, value)) {
-        Some(Ok(elements)) => elements,
-        Some(Err(_)) => return,
-        None => vec![value],
-    };
-    for element in elements {
-        let ctx = Context {
-            body: element,
-            ..root
-        };
-        let event_id = normalise::event_id(rule, &ctx, raw);
-        let Some(rule) = rule else { continue };
-        let info = EnvelopeInfo {
-            id: "01HZZZZZZZZZZZZZZZZZZZZZZZ".into(),
-            provider: &kind.name,
-            kind: &kind.name,
-            event_id,
-            received_at: received_at(),
-        };
-        if let Ok(envelope) = normalise::envelope(rule, element, value, headers, info) {
-            // The envelope is stored as JSON: serialising must not fail either.
-            serde_json::to_vec(&envelope).expect("an envelope serialises");
+        Plan::Unprocessable(_) => {}
+        Plan::Events(events) => {
+            for (element, event_id) in &events.events {
+                let info = EnvelopeInfo {
+                    id: "01HZZZZZZZZZZZZZZZZZZZZZZZ".into(),
+                    provider: &kind.name,
+                    kind: &kind.name,
+                    event_id: event_id.clone(),
+                    received_at: received_at(),
+                };
+                if let Ok(envelope) =
+                    normalise::envelope(events.rule, element, events.root, events.headers, info)
+                {
+                    // The envelope is stored as JSON: serialising must not fail either.
+                    serde_json::to_vec(&envelope).expect("an envelope serialises");
+                }
+            }
         }
-    }
-    if let Some(guard) = kind.scheme.replay_guard() {
-        let _ = guard.resolve(&root);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The fuzz input is the body. It is signed the way a sender would (HMAC-SHA256 with the
 //! instance's secret, computed here independently of hookgate), so `signature::verify` must
-//! accept it; then `parse::parse` and stages 9–11 run as `routes::webhook::accept` runs them.
+//! accept it; then `parse::parse` and stages 9–11 run through the gateway's own planning step.
 //! A correctly signed body that is refused, or any panic, is a bug.
 #![no_main]
 
@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
     );
     let received = Received {
         instance: instance.clone(),
-        headers,
+        headers: &headers,
         query: String::new(),
         body: Bytes::copy_from_slice(data),
         client_ip: None,
@@ -77,5 +77,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok(value) = parse::parse(&verified) else {
         return;
     };
-    common::normalise_all(&instance.kind, &value, &verified.headers, &verified.body);
+    common::normalise_all(&instance.kind, &value, verified.headers, &verified.body);
 });

@@ -15,7 +15,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{self, LoadedSettings};
 use crate::metrics::Metrics;
 use crate::store::sled::SledStore;
-use crate::store::Store;
+use crate::store::Maintenance;
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
@@ -34,6 +34,18 @@ enum EventsCommand {
         /// accepted | unprocessable | pending | delivered | dead
         #[arg(long)]
         status: Option<String>,
+        /// Search by the provider's event id.
+        #[arg(long)]
+        event_id: Option<String>,
+        /// A glob over the provider's event type, e.g. 'customer.*'.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Received at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Received before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
         #[arg(long, default_value_t = admin::DEFAULT_LIMIT)]
         limit: usize,
         /// Show events older than this id (the `next` of the previous page).
@@ -177,27 +189,38 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
             EventsCommand::List {
                 provider,
                 status,
+                event_id,
+                event_type,
+                since,
+                until,
                 limit,
                 before,
             },
         ) => {
+            let query = ListQuery {
+                provider,
+                status,
+                event_id,
+                event_type,
+                since,
+                until,
+                limit: Some(limit),
+                before,
+            };
             let body = match &backend {
-                Backend::Store(store) => admin::list(
-                    &**store,
-                    &ListQuery {
-                        provider,
-                        status,
-                        limit: Some(limit),
-                        before,
-                    },
-                )
-                .map_err(|e| anyhow!(e))?,
+                Backend::Store(store) => admin::list(&**store, &query)
+                    .await
+                    .map_err(|e| anyhow!(e))?,
                 Backend::Api { .. } => {
-                    let mut query = vec![("limit", limit.to_string())];
-                    query.extend(opt("provider", &provider));
-                    query.extend(opt("status", &status));
-                    query.extend(opt("before", &before));
-                    backend.get("/events", &query).await?
+                    let mut params = vec![("limit", limit.to_string())];
+                    params.extend(opt("provider", &query.provider));
+                    params.extend(opt("status", &query.status));
+                    params.extend(opt("event_id", &query.event_id));
+                    params.extend(opt("type", &query.event_type));
+                    params.extend(opt("since", &query.since));
+                    params.extend(opt("until", &query.until));
+                    params.extend(opt("before", &query.before));
+                    backend.get("/events", &params).await?
                 }
             };
             print_list(&body);
@@ -205,6 +228,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
         }
         (Backend::Store(store), EventsCommand::Show { id }) => {
             let body = admin::show(&**store, &id)
+                .await
                 .map_err(|e| anyhow!(e))?
                 .ok_or_else(|| anyhow!("no stored event has id {id}"))?;
             println!("{}", serde_json::to_string_pretty(&body)?);
@@ -217,9 +241,9 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
         }
         (_, EventsCommand::DeadLetters { sink, limit }) => {
             let body = match &backend {
-                Backend::Store(store) => {
-                    admin::dead_letters(&**store, sink.as_deref(), limit).map_err(|e| anyhow!(e))?
-                }
+                Backend::Store(store) => admin::dead_letters(&**store, sink.as_deref(), limit)
+                    .await
+                    .map_err(|e| anyhow!(e))?,
                 Backend::Api { .. } => {
                     let mut query = vec![("limit", limit.to_string())];
                     query.extend(opt("sink", &sink));
@@ -243,11 +267,13 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                 }
                 (Backend::Store(store), Some(id), false) => {
                     admin::redeliver(&**store, &id, sink.as_deref(), now)
+                        .await
                         .map_err(|e| anyhow!(e))?
                         .ok_or_else(|| anyhow!("no stored event has id {id}"))?
                 }
                 (Backend::Store(store), None, true) => {
                     admin::redeliver_dead_letters(&**store, sink.as_deref(), now)
+                        .await
                         .map_err(|e| anyhow!(e))?
                 }
                 (Backend::Api { .. }, Some(id), false) => backend

@@ -66,7 +66,7 @@ fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
     let loaded = config::load(&path)?;
-    telemetry::init(&loaded.settings.log);
+    let _log_writer = telemetry::init(&loaded.settings.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

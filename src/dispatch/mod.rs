@@ -9,7 +9,10 @@
 //! at-least-once; receivers deduplicate by the envelope `id` (the `webhook-id` header).
 //!
 //! The sinks are a closed set ([`Sink`]): `http` ([`http`]), `command` ([`command`]), `file`
-//! ([`file`]), and in-process [`SyncHandler`]s for embedding.
+//! ([`file`]), and in-process [`SyncHandler`]s for embedding. A [`SinkRoute`] is a sink with its
+//! filter and retry policy; the [`Dispatcher`] owns them all: it decides which sinks and which
+//! ordering lane a new envelope gets, runs the background workers, and delivers sync-mode
+//! events before their request is answered.
 
 pub mod command;
 pub mod file;
@@ -21,9 +24,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::config::{RetrySettings, SinkSettings};
+use crate::clock::Clock;
+use crate::config::{DeliveryMode, RetrySettings, SinkSettings};
 use crate::envelope::Envelope;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError, TaskStatus};
 
 /// `events = ["stripe:customer.*", "pipedrive"]`: globs over `provider:object.action`.
 /// A bare provider name means all of its events; an empty list means everything.
@@ -153,7 +161,7 @@ impl Sink {
 
 /// A sink with its name, filter and delivery policy.
 #[derive(Debug)]
-pub struct Route {
+pub struct SinkRoute {
     pub name: String,
     pub filter: EventFilter,
     pub retry: RetrySettings,
@@ -177,7 +185,7 @@ const FILE_BATCH: usize = 512;
 pub fn build_routes(
     settings: &[SinkSettings],
     handlers: Vec<HandlerRoute>,
-) -> Result<Vec<Route>, String> {
+) -> Result<Vec<SinkRoute>, String> {
     let mut routes = settings
         .iter()
         .map(|s| {
@@ -217,7 +225,7 @@ pub fn build_routes(
             } else {
                 common.concurrency
             };
-            Ok(Route {
+            Ok(SinkRoute {
                 filter: EventFilter::parse(&common.events)?,
                 retry: common.retry,
                 concurrency,
@@ -230,7 +238,7 @@ pub fn build_routes(
         if routes.iter().any(|r| r.name == handler.name) {
             return Err(format!("sink name `{}` is used twice", handler.name));
         }
-        routes.push(Route {
+        routes.push(SinkRoute {
             filter: EventFilter::parse(&handler.events)?,
             retry: handler.retry,
             concurrency: 8,
@@ -241,13 +249,118 @@ pub fn build_routes(
     Ok(routes)
 }
 
-/// The names of the routes an envelope goes to.
-pub fn matching_sinks(routes: &[Arc<Route>], envelope: &Envelope) -> Vec<String> {
-    routes
-        .iter()
-        .filter(|r| r.filter.matches(envelope))
-        .map(|r| r.name.clone())
-        .collect()
+/// Where a new envelope goes: its tasks' sinks, lane and earliest background attempt.
+#[derive(Debug, Clone)]
+pub struct TaskPlan {
+    pub sinks: Vec<String>,
+    pub lane: Vec<u8>,
+    pub not_before_ms: i64,
+}
+
+/// Why a sync-mode delivery did not complete (the provider is answered 503 and retries).
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("sink `{0}` did not accept the event; it will be retried")]
+    NotDelivered(String),
+    #[error("sink `{0}` is still delivering the event; retry later")]
+    InFlight(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The sinks, their workers, and sync-mode delivery.
+pub struct Dispatcher {
+    routes: Vec<Arc<SinkRoute>>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    /// How long a sync-mode request has its new tasks to itself (the store's lease).
+    sync_lease_ms: i64,
+}
+
+impl Dispatcher {
+    pub fn new(
+        routes: Vec<SinkRoute>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        sync_lease: Duration,
+    ) -> Self {
+        Self {
+            routes: routes.into_iter().map(Arc::new).collect(),
+            store,
+            clock,
+            metrics,
+            sync_lease_ms: i64::try_from(sync_lease.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The sinks, in configuration order.
+    pub fn routes(&self) -> &[Arc<SinkRoute>] {
+        &self.routes
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Arc<SinkRoute>> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+
+    /// The sinks whose filters match, the ordering lane, and when background workers may start.
+    pub fn plan(&self, envelope: &Envelope, mode: DeliveryMode, received_ms: i64) -> TaskPlan {
+        TaskPlan {
+            sinks: self
+                .routes
+                .iter()
+                .filter(|r| r.filter.matches(envelope))
+                .map(|r| r.name.clone())
+                .collect(),
+            lane: lane(envelope),
+            // In sync mode the request delivers first; the workers take over after that.
+            not_before_ms: match mode {
+                DeliveryMode::Async => received_ms,
+                DeliveryMode::Sync => received_ms.saturating_add(self.sync_lease_ms),
+            },
+        }
+    }
+
+    fn worker(&self, route: &Arc<SinkRoute>) -> worker::Worker {
+        worker::Worker {
+            store: self.store.clone(),
+            route: route.clone(),
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Starts one background worker per sink; they stop when `stop` turns true.
+    pub fn spawn_workers(&self, stop: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        self.routes
+            .iter()
+            .map(|route| tokio::spawn(self.worker(route).run(stop.clone())))
+            .collect()
+    }
+
+    /// Sync mode: delivers these envelopes' pending tasks now, sink by sink. `Ok` only when no
+    /// task of theirs is left pending.
+    pub async fn deliver_now(&self, envelope_ids: &[String]) -> Result<(), DeliveryError> {
+        for route in &self.routes {
+            let now = self.clock.now().timestamp_millis();
+            let due = self
+                .store
+                .take(route.name.clone(), envelope_ids.to_vec(), now)
+                .await?;
+            if !due.is_empty() && !self.worker(route).attempt(due).await? {
+                return Err(DeliveryError::NotDelivered(route.name.clone()));
+            }
+        }
+        // A task still pending here is leased by a background worker right now.
+        for id in envelope_ids {
+            let tasks = self.store.tasks(id.clone()).await?;
+            if let Some(task) = tasks.iter().find(|t| t.status == TaskStatus::Pending) {
+                return Err(DeliveryError::InFlight(task.sink.clone()));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

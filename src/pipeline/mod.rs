@@ -6,15 +6,17 @@
 //! | 4–6 client IP, allowlist, rate limit, Basic Auth | [`access`] |
 //! | 7 signature (turns [`Received`] into [`signature::Verified`]) | [`signature`] |
 //! | 8 parse | [`parse`] |
-//! | 9–11 handshakes, event ID, envelopes | [`normalise`] |
+//! | 9–10 handshake or events, event IDs (pure) | [`plan`] |
+//! | 10–11 event ID, envelopes | [`normalise`] |
 //!
-//! Routing (1–2), the duplicate claim and persistence (10, 12) and the answer (13) are driven by
-//! [`crate::routes::webhook`].
+//! Routing (1–2) and the answer (13) are HTTP, in [`crate::routes::webhook`]; the duplicate
+//! claim, normalising and persisting (10–12) are [`crate::ingest`].
 
 pub mod access;
 pub mod body;
 pub mod normalise;
 pub mod parse;
+pub mod plan;
 pub mod signature;
 
 use std::net::IpAddr;
@@ -29,9 +31,10 @@ use crate::provider::registry::Instance;
 /// A delivery whose body has been read and whose caller passed the access checks, but whose
 /// signature has not been verified yet.
 #[derive(Debug)]
-pub struct Received {
+pub struct Received<'r> {
     pub instance: Arc<Instance>,
-    pub headers: HeaderMap,
+    /// The request's headers, borrowed: nothing is copied before the duplicate check.
+    pub headers: &'r HeaderMap,
     /// The request's query string (signed by URL-signing schemes).
     pub query: String,
     pub body: Bytes,

@@ -64,14 +64,19 @@ pub fn event_id(rule: Option<&EventRule>, ctx: &Context<'_>, raw_body: &[u8]) ->
     event_id_from(rule, ctx, raw_body)
 }
 
+/// A provider's event ID as kept: as sent, or its hash when it is absurdly long.
+pub fn bounded_event_id(id: String) -> String {
+    if id.len() > MAX_EVENT_ID_LEN {
+        derive(std::iter::once(id.into_bytes()))
+    } else {
+        id
+    }
+}
+
 fn event_id_from(rule: Option<&EventRule>, ctx: &Context<'_>, raw_body: &[u8]) -> String {
     if let Some(rule) = rule {
         if let Some(id) = rule.id.first_text(ctx) {
-            return if id.len() > MAX_EVENT_ID_LEN {
-                derive(std::iter::once(id.into_bytes()))
-            } else {
-                id
-            };
+            return bounded_event_id(id);
         }
         let parts: Vec<Option<Vec<u8>>> = rule
             .id_derive

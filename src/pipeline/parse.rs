@@ -9,7 +9,7 @@ use super::signature::Verified;
 use crate::error::GatewayError;
 use crate::provider::definition::BodyFormat;
 
-pub fn parse(delivery: &Verified) -> Result<Value, GatewayError> {
+pub fn parse(delivery: &Verified<'_>) -> Result<Value, GatewayError> {
     let format = match delivery.instance.kind.body {
         BodyFormat::Auto => {
             let is_form = delivery

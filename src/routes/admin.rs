@@ -3,7 +3,7 @@
 //!
 //! | route | does |
 //! |-------|------|
-//! | `GET /admin/events?provider=&status=&limit=&before=` | stored events, newest first |
+//! | `GET /admin/events?provider=&status=&event_id=&type=&since=&until=&limit=&before=` | stored events, newest first |
 //! | `GET /admin/events/{id}` | one event: raw delivery, envelopes, tasks, attempts |
 //! | `POST /admin/events/{id}/redeliver?sink=` | deliver again (all sinks, or one) |
 //! | `GET /admin/dead-letters?sink=&limit=` | dead letters |
@@ -65,20 +65,18 @@ fn refuse(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
     }
 }
 
-/// Runs blocking store work off the async workers.
-async fn blocking<T: Send + 'static>(
-    state: &web::Data<AppState>,
-    work: impl FnOnce(&dyn crate::store::Store) -> Result<T, admin::AdminError> + Send + 'static,
+/// An admin operation's error as an answer: 400 for the caller's mistakes, 503 for storage.
+async fn answered<T>(
+    work: impl std::future::Future<Output = Result<T, admin::AdminError>>,
 ) -> Result<T, HttpResponse> {
-    let store = state.store.clone();
-    match web::block(move || work(&*store)).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(admin::AdminError::Invalid(message))) => Err(error(
+    match work.await {
+        Ok(value) => Ok(value),
+        Err(admin::AdminError::Invalid(message)) => Err(error(
             actix_web::http::StatusCode::BAD_REQUEST,
             "bad_request",
             &message,
         )),
-        Ok(Err(admin::AdminError::Storage(cause))) => {
+        Err(admin::AdminError::Storage(cause)) => {
             tracing::warn!(error = %cause, "Admin request failed: storage error.");
             Err(error(
                 actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -86,11 +84,6 @@ async fn blocking<T: Send + 'static>(
                 "storage is temporarily unavailable",
             ))
         }
-        Err(_) => Err(error(
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            "storage_unavailable",
-            "storage is temporarily unavailable",
-        )),
     }
 }
 
@@ -103,7 +96,7 @@ async fn list(
         return refusal;
     }
     let query = query.into_inner();
-    match blocking(&state, move |store| admin::list(store, &query)).await {
+    match answered(admin::list(&*state.store, &query)).await {
         Ok(body) => HttpResponse::Ok().json(body),
         Err(response) => response,
     }
@@ -113,8 +106,7 @@ async fn show(req: HttpRequest, id: web::Path<String>, state: web::Data<AppState
     if let Some(refusal) = refuse(&req, &state) {
         return refusal;
     }
-    let id = id.into_inner();
-    match blocking(&state, move |store| admin::show(store, &id)).await {
+    match answered(admin::show(&*state.store, &id)).await {
         Ok(Some(body)) => HttpResponse::Ok().json(body),
         Ok(None) => error(
             actix_web::http::StatusCode::NOT_FOUND,
@@ -134,7 +126,7 @@ struct SinkQuery {
 
 fn check_sink(state: &AppState, sink: Option<&str>) -> Option<HttpResponse> {
     match sink {
-        Some(name) if state.route(name).is_none() => Some(error(
+        Some(name) if state.dispatcher.route(name).is_none() => Some(error(
             actix_web::http::StatusCode::NOT_FOUND,
             "unknown_sink",
             "no sink with this name is configured",
@@ -156,13 +148,8 @@ async fn redeliver(
     if let Some(refusal) = check_sink(&state, sink.as_deref()) {
         return refusal;
     }
-    let id = id.into_inner();
     let now = state.clock.now().timestamp_millis();
-    match blocking(&state, move |store| {
-        admin::redeliver(store, &id, sink.as_deref(), now)
-    })
-    .await
-    {
+    match answered(admin::redeliver(&*state.store, &id, sink.as_deref(), now)).await {
         Ok(Some(count)) => HttpResponse::Ok().json(json!({"redelivered": count})),
         Ok(None) => error(
             actix_web::http::StatusCode::NOT_FOUND,
@@ -183,9 +170,11 @@ async fn dead_letters(
     }
     let query = query.into_inner();
     let limit = query.limit.unwrap_or(admin::DEFAULT_LIMIT);
-    match blocking(&state, move |store| {
-        admin::dead_letters(store, query.sink.as_deref(), limit)
-    })
+    match answered(admin::dead_letters(
+        &*state.store,
+        query.sink.as_deref(),
+        limit,
+    ))
     .await
     {
         Ok(body) => HttpResponse::Ok().json(body),
@@ -206,9 +195,11 @@ async fn redeliver_dead(
         return refusal;
     }
     let now = state.clock.now().timestamp_millis();
-    match blocking(&state, move |store| {
-        admin::redeliver_dead_letters(store, sink.as_deref(), now)
-    })
+    match answered(admin::redeliver_dead_letters(
+        &*state.store,
+        sink.as_deref(),
+        now,
+    ))
     .await
     {
         Ok(count) => HttpResponse::Ok().json(json!({"redelivered": count})),

@@ -1,35 +1,30 @@
-//! `/webhooks/{name}`: drives one delivery through the stages of DESIGN §1, in order, and
-//! records the outcome on the request's span.
+//! `/webhooks/{name}`: the HTTP side of one delivery. Stages 1–8 of DESIGN §1 in order, then
+//! the plan ([`crate::pipeline::plan`]) and the ingest step ([`crate::ingest`]); their typed
+//! outcome becomes the answer here. Acknowledged requests log nothing above DEBUG; rejections
+//! log one INFO line with the client IP, within a budget.
 
-use actix_web::http::{header::ContentType, Method};
+use actix_web::http::header::ContentType;
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
 use serde_json::json;
 use tracing::{field, info, warn, Instrument};
 
-use crate::config::DeliveryMode;
-use crate::dispatch::{self, worker::Worker};
 use crate::error::GatewayError;
-use crate::pipeline::normalise::{self, EnvelopeInfo, NormaliseError};
-use crate::pipeline::signature::{self, hmac, SignatureError, Verified};
+use crate::ingest::{IngestError, Ingested, Status};
+use crate::metrics::OUTCOME_REJECTED;
+use crate::pipeline::plan::{self, Plan};
+use crate::pipeline::signature::{self, hmac, SignatureError};
 use crate::pipeline::{access, body, parse, Received};
 use crate::provider::definition::HmacAlgorithm;
 use crate::provider::kind::{Handshake, Reply};
 use crate::provider::registry::Instance;
 use crate::provider::source::{text_of, Context};
 use crate::startup::AppState;
-use crate::store::{
-    Commit, Committed, DedupKey, DeliveryRecord, DeliveryStatus, NewEnvelope, NewEvent, TaskStatus,
-};
 
-const STATUS_ACCEPTED: &str = "accepted";
-const STATUS_DUPLICATE: &str = "duplicate";
-/// How long sync-mode tasks are left to the request that created them before the background
-/// workers may attempt them.
-const SYNC_GRACE_MS: i64 = 60_000;
 /// Metric label for requests to names that are not configured (bounded label values).
-const UNKNOWN_PROVIDER_LABEL: &str = "unknown";
-/// Replay-guard values are claimed under `<instance>#replay-guard`, apart from event IDs.
-const REPLAY_GUARD_SUFFIX: &str = "#replay-guard";
+pub const UNKNOWN_PROVIDER_LABEL: &str = "unknown";
+const OUTCOME_HANDSHAKE: &str = "handshake";
 
 /// Every method on `/webhooks/{name}`: unknown names are 404 before the method is looked at.
 pub async fn receive(
@@ -39,7 +34,7 @@ pub async fn receive(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let name = name.into_inner();
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "webhook",
         provider = %name,
         event_id = field::Empty,
@@ -48,42 +43,45 @@ pub async fn receive(
     async move {
         let started = std::time::Instant::now();
         let result = handle(&req, payload, &name, &state).await;
-        let label = if state.registry.get(&name).is_some() {
-            name.as_str()
-        } else {
-            UNKNOWN_PROVIDER_LABEL
-        };
-        let (outcome, code) = match &result {
-            Ok(_) => ("ok", ""),
-            Err(e) => ("rejected", e.code()),
-        };
-        state
-            .metrics
-            .requests
-            .with_label_values(&[label, outcome, code])
-            .inc();
-        state
-            .metrics
-            .request_duration
-            .with_label_values(&[label])
-            .observe(started.elapsed().as_secs_f64());
-        let span = tracing::Span::current();
+        let known = state.instance_metrics.get(&name);
+        let metrics = known.unwrap_or(&state.unknown_metrics);
+        metrics.duration.observe(started.elapsed().as_secs_f64());
         match &result {
-            Ok(_) => {}
+            Ok(_) => metrics.acknowledged.inc(),
             Err(e) => {
-                span.record("outcome", e.code());
-                match e {
-                    GatewayError::StorageUnavailable(cause) => {
-                        warn!(error = %cause, "Rejected: storage unavailable.")
-                    }
-                    _ => info!(code = e.code(), reason = %e, "Rejected."),
-                }
+                let label = if known.is_some() {
+                    name.as_str()
+                } else {
+                    UNKNOWN_PROVIDER_LABEL
+                };
+                state
+                    .metrics
+                    .requests
+                    .with_label_values(&[label, OUTCOME_REJECTED, e.code()])
+                    .inc();
+                tracing::Span::current().record("outcome", e.code());
+                log_rejection(&req, &state, label, e);
             }
         }
         result
     }
     .instrument(span)
     .await
+}
+
+/// One INFO line per rejection (WARN for storage trouble), with the client's address, unless
+/// the budget is spent; the next line says how many were left out.
+fn log_rejection(req: &HttpRequest, state: &AppState, provider: &str, error: &GatewayError) {
+    let Some(suppressed) = state.rejection_log.admit() else {
+        return;
+    };
+    let peer = req.peer_addr().map(|a| a.ip());
+    match error {
+        GatewayError::StorageUnavailable(cause) => {
+            warn!(%provider, ?peer, error = %cause, suppressed, "Rejected: storage unavailable.")
+        }
+        _ => info!(%provider, ?peer, code = error.code(), reason = %error, suppressed, "Rejected."),
+    }
 }
 
 async fn handle(
@@ -136,16 +134,61 @@ async fn handle(
     let received_at = state.clock.now();
     let received = Received {
         instance,
-        headers: headers.clone(),
+        headers,
         query: req.query_string().to_owned(),
         body,
         client_ip,
         received_at,
     };
     let verified = signature::verify(received, received_at.timestamp())?;
+    let kind = &verified.instance.kind;
+    // 10 first, when the event ID is in a header: a duplicate needs no parsing at all.
+    if let Some(event_id) = plan::header_event_id(kind, headers) {
+        if let Some(known) = state.ingestor.known(&verified.instance, event_id).await? {
+            return Ok(acknowledge(state, name, &known));
+        }
+    }
     // 8. parse
     let value = parse::parse(&verified)?;
-    accept(&verified, &value, state).await
+    // 9–13
+    match plan::plan(kind, &value, headers, &verified.body) {
+        Plan::Handshake(handshake) => {
+            tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
+            tracing::debug!(handshake = %handshake.name, "Handshake answered.");
+            let ctx = Context {
+                body: &value,
+                root: &value,
+                headers,
+                current: None,
+            };
+            handshake_reply(handshake, &ctx, &verified.instance)
+        }
+        Plan::Unprocessable(error) => Err(state
+            .ingestor
+            .unprocessable(&verified, None, error)
+            .await
+            .into()),
+        Plan::Events(events) => {
+            if let Some((_, first)) = events.events.first() {
+                tracing::Span::current().record("event_id", first.as_str());
+            }
+            let ingested = state.ingestor.ingest(&verified, events).await?;
+            Ok(acknowledge(state, name, &ingested))
+        }
+    }
+}
+
+impl From<IngestError> for GatewayError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Unprocessable(e) => GatewayError::UnprocessableEvent(e.to_string()),
+            IngestError::Replayed => {
+                GatewayError::Signature(SignatureError::Other(IngestError::Replayed.to_string()))
+            }
+            IngestError::Storage(e) => GatewayError::StorageUnavailable(e),
+            IngestError::Delivery(e) => GatewayError::DeliveryFailed(e.to_string()),
+        }
+    }
 }
 
 /// Stage 9: the reply a handshake asks for.
@@ -188,280 +231,51 @@ fn handshake_reply(
     })
 }
 
-/// Stages 9–13 for a verified, parsed delivery.
-async fn accept(
-    delivery: &Verified,
-    value: &serde_json::Value,
-    state: &AppState,
-) -> Result<HttpResponse, GatewayError> {
-    let instance = &delivery.instance;
-    let kind = &instance.kind;
-    let root = Context {
-        body: value,
-        root: value,
-        headers: &delivery.headers,
-        current: None,
-    };
-    // 9. handshakes
-    if let Some(handshake) = kind.handshake(&root) {
-        tracing::Span::current().record("outcome", "handshake");
-        info!(handshake = %handshake.name, "Handshake answered.");
-        return handshake_reply(handshake, &root, instance);
-    }
-    let mut record = DeliveryRecord {
-        id: state.ids.next(delivery.received_at),
-        provider: instance.name.clone(),
-        kind: kind.name.clone(),
-        event_id: None,
-        received_at: crate::envelope::format_millis(delivery.received_at),
-        client_ip: delivery.client_ip.map(|ip| ip.to_string()),
-        headers: delivery
-            .headers
-            .iter()
-            .filter(|(name, _)| !kind.secret_headers.contains(name))
-            .map(|(name, value)| {
-                (
-                    name.to_string(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        status: DeliveryStatus::Accepted,
-        error: None,
-        envelope_ids: Vec::new(),
-    };
-    // 10. event IDs and the duplicate check (fast path; the commit claims atomically)
-    let rule = kind.format(&root);
-    let elements = match rule.map(|r| normalise::elements(r, value)) {
-        Some(Ok(elements)) => elements,
-        Some(Err(e)) => return unprocessable(record, delivery, e, state).await,
-        None => vec![value],
-    };
-    let is_batch = rule.is_some_and(|r| r.batch.is_some());
-    let mut events = Vec::with_capacity(elements.len());
-    for element in &elements {
-        let ctx = Context {
-            body: element,
-            ..root
-        };
-        let event_id = normalise::event_id(rule, &ctx, &delivery.body);
-        let known = state
-            .store
-            .find_duplicate(&DedupKey {
-                provider: instance.name.clone(),
-                event_id: event_id.clone(),
-            })
-            .await?;
-        events.push((*element, event_id, known));
-    }
-    if let Some((_, first_id, _)) = events.first() {
-        tracing::Span::current().record("event_id", first_id.as_str());
-        record.event_id = Some(first_id.clone());
-    }
-    if !events.is_empty() && events.iter().all(|(_, _, known)| known.is_some()) {
-        let outcomes: Vec<_> = events
-            .iter()
-            .map(|(_, event_id, known)| {
-                (
-                    event_id.as_str(),
-                    known.as_deref().unwrap_or_default(),
-                    STATUS_DUPLICATE,
-                )
-            })
-            .collect();
-        if instance.mode == DeliveryMode::Sync {
-            let ids: Vec<String> = outcomes.iter().map(|(_, id, _)| id.to_string()).collect();
-            deliver_now(state, &ids).await?;
-        }
-        state
-            .metrics
-            .duplicates
-            .with_label_values(&[&instance.name])
-            .inc();
-        return Ok(answer(STATUS_DUPLICATE, &outcomes, is_batch));
-    }
-    // 11. normalise
-    let Some(rule) = rule else {
-        return unprocessable(record, delivery, NormaliseError::NoFormat, state).await;
-    };
-    let mut new_events = Vec::with_capacity(events.len());
-    for (element, event_id, known) in &events {
-        if known.is_some() {
-            continue;
-        }
-        let info = EnvelopeInfo {
-            id: if new_events.is_empty() {
-                record.id.clone()
-            } else {
-                state.ids.next(delivery.received_at)
-            },
-            provider: &instance.name,
-            kind: &kind.name,
-            event_id: event_id.clone(),
-            received_at: delivery.received_at,
-        };
-        match normalise::envelope(rule, element, value, &delivery.headers, info) {
-            Ok(envelope) => new_events.push(NewEnvelope {
-                dedup: DedupKey {
-                    provider: instance.name.clone(),
-                    event_id: event_id.clone(),
-                },
-                sinks: dispatch::matching_sinks(&state.routes, &envelope),
-                lane: dispatch::lane(&envelope),
-                // In sync mode the request delivers first; the workers take over after that.
-                not_before_ms: delivery.received_at.timestamp_millis()
-                    + if instance.mode == DeliveryMode::Sync {
-                        SYNC_GRACE_MS
-                    } else {
-                        0
-                    },
-                envelope,
-            }),
-            Err(e) => return unprocessable(record, delivery, e, state).await,
-        }
-    }
-    if new_events.is_empty() {
-        // An empty batch: nothing to store, nothing to lose.
-        return Ok(answer(STATUS_ACCEPTED, &[], is_batch));
-    }
-    let replay_guard = kind.scheme.replay_guard().and_then(|source| {
-        source
-            .resolve(&root)
-            .and_then(|v| text_of(&v))
-            .map(|token| DedupKey {
-                provider: format!("{}{REPLAY_GUARD_SUFFIX}", instance.name),
-                event_id: token,
-            })
-    });
-    // 12. persist (claims + events, durably)
-    let stored_ids: Vec<String> = new_events.iter().map(|e| e.envelope.id.clone()).collect();
-    let committed = state
-        .store
-        .commit(NewEvent {
-            delivery: record,
-            body: delivery.body.clone(),
-            events: new_events,
-            replay_guard,
-        })
-        .await?;
-    let results = match committed {
-        Commit::Stored(results) => results,
-        Commit::Replayed => {
-            return Err(GatewayError::Signature(SignatureError::Other(
-                "this signature was already used by another delivery (replay)".into(),
-            )))
-        }
-    };
-    // 13. acknowledge
-    let mut results = results.into_iter().zip(stored_ids);
-    let outcomes: Vec<(&str, String, &str)> = events
-        .iter()
-        .map(|(_, event_id, known)| match known {
-            Some(id) => (event_id.as_str(), id.clone(), STATUS_DUPLICATE),
-            None => match results.next() {
-                Some((Committed::Accepted, id)) => (event_id.as_str(), id, STATUS_ACCEPTED),
-                Some((Committed::Duplicate { id }, _)) => (event_id.as_str(), id, STATUS_DUPLICATE),
-                None => (event_id.as_str(), String::new(), STATUS_DUPLICATE),
-            },
-        })
-        .collect();
-    let outcomes: Vec<(&str, &str, &str)> = outcomes
-        .iter()
-        .map(|(event_id, id, status)| (*event_id, id.as_str(), *status))
-        .collect();
-    let any_accepted = outcomes.iter().any(|(_, _, s)| *s == STATUS_ACCEPTED);
-    if instance.mode == DeliveryMode::Sync {
-        let ids: Vec<String> = outcomes.iter().map(|(_, id, _)| id.to_string()).collect();
-        deliver_now(state, &ids).await?;
-    }
-    if !any_accepted {
-        state
-            .metrics
-            .duplicates
-            .with_label_values(&[&instance.name])
-            .inc();
-    }
-    if any_accepted {
-        info!(id = outcomes[0].1, events = outcomes.len(), "Accepted.");
-    }
-    let status = if any_accepted {
-        STATUS_ACCEPTED
-    } else {
-        STATUS_DUPLICATE
-    };
-    Ok(answer(status, &outcomes, is_batch))
+/// `{"status", "id", "event_id"}` of the first event, and for batches `events`: every event.
+#[derive(Serialize)]
+struct Answer<'a> {
+    status: &'static str,
+    id: Option<&'a str>,
+    event_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<Vec<EventAnswer<'a>>>,
 }
 
-/// Sync mode: delivers the envelopes' pending tasks now, sink by sink; any failure is a 503 so
-/// the provider retries (the duplicate check then leads straight back here).
-async fn deliver_now(state: &AppState, envelope_ids: &[String]) -> Result<(), GatewayError> {
-    for route in &state.routes {
-        let mut due = Vec::new();
-        for id in envelope_ids {
-            let pending = state
-                .store
-                .tasks(id)?
-                .iter()
-                .any(|t| t.sink == route.name && t.status == TaskStatus::Pending);
-            if pending {
-                due.push(id.clone());
-            }
-        }
-        if due.is_empty() {
-            continue;
-        }
-        let worker = Worker {
-            store: state.store.clone(),
-            route: route.clone(),
-            clock: state.clock.clone(),
-            metrics: state.metrics.clone(),
-        };
-        let delivered = worker
-            .deliver(&due)
-            .await
-            .map_err(|e| GatewayError::DeliveryFailed(format!("sink `{}`: {e}", route.name)))?;
-        if !delivered {
-            return Err(GatewayError::DeliveryFailed(format!(
-                "sink `{}` did not accept the event; it will be retried",
-                route.name
-            )));
-        }
-    }
-    Ok(())
+#[derive(Serialize)]
+struct EventAnswer<'a> {
+    event_id: &'a str,
+    id: &'a str,
+    status: &'static str,
 }
 
-/// Stage 11 failed: keep the raw delivery for inspection, answer 422, claim nothing.
-async fn unprocessable(
-    mut record: DeliveryRecord,
-    delivery: &Verified,
-    error: NormaliseError,
-    state: &AppState,
-) -> Result<HttpResponse, GatewayError> {
-    record.status = DeliveryStatus::Unprocessable;
-    record.error = Some(error.to_string());
-    state
-        .store
-        .keep_unprocessable(record, delivery.body.clone())
-        .await?;
-    Err(GatewayError::UnprocessableEvent(error.to_string()))
-}
-
-/// The answer: `{"status", "id", "event_id"}` of the first event, and for batches every event.
-fn answer(status: &str, events: &[(&str, &str, &str)], is_batch: bool) -> HttpResponse {
+/// Stage 13: the acknowledgement, serialised straight from the outcome.
+fn acknowledge(state: &AppState, instance: &str, ingested: &Ingested) -> HttpResponse {
+    let status = ingested.status().as_str();
     tracing::Span::current().record("outcome", status);
-    if status == STATUS_DUPLICATE {
-        info!("Duplicate acknowledged.");
+    let first = ingested.events.first();
+    let answer = Answer {
+        status,
+        id: first.map(|e| e.id.as_str()),
+        event_id: first.map(|e| e.event_id.as_str()),
+        events: ingested.is_batch.then(|| {
+            ingested
+                .events
+                .iter()
+                .map(|e| EventAnswer {
+                    event_id: &e.event_id,
+                    id: &e.id,
+                    status: e.status.as_str(),
+                })
+                .collect()
+        }),
+    };
+    if ingested.status() == Status::Duplicate {
+        if let Some(metrics) = state.instance_metrics.get(instance) {
+            metrics.duplicates.inc();
+        }
+        tracing::debug!("Duplicate acknowledged.");
     }
-    let (event_id, id) = events
-        .first()
-        .map(|(event_id, id, _)| (json!(event_id), json!(id)))
-        .unwrap_or((serde_json::Value::Null, serde_json::Value::Null));
-    let mut body = json!({"status": status, "id": id, "event_id": event_id});
-    if is_batch {
-        body["events"] = events
-            .iter()
-            .map(|(event_id, id, status)| json!({"event_id": event_id, "id": id, "status": status}))
-            .collect();
-    }
-    HttpResponse::Ok().json(body)
+    HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(serde_json::to_vec(&answer).unwrap_or_default())
 }

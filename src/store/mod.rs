@@ -1,17 +1,25 @@
-//! Durable storage: the idempotency table, raw deliveries, envelopes, and one delivery task per
-//! (envelope, sink) with every attempt made. [`Store`] is the contract; [`sled::SledStore`] is the embedded implementation (a
-//! clustered backend implements the same trait).
+//! Durable storage: the idempotency table, receipts (the inbound requests as kept), envelopes,
+//! and one delivery task per (envelope, sink) with every attempt made.
 //!
-//! The one rule every implementation keeps: a commit's future resolves `Ok` only after the event
-//! is durable, and the duplicate claim is durable in the same atomic write as the event itself,
-//! so a claimed ID always has its event and an unclaimed event is never acknowledged.
+//! [`contract`] is what a backend must do, split by its consumers: [`IngestStore`] (the request
+//! path), [`TaskQueue`] (the delivery workers), [`EventBrowser`] (admin API, CLI, dashboard) and
+//! [`Maintenance`] (claim expiry, retention). [`Store`] is all four. [`sled::SledStore`] is the
+//! embedded backend; every backend passes the one contract suite in `tests/store_contract.rs`.
+//!
+//! The rules every backend keeps:
+//! - a commit resolves `Ok` only once the receipt, its claims, envelopes and tasks are durable,
+//!   together (a claimed ID always has its event; an unclaimed event is never acknowledged);
+//! - a duplicate is answered only once the claim it found is durable;
+//! - the task queue hands out only durable tasks;
+//! - every write (attempts, redelivery, expiry, purge) goes through the same durable path;
+//! - a store that cannot make progress answers [`StoreError`] within its deadline, never hangs.
 
+pub mod contract;
 pub mod sled;
 
-use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
+pub use self::contract::{EventBrowser, IngestStore, Maintenance, Store, StoreFuture, TaskQueue};
 use crate::envelope::Envelope;
 
 /// The idempotency key: one event ID per provider instance.
@@ -32,43 +40,89 @@ impl DedupKey {
     }
 }
 
-/// What happened to a delivery.
+/// What became of a receipt.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum DeliveryStatus {
+pub enum ReceiptStatus {
     /// Verified, normalised and stored; its envelopes are queued for the sinks.
     Accepted,
-    /// Verified but could not be normalised (422); kept for inspection and redelivery.
+    /// Verified but could not be normalised (422); kept for inspection.
     Unprocessable,
 }
 
-/// The raw delivery as received, minus credential headers. The body is stored beside it.
+/// A verified inbound request as kept, minus credential headers. The body is stored beside it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DeliveryRecord {
+pub struct Receipt {
+    /// Gateway id (a ULID, so receipts sort by arrival).
     pub id: String,
+    /// The instance name from the URL.
     pub provider: String,
     pub kind: String,
     pub event_id: Option<String>,
     pub received_at: String,
     pub client_ip: Option<String>,
     pub headers: Vec<(String, String)>,
-    pub status: DeliveryStatus,
+    pub status: ReceiptStatus,
     pub error: Option<String>,
+    /// The envelopes actually stored from it (a batch has several).
     pub envelope_ids: Vec<String>,
+    /// Their provider event types and event ids, for the event browser's filters.
+    #[serde(default)]
+    pub types: Vec<String>,
+    #[serde(default)]
+    pub event_ids: Vec<String>,
 }
 
-/// One event of a delivery: its idempotency key, its envelope, and the sinks it goes to.
+/// One event of a receipt: its idempotency key, its envelope, and the sinks it goes to.
 #[derive(Debug, Clone)]
 pub struct NewEnvelope {
     pub dedup: DedupKey,
     pub envelope: Envelope,
+    /// The envelope serialised once, as stored and as delivered.
+    pub json: bytes::Bytes,
     /// Names of the sinks whose filters match; a delivery task is created for each.
     pub sinks: Vec<String>,
-    /// Ordering lane: envelopes of one lane reach a sink in arrival order. Empty: no order.
+    /// Ordering lane: envelopes of one lane reach a sink in commit order. Empty: no order.
     pub lane: Vec<u8>,
-    /// The earliest time (Unix ms) the dispatcher may attempt the tasks (sync mode delivers
-    /// first itself).
+    /// The earliest time (Unix ms) a background worker may attempt the tasks (a sync-mode
+    /// request delivers them itself first).
     pub not_before_ms: i64,
+}
+
+/// A verified receipt to store: one event, or several from a batch.
+#[derive(Debug, Clone)]
+pub struct NewReceipt {
+    /// Its `envelope_ids`, `types` and `event_ids` are filled with the events actually stored.
+    pub receipt: Receipt,
+    pub body: bytes::Bytes,
+    pub events: Vec<NewEnvelope>,
+    /// A value that may be used once only (Mailgun's token), claimed with the events.
+    pub replay_guard: Option<DedupKey>,
+}
+
+impl NewReceipt {
+    /// Bytes this write holds in memory until it is durable (bounds the write queue).
+    pub fn weight(&self) -> usize {
+        self.body.len() + self.events.iter().map(|e| e.json.len()).sum::<usize>() + 512
+    }
+}
+
+/// The outcome of one event in a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// Stored now.
+    Accepted,
+    /// The event ID was already claimed; `id` is the stored envelope's gateway id.
+    Duplicate { id: String },
+}
+
+/// The outcome of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Commit {
+    /// One outcome per event, in order.
+    Stored(Vec<Committed>),
+    /// The replay guard was already used by another receipt: nothing was stored.
+    Replayed,
 }
 
 /// Where a delivery task stands.
@@ -124,48 +178,130 @@ pub struct AttemptRecord {
     pub duration_ms: u64,
 }
 
-/// A task waiting for its next attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingTask {
-    pub envelope_id: String,
-    pub next_attempt_ms: i64,
-    pub lane: Vec<u8>,
+/// A task handed to a worker: the task and its envelope, leased to the caller until its
+/// attempt is recorded (or the lease runs out).
+#[derive(Debug, Clone)]
+pub struct DueTask {
+    pub task: TaskRecord,
+    /// The stored envelope, or why it cannot be read (the task then becomes a dead letter).
+    pub envelope: Result<Envelope, String>,
 }
 
-/// A stored delivery as listed by the event browser.
+/// What [`TaskQueue::take_due`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Due {
+    /// Leased tasks, at most one per ordering lane, oldest first.
+    pub tasks: Vec<DueTask>,
+    /// The earliest time (Unix ms) a task not taken now becomes due.
+    pub next_due_ms: Option<i64>,
+    /// Pending tasks of the sink in all (queue depth).
+    pub pending: usize,
+}
+
+/// A stored receipt with the delivery tasks of its envelopes.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventSummary {
-    pub delivery: DeliveryRecord,
+    pub receipt: Receipt,
     pub tasks: Vec<TaskRecord>,
 }
 
-/// A verified delivery to store: one event, or several from a batch.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    /// The raw delivery; its `envelope_ids` are filled with the events actually stored.
-    pub delivery: DeliveryRecord,
-    pub body: bytes::Bytes,
-    pub events: Vec<NewEnvelope>,
-    /// A value that may be used once only (Mailgun's token), claimed with the events.
-    pub replay_guard: Option<DedupKey>,
+/// The event browser's filters (all optional; they combine with AND).
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// Instance name.
+    pub provider: Option<String>,
+    pub status: Option<EventStatus>,
+    /// The provider's event id, exactly.
+    pub event_id: Option<String>,
+    /// A glob over the provider event type (`customer.*`).
+    pub event_type: Option<glob::Pattern>,
+    /// Received at or after (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Received before (Unix ms).
+    pub until_ms: Option<i64>,
+    /// Page cursor: receipts older than this gateway id.
+    pub before: Option<String>,
+    pub limit: usize,
 }
 
-/// The outcome of one event in a commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Committed {
-    /// Stored now.
+/// The status filter of the event browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
     Accepted,
-    /// The event ID was already claimed; `id` is the stored envelope's gateway id.
-    Duplicate { id: String },
+    Unprocessable,
+    /// Some task is still pending.
+    Pending,
+    /// Every task was delivered.
+    Delivered,
+    /// Some task is a dead letter.
+    Dead,
 }
 
-/// The outcome of a commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Commit {
-    /// One outcome per event, in order.
-    Stored(Vec<Committed>),
-    /// The replay guard was already used by another delivery: nothing was stored.
-    Replayed,
+impl EventStatus {
+    pub const ALL: [(&'static str, EventStatus); 5] = [
+        ("accepted", EventStatus::Accepted),
+        ("unprocessable", EventStatus::Unprocessable),
+        ("pending", EventStatus::Pending),
+        ("delivered", EventStatus::Delivered),
+        ("dead", EventStatus::Dead),
+    ];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|(_, s)| *s)
+    }
+
+    /// Whether a receipt with these tasks has this status.
+    pub fn holds(self, receipt: &Receipt, tasks: &[TaskRecord]) -> bool {
+        match self {
+            EventStatus::Accepted => receipt.status == ReceiptStatus::Accepted,
+            EventStatus::Unprocessable => receipt.status == ReceiptStatus::Unprocessable,
+            EventStatus::Pending => tasks.iter().any(|t| t.status == TaskStatus::Pending),
+            EventStatus::Dead => tasks.iter().any(|t| t.status == TaskStatus::Dead),
+            EventStatus::Delivered => {
+                !tasks.is_empty() && tasks.iter().all(|t| t.status == TaskStatus::Delivered)
+            }
+        }
+    }
+}
+
+impl EventQuery {
+    /// Whether a receipt (with its tasks) passes every filter but the cursor.
+    pub fn matches(&self, summary: &EventSummary) -> bool {
+        let receipt = &summary.receipt;
+        if self
+            .provider
+            .as_ref()
+            .is_some_and(|p| *p != receipt.provider)
+        {
+            return false;
+        }
+        if self
+            .event_id
+            .as_ref()
+            .is_some_and(|e| receipt.event_id.as_ref() != Some(e) && !receipt.event_ids.contains(e))
+        {
+            return false;
+        }
+        if let Some(pattern) = &self.event_type {
+            if !receipt.types.iter().any(|t| pattern.matches(t)) {
+                return false;
+            }
+        }
+        self.status
+            .is_none_or(|status| status.holds(receipt, &summary.tasks))
+    }
+}
+
+/// A page of the event browser, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventPage {
+    pub events: Vec<EventSummary>,
+    /// The `before` of the next page; `None` at the end.
+    pub next: Option<String>,
 }
 
 /// Storage trouble. Every variant maps to 503 so the provider retries.
@@ -175,86 +311,10 @@ pub enum StoreError {
     QueueFull,
     #[error("store is shutting down")]
     Closed,
+    #[error("storage did not answer within {0} ms")]
+    Timeout(u64),
     #[error("storage failed earlier and needs a restart: {0}")]
     Failed(String),
     #[error("storage error: {0}")]
     Io(String),
-}
-
-/// Durable event storage.
-pub trait Store: Send + Sync + 'static {
-    /// Fast path: the gateway id of an unexpired claim for `key`, without writing. Resolves
-    /// only once that claim is durable.
-    fn find_duplicate(
-        &self,
-        key: &DedupKey,
-    ) -> BoxFuture<'static, Result<Option<String>, StoreError>>;
-
-    /// Atomically claims the event IDs and stores the new events; resolves once durable.
-    fn commit(&self, event: NewEvent) -> BoxFuture<'static, Result<Commit, StoreError>>;
-
-    /// Durably keeps a delivery that could not be normalised; claims nothing.
-    fn keep_unprocessable(
-        &self,
-        delivery: DeliveryRecord,
-        body: bytes::Bytes,
-    ) -> BoxFuture<'static, Result<(), StoreError>>;
-
-    /// A durable no-op write: proves the store is writable (`/ready`).
-    fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>>;
-
-    /// Up to `limit` pending tasks of `sink`, in arrival order.
-    fn pending_tasks(&self, sink: &str, limit: usize) -> Result<Vec<PendingTask>, StoreError>;
-
-    /// How many tasks of `sink` are pending.
-    fn pending_count(&self, sink: &str) -> Result<usize, StoreError>;
-
-    /// Records attempts and their tasks' new states (pending with a next time, delivered,
-    /// dead), all in one atomic write.
-    fn record_attempts(&self, done: &[(TaskRecord, AttemptRecord)]) -> Result<(), StoreError>;
-
-    /// The delivery tasks of an envelope, one per sink.
-    fn tasks(&self, envelope_id: &str) -> Result<Vec<TaskRecord>, StoreError>;
-
-    /// Every attempt made to deliver an envelope to a sink.
-    fn attempts(&self, envelope_id: &str, sink: &str) -> Result<Vec<AttemptRecord>, StoreError>;
-
-    /// Newest deliveries first, starting before `before` (a gateway id).
-    fn recent_deliveries(
-        &self,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<DeliveryRecord>, StoreError>;
-
-    /// Dead-lettered tasks, optionally of one sink.
-    fn dead_letters(&self, sink: Option<&str>, limit: usize)
-        -> Result<Vec<TaskRecord>, StoreError>;
-
-    /// Makes an envelope's tasks (all sinks, or one) pending again at `now_ms` with a fresh
-    /// retry budget. Returns how many tasks were rescheduled.
-    fn redeliver(
-        &self,
-        envelope_id: &str,
-        sink: Option<&str>,
-        now_ms: i64,
-    ) -> Result<usize, StoreError>;
-
-    /// Forgets claims whose TTL has passed; returns how many.
-    fn expire_claims(&self, now_secs: u64) -> Result<usize, StoreError>;
-
-    /// Deletes up to `limit` deliveries received before `cutoff_ms` (with their bodies,
-    /// envelopes, tasks and attempts) whose tasks are all finished. Returns how many.
-    fn purge_before(&self, cutoff_ms: i64, limit: usize) -> Result<usize, StoreError>;
-
-    /// Changes after every commit that created delivery tasks.
-    fn commits(&self) -> watch::Receiver<u64>;
-
-    /// The raw delivery record and body for a gateway id.
-    fn delivery(&self, id: &str) -> Result<Option<(DeliveryRecord, Vec<u8>)>, StoreError>;
-
-    /// A stored envelope by id.
-    fn envelope(&self, id: &str) -> Result<Option<Envelope>, StoreError>;
-
-    /// Stops accepting writes and waits for the writer to finish what it holds.
-    fn close(&self);
 }

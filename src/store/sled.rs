@@ -1,34 +1,47 @@
-//! The embedded store: sled, written through one group-committing writer thread.
+//! The embedded store: sled, written only by one group-committing writer thread.
 //!
 //! sled's `flush()` ends in `sync_file_range` on Linux, which neither flushes the disk cache nor
 //! commits the file size (upstream issue 1452), and `flush_async()` deadlocks with many waiters
-//! (upstream issue 1308). So requests never write sled themselves: they queue a job on a bounded
-//! channel and wait. The writer drains up to `max_batch` jobs, applies them in one multi-tree
-//! transaction (crash-atomic: claim and event land together or not at all), calls `flush()`,
-//! then `fdatasync`s sled's log file and any new blob files, and only then answers every waiting
-//! request. A full queue answers `QueueFull` at once (503 with `Retry-After`).
+//! (upstream issue 1308). So nothing but the writer writes sled. Callers queue a [`Job`] on a
+//! bounded channel (bounded in jobs and in bytes: `queue_capacity`, `queue_max_bytes`); the
+//! writer drains up to `max_batch` jobs, applies them (commits in one multi-tree transaction:
+//! crash-atomic, claim and event land together or not at all), calls `flush()`, `fdatasync`s
+//! sled's log and any new blob files, and only then publishes one watermark: the sequence
+//! number of the last job that is durable. Every caller waits for the watermark to pass its
+//! own job, within `write_timeout_ms`; there is no reply channel per request.
+//!
+//! Claims are decided when a commit is queued, not in the writer: under one lock
+//! ([`Intake`]) the caller looks in the in-flight claims (queued, not yet applied) and in sled,
+//! takes a sequence number and queues. A key is in one of the two at every moment (the writer
+//! drops in-flight claims only after applying them), so two copies of an event can never both
+//! be accepted, and a duplicate is answered only after the claim it found is durable.
+//!
+//! Readers (the task queue, the event browser) run on the blocking pool and then wait for the
+//! watermark to cover everything the writer had started applying when they read, so they never
+//! hand out state a crash could still take back.
 //!
 //! If a flush or sync fails, what is in memory may never reach the disk, so the store refuses
 //! every later write ([`StoreError::Failed`]) until restarted: the provider keeps retrying, and
 //! after the restart sled recovers only what was durable.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use super::{
-    AttemptRecord, Commit, Committed, DedupKey, DeliveryRecord, NewEvent, PendingTask, Store,
-    StoreError, TaskRecord, TaskStatus,
+    AttemptRecord, Commit, Committed, DedupKey, Due, DueTask, EventBrowser, EventPage, EventQuery,
+    EventSummary, IngestStore, Maintenance, NewReceipt, Receipt, StoreError, StoreFuture,
+    TaskQueue, TaskRecord, TaskStatus,
 };
 use crate::clock::Clock;
 use crate::config::StorageSettings;
@@ -52,6 +65,12 @@ const SLED_BLOBS_DIR: &str = "blobs";
 /// Larger segments raise sled's blob threshold (a quarter segment) above any body we accept,
 /// so almost every write lands in the one log file.
 const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+/// Pending tasks looked at per `take_due` (the order rule needs the ones ahead).
+const SCAN_LIMIT: usize = 10_000;
+/// Receipts looked at per event-browser page when filters skip most of them.
+const BROWSE_SCAN_LIMIT: usize = 20_000;
+/// Bytes a job is charged besides its payload.
+const JOB_OVERHEAD_BYTES: usize = 256;
 
 /// A key for a gateway id (ULID): its 16 big-endian bytes, so keys sort by time.
 pub fn id_key(id: &str) -> Option<[u8; 16]> {
@@ -65,7 +84,16 @@ fn id_from_key(key: &[u8]) -> Option<String> {
     Some(ulid::Ulid::from(u128::from_be_bytes(bytes)).to_string())
 }
 
-/// A claim in the dedup table: when it expires and which delivery made it.
+/// The smallest id key of the given millisecond.
+fn time_key(ms: i64) -> [u8; 16] {
+    u128::from(ulid::Ulid::from_parts(u64::try_from(ms).unwrap_or(0), 0)).to_be_bytes()
+}
+
+fn key_of(id: &str) -> Result<[u8; 16], StoreError> {
+    id_key(id).ok_or_else(|| StoreError::Io(format!("`{id}` is not a gateway id")))
+}
+
+/// A claim in the dedup table: when it expires and which envelope made it.
 struct Claim {
     expires_at: u64,
     id: String,
@@ -93,28 +121,6 @@ fn expiry_key(expires_at: u64, dedup_key: &[u8]) -> Vec<u8> {
     k
 }
 
-enum Op {
-    Commit(Box<Prepared>),
-    Unprocessable {
-        id: [u8; 16],
-        delivery: Vec<u8>,
-        body: bytes::Bytes,
-    },
-    Probe,
-}
-
-/// One event serialised before the transaction.
-struct PreparedEvent {
-    dedup_key: Vec<u8>,
-    id: String,
-    key: [u8; 16],
-    envelope: Vec<u8>,
-    /// (tasks key, pending key, task record) per sink.
-    tasks: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
-    /// The pending index value: next attempt time and lane.
-    pending_value: Vec<u8>,
-}
-
 /// `envelope id (16 bytes) ++ sink`: an envelope's tasks are one prefix scan.
 fn task_key(id: &[u8; 16], sink: &str) -> Vec<u8> {
     let mut k = id.to_vec();
@@ -122,10 +128,15 @@ fn task_key(id: &[u8; 16], sink: &str) -> Vec<u8> {
     k
 }
 
-/// `sink \0 envelope id`: a sink's pending tasks in arrival order.
+fn sink_prefix(sink: &str) -> Vec<u8> {
+    let mut p = sink.as_bytes().to_vec();
+    p.push(0);
+    p
+}
+
+/// `sink \0 envelope id`: a sink's pending tasks in commit order.
 fn sink_key(sink: &str, id: &[u8; 16]) -> Vec<u8> {
-    let mut k = sink.as_bytes().to_vec();
-    k.push(0);
+    let mut k = sink_prefix(sink);
     k.extend_from_slice(id);
     k
 }
@@ -144,18 +155,116 @@ fn attempt_key(id: &[u8; 16], sink: &str, number: u32) -> Vec<u8> {
     k
 }
 
-/// A delivery prepared before the transaction, so the transaction mostly moves bytes.
-struct Prepared {
-    delivery_key: [u8; 16],
-    delivery: DeliveryRecord,
+fn io_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn tx_err(e: TransactionError<()>) -> StoreError {
+    StoreError::Io(format!("{e:?}"))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(io_err)
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(io_err)
+}
+
+/// A task record with its index entries, ready to write.
+struct TaskWrite {
+    key: Vec<u8>,
+    index: Vec<u8>,
+    record: Vec<u8>,
+    /// Where the index entry goes: pending (with its value), dead, or neither.
+    state: IndexState,
+}
+
+enum IndexState {
+    Pending(Vec<u8>),
+    Dead,
+    Done,
+}
+
+impl TaskWrite {
+    fn new(id: &[u8; 16], task: &TaskRecord) -> Result<Self, StoreError> {
+        let state = match (task.status, task.next_attempt_ms) {
+            (TaskStatus::Pending, Some(next)) => {
+                IndexState::Pending(pending_value(next, &task.lane))
+            }
+            (TaskStatus::Pending, None) => IndexState::Pending(pending_value(0, &task.lane)),
+            (TaskStatus::Dead, _) => IndexState::Dead,
+            (TaskStatus::Delivered, _) => IndexState::Done,
+        };
+        Ok(Self {
+            key: task_key(id, &task.sink),
+            index: sink_key(&task.sink, id),
+            record: encode(task)?,
+            state,
+        })
+    }
+}
+
+/// One envelope of a commit, serialised before it is queued.
+struct EventWrite {
+    key: [u8; 16],
+    envelope: bytes::Bytes,
+    tasks: Vec<TaskWrite>,
+}
+
+/// A commit whose claims were decided when it was queued.
+struct CommitWrite {
+    receipt_key: [u8; 16],
+    receipt: Vec<u8>,
     body: bytes::Bytes,
-    events: Vec<PreparedEvent>,
-    guard: Option<Vec<u8>>,
+    events: Vec<EventWrite>,
+    /// (dedup key, envelope or receipt id) to claim.
+    claims: Vec<(Vec<u8>, String)>,
+}
+
+/// What the writer does for one job.
+enum Op {
+    Commit(Box<CommitWrite>),
+    Unprocessable {
+        key: [u8; 16],
+        receipt: Vec<u8>,
+        body: bytes::Bytes,
+    },
+    Probe,
+    /// Attempt records and the tasks' new states.
+    Attempts(Vec<(TaskWrite, Vec<u8>, Vec<u8>)>),
+    /// Read-modify-write ops: applied on their own, answering a count.
+    Redeliver {
+        envelope: [u8; 16],
+        sink: Option<String>,
+        now_ms: i64,
+        reply: oneshot::Sender<usize>,
+    },
+    Expire {
+        now_secs: u64,
+        reply: oneshot::Sender<usize>,
+    },
+    Purge {
+        cutoff_ms: i64,
+        limit: usize,
+        reply: oneshot::Sender<usize>,
+    },
+}
+
+impl Op {
+    /// Ops that read what earlier ops wrote, so they cannot share their transaction.
+    fn reads_state(&self) -> bool {
+        matches!(
+            self,
+            Op::Redeliver { .. } | Op::Expire { .. } | Op::Purge { .. }
+        )
+    }
 }
 
 struct Job {
+    seq: u64,
+    weight: usize,
     op: Op,
-    reply: oneshot::Sender<Result<Commit, StoreError>>,
 }
 
 #[derive(Clone)]
@@ -172,16 +281,36 @@ struct Trees {
     meta: sled::Tree,
 }
 
+/// The queue's front door: sequence numbers, in-flight claims and the channel, under one lock
+/// so that queue order is sequence order and a claim is always findable.
+struct Intake {
+    sender: Option<SyncSender<Job>>,
+    /// The last sequence number handed out.
+    seq: u64,
+    /// Claims queued but not yet applied: dedup key → (gateway id, job sequence number).
+    inflight: HashMap<Vec<u8>, (String, u64)>,
+}
+
 struct Shared {
     db: sled::Db,
     trees: Trees,
     dir: PathBuf,
     log_file: File,
+    intake: Mutex<Intake>,
     failed: OnceLock<String>,
-    committed: watch::Sender<u64>,
-    /// The last batch applied to sled (visible to readers) and the last one made durable.
-    applied: AtomicU64,
+    /// Bumped after every durable write that made tasks pending.
+    wakeups: watch::Sender<u64>,
+    /// The last job the writer has started applying (readers may see it from then on).
+    applying: AtomicU64,
+    /// The last job that is durable.
     synced: watch::Sender<u64>,
+    /// Bytes held by queued jobs.
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
+    write_timeout: Duration,
+    lease_ms: i64,
+    /// Tasks handed out and not yet recorded: (sink, envelope key) → lease end (Unix ms).
+    leases: Mutex<HashMap<(String, [u8; 16]), i64>>,
     /// Fault injection for tests: runs before each sync (a slow or stuck disk).
     before_sync: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     clock: Arc<dyn Clock>,
@@ -189,23 +318,14 @@ struct Shared {
     metrics: Arc<Metrics>,
 }
 
-/// sled-backed [`Store`].
-pub struct SledStore {
-    shared: Arc<Shared>,
-    sender: RwLock<Option<mpsc::Sender<Job>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl SledStore {
-    /// Fault injection for tests: `hook` runs on the writer thread before every sync, so a
-    /// test can hold the "disk" and check that nothing is acknowledged meanwhile.
-    pub fn set_before_sync(&self, hook: Option<Arc<dyn Fn() + Send + Sync>>) {
-        *self
-            .shared
-            .before_sync
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = hook;
-    }
+/// sled-backed [`super::Store`].
+pub struct SledStore {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -234,22 +354,6 @@ fn open_db(config: &sled::Config, path: &Path) -> Result<sled::Db, StoreError> {
             }
         }
     }
-}
-
-/// Decodes every JSON value of a sled scan.
-fn decode_all<T: serde::de::DeserializeOwned>(
-    items: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
-) -> Result<Vec<T>, StoreError> {
-    items
-        .map(|item| {
-            let (_, value) = item.map_err(io_err)?;
-            serde_json::from_slice(&value).map_err(io_err)
-        })
-        .collect()
-}
-
-fn io_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Io(e.to_string())
 }
 
 impl SledStore {
@@ -298,125 +402,93 @@ impl SledStore {
             }
         }
         let log_file = File::open(dir.join(SLED_LOG_FILE)).map_err(io_err)?;
+        let (sender, receiver) = mpsc::sync_channel(settings.queue_capacity.max(1));
         let shared = Arc::new(Shared {
             db,
             trees,
             dir,
             log_file,
+            intake: Mutex::new(Intake {
+                sender: Some(sender),
+                seq: 0,
+                inflight: HashMap::new(),
+            }),
             failed: OnceLock::new(),
-            committed: watch::Sender::new(0),
-            applied: AtomicU64::new(0),
+            wakeups: watch::Sender::new(0),
+            applying: AtomicU64::new(0),
             synced: watch::Sender::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes: usize::try_from(settings.queue_max_bytes).unwrap_or(usize::MAX),
+            write_timeout: Duration::from_millis(settings.write_timeout_ms),
+            lease_ms: i64::try_from(settings.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            leases: Mutex::new(HashMap::new()),
             before_sync: Mutex::new(None),
             clock,
             dedup_ttl_secs: settings.dedup_ttl_secs,
             metrics,
         });
-        let (sender, receiver) = mpsc::channel(settings.queue_capacity);
         let writer_shared = shared.clone();
-        let max_batch = settings.max_batch;
+        let max_batch = settings.max_batch.max(1);
         let writer = std::thread::Builder::new()
             .name("hookgate-store-writer".into())
-            .spawn(move || run_writer(&writer_shared, receiver, max_batch))
+            .spawn(move || run_writer(&writer_shared, &receiver, max_batch))
             .map_err(io_err)?;
         let pending = shared.trees.pending.len();
         info!(path = %shared.dir.display(), pending, "Store opened.");
         Ok(Self {
             shared,
-            sender: RwLock::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
         })
     }
 
-    fn submit(&self, op: Op) -> BoxFuture<'static, Result<Commit, StoreError>> {
-        if let Some(reason) = self.shared.failed.get() {
-            return futures_util::future::ready(Err(StoreError::Failed(reason.clone()))).boxed();
-        }
-        let (reply, wait) = oneshot::channel();
-        let sent = match &*self.sender.read().unwrap_or_else(|e| e.into_inner()) {
-            Some(sender) => sender.try_send(Job { op, reply }).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => StoreError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
-            }),
-            None => Err(StoreError::Closed),
+    /// Fault injection for tests: `hook` runs on the writer thread before every sync, so a
+    /// test can hold the "disk" and check that nothing is acknowledged meanwhile.
+    pub fn set_before_sync(&self, hook: Option<Arc<dyn Fn() + Send + Sync>>) {
+        *lock(&self.shared.before_sync) = hook;
+    }
+
+    /// Queues `op` under the intake lock; the future resolves once it is durable.
+    fn submit(&self, op: Op, weight: usize) -> StoreFuture<()> {
+        let queued = {
+            let mut intake = lock(&self.shared.intake);
+            self.shared.enqueue(&mut intake, op, weight)
         };
+        match queued {
+            Ok(seq) => self.shared.clone().durable(seq).boxed(),
+            Err(e) => futures_util::future::ready(Err(e)).boxed(),
+        }
+    }
+
+    /// Queues a read-modify-write op answering a count.
+    fn submit_counted(&self, op: impl FnOnce(oneshot::Sender<usize>) -> Op) -> StoreFuture<usize> {
+        let (reply, answer) = oneshot::channel();
+        let durable = self.submit(op(reply), JOB_OVERHEAD_BYTES);
         async move {
-            sent?;
-            wait.await.unwrap_or(Err(StoreError::Closed))
+            durable.await?;
+            answer.await.map_err(|_| StoreError::Closed)
         }
         .boxed()
     }
-}
 
-fn run_writer(shared: &Shared, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
-    let mut synced_blobs = HashSet::new();
-    while let Some(first) = receiver.blocking_recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < max_batch {
-            match receiver.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
+    /// Runs a read on the blocking pool, then waits until what it may have seen is durable.
+    fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<T> {
+        let shared = self.shared.clone();
+        async move {
+            let reader = shared.clone();
+            let (value, seen) = tokio::task::spawn_blocking(move || {
+                let value = read(&reader)?;
+                Ok::<_, StoreError>((value, reader.applying.load(Ordering::SeqCst)))
+            })
+            .await
+            .map_err(io_err)??;
+            shared.durable(seen).await?;
+            Ok(value)
         }
-        if let Some(reason) = shared.failed.get() {
-            for job in jobs {
-                let _ = job.reply.send(Err(StoreError::Failed(reason.clone())));
-            }
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let batch = shared.applied.load(Ordering::SeqCst) + 1;
-        let result = shared.apply(&jobs).and_then(|outcomes| {
-            // From here readers can see this batch's claims; they wait for `synced`.
-            shared.applied.store(batch, Ordering::SeqCst);
-            let sync_started = std::time::Instant::now();
-            if let Some(hook) = shared
-                .before_sync
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-            {
-                hook();
-            }
-            shared.sync(&mut synced_blobs)?;
-            shared
-                .metrics
-                .fsync_seconds
-                .observe(sync_started.elapsed().as_secs_f64());
-            Ok(outcomes)
-        });
-        shared.metrics.commit_batch.observe(jobs.len() as f64);
-        match result {
-            Ok(outcomes) => {
-                shared.synced.send_replace(batch);
-                debug!(
-                    batch = jobs.len(),
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "Committed batch."
-                );
-                let queued = outcomes.iter().any(|outcome| {
-                    matches!(outcome, Commit::Stored(events) if events.contains(&Committed::Accepted))
-                });
-                for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                    let _ = job.reply.send(Ok(outcome));
-                }
-                if queued {
-                    shared.committed.send_modify(|n| *n = n.wrapping_add(1));
-                }
-            }
-            Err(e) => {
-                error!(error = %e, "Storage write failed; refusing writes until restarted.");
-                let reason = e.to_string();
-                let _ = shared.failed.set(reason.clone());
-                // Wake readers waiting for this batch: they now see the failure.
-                shared.synced.send_modify(|_| {});
-                for job in jobs {
-                    let _ = job.reply.send(Err(StoreError::Failed(reason.clone())));
-                }
-            }
-        }
+        .boxed()
     }
-    debug!("Store writer stopped.");
 }
 
 impl Shared {
@@ -424,11 +496,148 @@ impl Shared {
         u64::try_from(self.clock.unix_secs()).unwrap_or(0)
     }
 
-    fn apply(&self, jobs: &[Job]) -> Result<Vec<Commit>, StoreError> {
+    fn check_failed(&self) -> Result<(), StoreError> {
+        match self.failed.get() {
+            Some(reason) => Err(StoreError::Failed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands out the next sequence number and queues the job; the caller holds the intake lock.
+    fn enqueue(&self, intake: &mut Intake, op: Op, weight: usize) -> Result<u64, StoreError> {
+        self.check_failed()?;
+        let sender = intake.sender.as_ref().ok_or(StoreError::Closed)?;
+        let held = self.queued_bytes.load(Ordering::SeqCst);
+        // One job larger than the whole budget still goes alone, or it could never be stored.
+        if held > 0 && held.saturating_add(weight) > self.max_queued_bytes {
+            return Err(StoreError::QueueFull);
+        }
+        let seq = intake.seq + 1;
+        sender
+            .try_send(Job { seq, weight, op })
+            .map_err(|e| match e {
+                TrySendError::Full(_) => StoreError::QueueFull,
+                TrySendError::Disconnected(_) => StoreError::Closed,
+            })?;
+        intake.seq = seq;
+        self.queued_bytes.fetch_add(weight, Ordering::SeqCst);
+        Ok(seq)
+    }
+
+    /// Waits, within the write timeout, until job `seq` is durable.
+    async fn durable(self: Arc<Self>, seq: u64) -> Result<(), StoreError> {
+        if *self.synced.borrow() >= seq {
+            return Ok(());
+        }
+        let mut synced = self.synced.subscribe();
+        let wait = async {
+            loop {
+                if *synced.borrow_and_update() >= seq {
+                    return Ok(());
+                }
+                self.check_failed()?;
+                if synced.changed().await.is_err() {
+                    return Err(StoreError::Closed);
+                }
+            }
+        };
+        let millis = u64::try_from(self.write_timeout.as_millis()).unwrap_or(u64::MAX);
+        tokio::time::timeout(self.write_timeout, wait)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(millis)))
+    }
+
+    /// A live claim for `key`: in flight (with its job) or applied (with the job being applied
+    /// when it was read). The caller holds the intake lock or accepts a stale miss.
+    fn find_claim(
+        &self,
+        inflight: &HashMap<Vec<u8>, (String, u64)>,
+        key: &[u8],
+        now: u64,
+    ) -> Result<Option<(String, u64)>, StoreError> {
+        if let Some(found) = inflight.get(key) {
+            return Ok(Some(found.clone()));
+        }
+        let claim = self
+            .trees
+            .dedup
+            .get(key)
+            .map_err(io_err)?
+            .and_then(|v| Claim::decode(&v))
+            .filter(|c| c.expires_at > now);
+        Ok(claim.map(|c| (c.id, self.applying.load(Ordering::SeqCst))))
+    }
+
+    fn task_record(&self, id: &[u8; 16], sink: &str) -> Result<Option<TaskRecord>, StoreError> {
+        self.trees
+            .tasks
+            .get(task_key(id, sink))
+            .map_err(io_err)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn tasks_of(&self, id: &[u8; 16]) -> Result<Vec<TaskRecord>, StoreError> {
+        self.trees
+            .tasks
+            .scan_prefix(id)
+            .map(|item| decode(&item.map_err(io_err)?.1))
+            .collect()
+    }
+
+    fn envelope_of(&self, id: &[u8; 16]) -> Result<Option<Envelope>, String> {
+        match self.trees.envelopes.get(id) {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("the stored envelope cannot be read: {e}")),
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("storage error: {e}")),
+        }
+    }
+
+    fn due_task(&self, id: &[u8; 16], task: TaskRecord) -> DueTask {
+        let envelope = match self.envelope_of(id) {
+            Ok(Some(envelope)) => Ok(envelope),
+            Ok(None) => Err("the stored envelope is missing".to_owned()),
+            Err(e) => Err(e),
+        };
+        DueTask { task, envelope }
+    }
+
+    fn summary(&self, receipt: Receipt) -> Result<EventSummary, StoreError> {
+        let mut tasks = Vec::new();
+        for id in receipt.envelope_ids.iter().filter_map(|id| id_key(id)) {
+            tasks.extend(self.tasks_of(&id)?);
+        }
+        Ok(EventSummary { receipt, tasks })
+    }
+
+    /// Applies one batch: runs of plain writes share a transaction; read-modify-write ops run
+    /// on their own, in queue order.
+    fn apply(&self, jobs: &mut [Job]) -> Result<Vec<usize>, StoreError> {
+        let mut counts = Vec::new();
+        let mut start = 0;
+        while start < jobs.len() {
+            if jobs[start].op.reads_state() {
+                counts.push(self.apply_counted(&mut jobs[start].op)?);
+                start += 1;
+                continue;
+            }
+            let end = jobs[start..]
+                .iter()
+                .position(|j| j.op.reads_state())
+                .map_or(jobs.len(), |n| start + n);
+            self.apply_writes(&jobs[start..end])?;
+            start = end;
+        }
+        Ok(counts)
+    }
+
+    fn apply_writes(&self, jobs: &[Job]) -> Result<(), StoreError> {
         let now = self.now_secs();
         let expires_at = now.saturating_add(self.dedup_ttl_secs);
         let t = &self.trees;
-        let result = (
+        (
             &t.deliveries,
             &t.bodies,
             &t.envelopes,
@@ -436,92 +645,227 @@ impl Shared {
             &t.expiry,
             &t.tasks,
             &t.pending,
+            &t.attempts,
+            &t.dead,
             &t.meta,
         )
             .transaction(
-                |(deliveries, bodies, envelopes, dedup, expiry, tasks, pending, meta)| {
-                    let live_claim = |key: &[u8]| -> Result<Option<Claim>, _> {
-                        Ok::<_, ConflictableTransactionError<()>>(
-                            dedup
-                                .get(key)?
-                                .and_then(|v| Claim::decode(&v))
-                                .filter(|c| c.expires_at > now),
-                        )
-                    };
-                    let claim = |key: &[u8], id: &str| {
-                        let claim = Claim {
-                            expires_at,
-                            id: id.to_owned(),
-                        };
-                        dedup.insert(key, claim.encode())?;
-                        expiry.insert(expiry_key(expires_at, key), &[][..])?;
+                |(
+                    deliveries,
+                    bodies,
+                    envelopes,
+                    dedup,
+                    expiry,
+                    tasks,
+                    pending,
+                    attempts,
+                    dead,
+                    meta,
+                )| {
+                    let write_task = |task: &TaskWrite| {
+                        tasks.insert(task.key.as_slice(), task.record.as_slice())?;
+                        match &task.state {
+                            IndexState::Pending(value) => {
+                                pending.insert(task.index.as_slice(), value.as_slice())?;
+                                dead.remove(task.index.as_slice())?;
+                            }
+                            IndexState::Dead => {
+                                pending.remove(task.index.as_slice())?;
+                                dead.insert(task.index.as_slice(), &[][..])?;
+                            }
+                            IndexState::Done => {
+                                pending.remove(task.index.as_slice())?;
+                                dead.remove(task.index.as_slice())?;
+                            }
+                        }
                         Ok::<_, ConflictableTransactionError<()>>(())
                     };
-                    let mut outcomes = Vec::with_capacity(jobs.len());
                     for job in jobs {
                         match &job.op {
-                            Op::Commit(prepared) => {
-                                // A used replay guard refuses the delivery unless every event in it
-                                // is already stored (then it is a plain duplicate).
-                                if let Some(guard) = &prepared.guard {
-                                    let mut any_new = false;
-                                    for event in &prepared.events {
-                                        any_new |= live_claim(&event.dedup_key)?.is_none();
-                                    }
-                                    if any_new && live_claim(guard)?.is_some() {
-                                        outcomes.push(Commit::Replayed);
-                                        continue;
+                            Op::Commit(commit) => {
+                                for (key, id) in &commit.claims {
+                                    let claim = Claim {
+                                        expires_at,
+                                        id: id.clone(),
+                                    };
+                                    dedup.insert(key.as_slice(), claim.encode())?;
+                                    expiry.insert(expiry_key(expires_at, key), &[][..])?;
+                                }
+                                for event in &commit.events {
+                                    envelopes.insert(&event.key[..], event.envelope.as_ref())?;
+                                    for task in &event.tasks {
+                                        write_task(task)?;
                                     }
                                 }
-                                let mut results = Vec::with_capacity(prepared.events.len());
-                                let mut stored = Vec::new();
-                                for event in &prepared.events {
-                                    if let Some(existing) = live_claim(&event.dedup_key)? {
-                                        results.push(Committed::Duplicate { id: existing.id });
-                                        continue;
-                                    }
-                                    claim(&event.dedup_key, &event.id)?;
-                                    envelopes.insert(&event.key[..], event.envelope.as_slice())?;
-                                    for (task_key, pending_key, record) in &event.tasks {
-                                        tasks.insert(task_key.as_slice(), record.as_slice())?;
-                                        pending.insert(
-                                            pending_key.as_slice(),
-                                            event.pending_value.as_slice(),
-                                        )?;
-                                    }
-                                    stored.push(event.id.clone());
-                                    results.push(Committed::Accepted);
-                                }
-                                if !stored.is_empty() {
-                                    if let Some(guard) = &prepared.guard {
-                                        claim(guard, &prepared.delivery.id)?;
-                                    }
-                                    let mut record = prepared.delivery.clone();
-                                    record.envelope_ids = stored;
-                                    let record = serde_json::to_vec(&record).unwrap_or_default();
-                                    deliveries.insert(&prepared.delivery_key[..], record)?;
-                                    bodies.insert(
-                                        &prepared.delivery_key[..],
-                                        prepared.body.as_ref(),
-                                    )?;
-                                }
-                                outcomes.push(Commit::Stored(results));
+                                deliveries
+                                    .insert(&commit.receipt_key[..], commit.receipt.as_slice())?;
+                                bodies.insert(&commit.receipt_key[..], commit.body.as_ref())?;
                             }
-                            Op::Unprocessable { id, delivery, body } => {
-                                deliveries.insert(&id[..], delivery.as_slice())?;
-                                bodies.insert(&id[..], body.as_ref())?;
-                                outcomes.push(Commit::Stored(Vec::new()));
+                            Op::Unprocessable { key, receipt, body } => {
+                                deliveries.insert(&key[..], receipt.as_slice())?;
+                                bodies.insert(&key[..], body.as_ref())?;
                             }
                             Op::Probe => {
                                 meta.insert(META_PROBE, &now.to_be_bytes()[..])?;
-                                outcomes.push(Commit::Stored(Vec::new()));
+                            }
+                            Op::Attempts(done) => {
+                                for (task, attempt_key, attempt) in done {
+                                    write_task(task)?;
+                                    attempts.insert(attempt_key.as_slice(), attempt.as_slice())?;
+                                }
+                            }
+                            Op::Redeliver { .. } | Op::Expire { .. } | Op::Purge { .. } => {}
+                        }
+                    }
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                },
+            )
+            .map_err(tx_err)
+    }
+
+    /// A read-modify-write op: reads current state (the writer is the only writer, so nothing
+    /// changes under it), then writes in one transaction. Returns its count.
+    fn apply_counted(&self, op: &mut Op) -> Result<usize, StoreError> {
+        let t = &self.trees;
+        match op {
+            Op::Redeliver {
+                envelope,
+                sink,
+                now_ms,
+                ..
+            } => {
+                let mut writes = Vec::new();
+                for mut task in self.tasks_of(envelope)? {
+                    if sink.as_ref().is_some_and(|s| *s != task.sink) {
+                        continue;
+                    }
+                    task.status = TaskStatus::Pending;
+                    task.round_attempts = 0;
+                    task.round_started_ms = *now_ms;
+                    task.next_attempt_ms = Some(*now_ms);
+                    writes.push(TaskWrite::new(envelope, &task)?);
+                }
+                (&t.tasks, &t.pending, &t.dead)
+                    .transaction(|(tasks, pending, dead)| {
+                        for task in &writes {
+                            tasks.insert(task.key.as_slice(), task.record.as_slice())?;
+                            if let IndexState::Pending(value) = &task.state {
+                                pending.insert(task.index.as_slice(), value.as_slice())?;
+                            }
+                            dead.remove(task.index.as_slice())?;
+                        }
+                        Ok::<_, ConflictableTransactionError<()>>(())
+                    })
+                    .map_err(tx_err)?;
+                Ok(writes.len())
+            }
+            Op::Expire { now_secs, .. } => {
+                let end = now_secs.saturating_add(1).to_be_bytes();
+                let mut expired = Vec::new();
+                let mut stale = Vec::new();
+                for item in t.expiry.range(..&end[..]) {
+                    let (key, _) = item.map_err(io_err)?;
+                    let (expires, dedup_key) = key.split_at(8.min(key.len()));
+                    let expires_at = u64::from_be_bytes(expires.try_into().unwrap_or_default());
+                    let current = t.dedup.get(dedup_key).map_err(io_err)?;
+                    // A newer claim for the same ID (re-claimed after expiry) stays.
+                    if current
+                        .and_then(|c| Claim::decode(&c))
+                        .is_some_and(|c| c.expires_at == expires_at)
+                    {
+                        expired.push(dedup_key.to_vec());
+                    }
+                    stale.push(key.to_vec());
+                }
+                (&t.dedup, &t.expiry)
+                    .transaction(|(dedup, expiry)| {
+                        for key in &expired {
+                            dedup.remove(key.as_slice())?;
+                        }
+                        for key in &stale {
+                            expiry.remove(key.as_slice())?;
+                        }
+                        Ok::<_, ConflictableTransactionError<()>>(())
+                    })
+                    .map_err(tx_err)?;
+                Ok(expired.len())
+            }
+            Op::Purge {
+                cutoff_ms, limit, ..
+            } => {
+                let end = time_key(*cutoff_ms);
+                let mut receipts = Vec::new();
+                let mut removals: Vec<(&sled::Tree, Vec<u8>)> = Vec::new();
+                for item in t.deliveries.range(..end.to_vec()) {
+                    if receipts.len() >= *limit {
+                        break;
+                    }
+                    let (key, value) = item.map_err(io_err)?;
+                    let Ok(receipt) = decode::<Receipt>(&value) else {
+                        continue;
+                    };
+                    let summary = self.summary(receipt)?;
+                    if summary
+                        .tasks
+                        .iter()
+                        .any(|t| t.status == TaskStatus::Pending)
+                    {
+                        continue; // still being delivered: kept whatever its age
+                    }
+                    for id in summary
+                        .receipt
+                        .envelope_ids
+                        .iter()
+                        .filter_map(|id| id_key(id))
+                    {
+                        removals.push((&t.envelopes, id.to_vec()));
+                        for tree in [&t.tasks, &t.attempts] {
+                            for entry in tree.scan_prefix(id).keys() {
+                                removals.push((tree, entry.map_err(io_err)?.to_vec()));
                             }
                         }
                     }
-                    Ok::<_, ConflictableTransactionError<()>>(outcomes)
-                },
-            );
-        result.map_err(|e: TransactionError<()>| StoreError::Io(format!("{e:?}")))
+                    for task in &summary.tasks {
+                        if let Some(id) = id_key(&task.envelope_id) {
+                            removals.push((&t.dead, sink_key(&task.sink, &id)));
+                        }
+                    }
+                    removals.push((&t.bodies, key.to_vec()));
+                    receipts.push(key.to_vec());
+                }
+                (
+                    &t.deliveries,
+                    &t.bodies,
+                    &t.envelopes,
+                    &t.tasks,
+                    &t.attempts,
+                    &t.dead,
+                )
+                    .transaction(|(deliveries, bodies, envelopes, tasks, attempts, dead)| {
+                        for key in &receipts {
+                            deliveries.remove(key.as_slice())?;
+                        }
+                        for (tree, key) in &removals {
+                            let target = if std::ptr::eq(*tree, &t.bodies) {
+                                bodies
+                            } else if std::ptr::eq(*tree, &t.envelopes) {
+                                envelopes
+                            } else if std::ptr::eq(*tree, &t.tasks) {
+                                tasks
+                            } else if std::ptr::eq(*tree, &t.attempts) {
+                                attempts
+                            } else {
+                                dead
+                            };
+                            target.remove(key.as_slice())?;
+                        }
+                        Ok::<_, ConflictableTransactionError<()>>(())
+                    })
+                    .map_err(tx_err)?;
+                Ok(receipts.len())
+            }
+            _ => Ok(0),
+        }
     }
 
     /// Makes everything applied so far durable.
@@ -551,405 +895,546 @@ impl Shared {
         }
         self.log_file.sync_data().map_err(io_err)
     }
+
+    /// After a batch is durable (or failed): its in-flight claims are now in sled (or moot).
+    fn settle(&self, jobs: &[Job]) {
+        let mut intake = lock(&self.intake);
+        for job in jobs {
+            if let Op::Commit(commit) = &job.op {
+                for (key, _) in &commit.claims {
+                    if intake
+                        .inflight
+                        .get(key)
+                        .is_some_and(|(_, seq)| *seq == job.seq)
+                    {
+                        intake.inflight.remove(key);
+                    }
+                }
+            }
+        }
+        drop(intake);
+        let weight: usize = jobs.iter().map(|j| j.weight).sum();
+        self.queued_bytes.fetch_sub(weight, Ordering::SeqCst);
+    }
 }
 
-impl Store for SledStore {
-    fn find_duplicate(
-        &self,
-        key: &DedupKey,
-    ) -> BoxFuture<'static, Result<Option<String>, StoreError>> {
-        let shared = self.shared.clone();
-        let lookup = (|| {
-            if let Some(reason) = shared.failed.get() {
-                return Err(StoreError::Failed(reason.clone()));
+fn run_writer(shared: &Shared, receiver: &Receiver<Job>, max_batch: usize) {
+    let mut synced_blobs = HashSet::new();
+    while let Ok(first) = receiver.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
             }
+        }
+        let last = jobs.last().map_or(0, |j| j.seq);
+        if shared.failed.get().is_some() {
+            shared.settle(&jobs);
+            shared.synced.send_modify(|_| {});
+            continue;
+        }
+        let started = std::time::Instant::now();
+        // From here readers may see this batch; they wait for `synced` to pass it.
+        shared.applying.store(last, Ordering::SeqCst);
+        let result = shared.apply(&mut jobs).and_then(|counts| {
+            let sync_started = std::time::Instant::now();
+            let hook = lock(&shared.before_sync).clone();
+            if let Some(hook) = hook {
+                hook();
+            }
+            shared.sync(&mut synced_blobs)?;
+            shared
+                .metrics
+                .fsync_seconds
+                .observe(sync_started.elapsed().as_secs_f64());
+            Ok(counts)
+        });
+        shared.metrics.commit_batch.observe(jobs.len() as f64);
+        match result {
+            Ok(counts) => {
+                shared.synced.send_replace(last);
+                shared.settle(&jobs);
+                debug!(
+                    batch = jobs.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "Committed batch."
+                );
+                let mut woke = false;
+                let mut counts = counts.into_iter();
+                for job in jobs {
+                    match job.op {
+                        Op::Commit(commit) => {
+                            woke |= commit.events.iter().any(|e| !e.tasks.is_empty());
+                        }
+                        Op::Redeliver { reply, .. } => {
+                            let count = counts.next().unwrap_or(0);
+                            woke |= count > 0;
+                            let _ = reply.send(count);
+                        }
+                        Op::Expire { reply, .. } | Op::Purge { reply, .. } => {
+                            let _ = reply.send(counts.next().unwrap_or(0));
+                        }
+                        _ => {}
+                    }
+                }
+                if woke {
+                    shared.wakeups.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "Storage write failed; refusing writes until restarted.");
+                let _ = shared.failed.set(e.to_string());
+                shared.settle(&jobs);
+                // Wake the waiters: they now see the failure.
+                shared.synced.send_modify(|_| {});
+            }
+        }
+    }
+    debug!("Store writer stopped.");
+}
+
+/// How one event of a commit was decided when it was queued.
+enum Decision {
+    New,
+    Duplicate { id: String, seq: u64 },
+}
+
+impl IngestStore for SledStore {
+    fn find_duplicate(&self, key: DedupKey) -> StoreFuture<Option<String>> {
+        let shared = &self.shared;
+        let key = key.to_bytes();
+        let found = shared.check_failed().and_then(|()| {
+            // In flight first, then sled: the writer drops a claim from the in-flight map only
+            // after applying it, so checking in this order cannot miss one.
+            let inflight = lock(&shared.intake).inflight.get(&key).cloned();
+            match inflight {
+                Some(found) => Ok(Some(found)),
+                None => shared.find_claim(&HashMap::new(), &key, shared.now_secs()),
+            }
+        });
+        match found {
+            Ok(None) => futures_util::future::ready(Ok(None)).boxed(),
+            Ok(Some((id, seq))) => {
+                let durable = shared.clone().durable(seq);
+                async move {
+                    durable.await?;
+                    Ok(Some(id))
+                }
+                .boxed()
+            }
+            Err(e) => futures_util::future::ready(Err(e)).boxed(),
+        }
+    }
+
+    fn commit(&self, new: NewReceipt) -> StoreFuture<Commit> {
+        let shared = &self.shared;
+        let weight = new.weight();
+        let queued = (|| {
+            let receipt_key = key_of(&new.receipt.id)?;
+            let now_ms = shared.clock.now().timestamp_millis();
+            let keys: Vec<Vec<u8>> = new.events.iter().map(|e| e.dedup.to_bytes()).collect();
+            let guard = new.replay_guard.as_ref().map(DedupKey::to_bytes);
+            let mut intake = lock(&shared.intake);
             let now = shared.now_secs();
-            let claim = shared
-                .trees
-                .dedup
-                .get(key.to_bytes())
-                .map_err(io_err)?
-                .and_then(|v| Claim::decode(&v))
-                .filter(|c| c.expires_at > now)
-                .map(|c| c.id);
-            // A claim may belong to a batch that is applied but not yet synced: answering
-            // "duplicate" now would acknowledge an event that a crash could still lose.
-            Ok(claim.map(|id| (id, shared.applied.load(Ordering::SeqCst))))
-        })();
-        async move {
-            let Some((id, batch)) = lookup? else {
-                return Ok(None);
-            };
-            let mut synced = shared.synced.subscribe();
-            loop {
-                if let Some(reason) = shared.failed.get() {
-                    return Err(StoreError::Failed(reason.clone()));
-                }
-                if *synced.borrow_and_update() >= batch {
-                    return Ok(Some(id));
-                }
-                if synced.changed().await.is_err() {
-                    return Err(StoreError::Closed);
+            let mut decisions = Vec::with_capacity(keys.len());
+            for (i, key) in keys.iter().enumerate() {
+                // The same ID twice in one batch: the later one is a duplicate of the earlier.
+                let earlier = keys[..i].iter().position(|k| k == key);
+                let decision = match earlier {
+                    Some(j) => match &decisions[j] {
+                        Decision::Duplicate { id, seq } => Decision::Duplicate {
+                            id: id.clone(),
+                            seq: *seq,
+                        },
+                        Decision::New => Decision::Duplicate {
+                            id: new.events[j].envelope.id.clone(),
+                            seq: u64::MAX, // this commit's own: resolved below
+                        },
+                    },
+                    None => match shared.find_claim(&intake.inflight, key, now)? {
+                        Some((id, seq)) => Decision::Duplicate { id, seq },
+                        None => Decision::New,
+                    },
+                };
+                decisions.push(decision);
+            }
+            let any_new = decisions.iter().any(|d| matches!(d, Decision::New));
+            // A used replay guard refuses the receipt unless every event in it is already
+            // stored (then it is a plain duplicate).
+            if let Some(guard) = &guard {
+                if any_new && shared.find_claim(&intake.inflight, guard, now)?.is_some() {
+                    return Ok((Commit::Replayed, 0));
                 }
             }
+            let mut wait_for = decisions
+                .iter()
+                .filter_map(|d| match d {
+                    Decision::Duplicate { seq, .. } if *seq != u64::MAX => Some(*seq),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
+            if any_new {
+                let mut receipt = new.receipt.clone();
+                receipt.envelope_ids.clear();
+                receipt.types.clear();
+                receipt.event_ids.clear();
+                let mut events = Vec::new();
+                let mut claims = Vec::new();
+                for ((event, key), decision) in new.events.iter().zip(&keys).zip(&decisions) {
+                    if !matches!(decision, Decision::New) {
+                        continue;
+                    }
+                    let id = key_of(&event.envelope.id)?;
+                    let tasks = event
+                        .sinks
+                        .iter()
+                        .map(|sink| {
+                            let task = TaskRecord {
+                                sink: sink.clone(),
+                                envelope_id: event.envelope.id.clone(),
+                                status: TaskStatus::Pending,
+                                attempts: 0,
+                                round_attempts: 0,
+                                created_at_ms: now_ms,
+                                round_started_ms: now_ms,
+                                next_attempt_ms: Some(event.not_before_ms),
+                                last_error: None,
+                                lane: event.lane.clone(),
+                            };
+                            TaskWrite::new(&id, &task)
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    events.push(EventWrite {
+                        key: id,
+                        envelope: event.json.clone(),
+                        tasks,
+                    });
+                    claims.push((key.clone(), event.envelope.id.clone()));
+                    receipt.envelope_ids.push(event.envelope.id.clone());
+                    receipt.types.push(event.envelope.event_type.clone());
+                    receipt.event_ids.push(event.envelope.event_id.clone());
+                }
+                if let Some(guard) = &guard {
+                    claims.push((guard.clone(), receipt.id.clone()));
+                }
+                let write = CommitWrite {
+                    receipt_key,
+                    receipt: encode(&receipt)?,
+                    body: new.body.clone(),
+                    events,
+                    claims,
+                };
+                let claimed: Vec<(Vec<u8>, String)> = write.claims.clone();
+                let seq = shared.enqueue(&mut intake, Op::Commit(Box::new(write)), weight)?;
+                for (key, id) in claimed {
+                    intake.inflight.insert(key, (id, seq));
+                }
+                wait_for = wait_for.max(seq);
+            }
+            let outcomes = decisions
+                .into_iter()
+                .map(|d| match d {
+                    Decision::New => Committed::Accepted,
+                    Decision::Duplicate { id, .. } => Committed::Duplicate { id },
+                })
+                .collect();
+            Ok((Commit::Stored(outcomes), wait_for))
+        })();
+        match queued {
+            Ok((commit, seq)) => {
+                let durable = shared.clone().durable(seq);
+                async move {
+                    durable.await?;
+                    Ok(commit)
+                }
+                .boxed()
+            }
+            Err(e) => futures_util::future::ready(Err(e)).boxed(),
+        }
+    }
+
+    fn keep_unprocessable(&self, receipt: Receipt, body: bytes::Bytes) -> StoreFuture<()> {
+        let op = key_of(&receipt.id).and_then(|key| {
+            Ok(Op::Unprocessable {
+                key,
+                receipt: encode(&receipt)?,
+                body: body.clone(),
+            })
+        });
+        match op {
+            Ok(op) => self.submit(op, body.len() + JOB_OVERHEAD_BYTES),
+            Err(e) => futures_util::future::ready(Err(e)).boxed(),
+        }
+    }
+
+    fn probe(&self) -> StoreFuture<()> {
+        self.submit(Op::Probe, JOB_OVERHEAD_BYTES)
+    }
+}
+
+impl TaskQueue for SledStore {
+    fn take_due(&self, sink: String, now_ms: i64, limit: usize) -> StoreFuture<Due> {
+        self.read(move |shared| {
+            let prefix = sink_prefix(&sink);
+            let mut leases = lock(&shared.leases);
+            leases.retain(|_, until| *until > now_ms);
+            let mut blocked: HashSet<Vec<u8>> = HashSet::new();
+            let mut due = Due::default();
+            let mut taken = Vec::new();
+            for item in shared.trees.pending.scan_prefix(&prefix).take(SCAN_LIMIT) {
+                let (key, value) = item.map_err(io_err)?;
+                due.pending += 1;
+                let Ok(id) = <[u8; 16]>::try_from(&key[prefix.len()..]) else {
+                    continue;
+                };
+                let (when, lane) = value.split_at(8.min(value.len()));
+                let next = i64::from_be_bytes(when.try_into().unwrap_or_default());
+                if !lane.is_empty() && !blocked.insert(lane.to_vec()) {
+                    continue; // an older envelope of this object is still pending
+                }
+                if taken.len() >= limit || leases.contains_key(&(sink.clone(), id)) {
+                    continue;
+                }
+                if next <= now_ms {
+                    taken.push(id);
+                } else {
+                    due.next_due_ms = Some(due.next_due_ms.map_or(next, |n: i64| n.min(next)));
+                }
+            }
+            for id in &taken {
+                leases.insert((sink.clone(), *id), now_ms.saturating_add(shared.lease_ms));
+            }
+            drop(leases);
+            for id in taken {
+                match shared.task_record(&id, &sink)? {
+                    Some(task) if task.status == TaskStatus::Pending => {
+                        due.tasks.push(shared.due_task(&id, task));
+                    }
+                    _ => {
+                        lock(&shared.leases).remove(&(sink.clone(), id));
+                    }
+                }
+            }
+            Ok(due)
+        })
+    }
+
+    fn take(
+        &self,
+        sink: String,
+        envelope_ids: Vec<String>,
+        now_ms: i64,
+    ) -> StoreFuture<Vec<DueTask>> {
+        self.read(move |shared| {
+            let mut out = Vec::new();
+            for id in envelope_ids.iter().filter_map(|id| id_key(id)) {
+                let Some(task) = shared.task_record(&id, &sink)? else {
+                    continue;
+                };
+                if task.status != TaskStatus::Pending {
+                    continue;
+                }
+                {
+                    let mut leases = lock(&shared.leases);
+                    let lease = (sink.clone(), id);
+                    if leases.get(&lease).is_some_and(|until| *until > now_ms) {
+                        continue;
+                    }
+                    leases.insert(lease, now_ms.saturating_add(shared.lease_ms));
+                }
+                out.push(shared.due_task(&id, task));
+            }
+            Ok(out)
+        })
+    }
+
+    fn record_attempts(&self, done: Vec<(TaskRecord, AttemptRecord)>) -> StoreFuture<()> {
+        let prepared = done
+            .iter()
+            .map(|(task, attempt)| {
+                let id = key_of(&task.envelope_id)?;
+                Ok((
+                    TaskWrite::new(&id, task)?,
+                    attempt_key(&id, &task.sink, attempt.number),
+                    encode(attempt)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>();
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => return futures_util::future::ready(Err(e)).boxed(),
+        };
+        let weight = JOB_OVERHEAD_BYTES
+            + prepared
+                .iter()
+                .map(|(t, _, a)| t.record.len() + a.len())
+                .sum::<usize>();
+        let durable = self.submit(Op::Attempts(prepared), weight);
+        let shared = self.shared.clone();
+        async move {
+            let result = durable.await;
+            let mut leases = lock(&shared.leases);
+            for (task, _) in &done {
+                if let Some(id) = id_key(&task.envelope_id) {
+                    leases.remove(&(task.sink.clone(), id));
+                }
+            }
+            result
         }
         .boxed()
     }
 
-    fn commit(&self, event: NewEvent) -> BoxFuture<'static, Result<Commit, StoreError>> {
-        let prepared = (|| {
-            let delivery_key = id_key(&event.delivery.id)
-                .ok_or_else(|| StoreError::Io("delivery id is not a ULID".into()))?;
-            let events = event
-                .events
-                .iter()
-                .map(|e| {
-                    let key = id_key(&e.envelope.id)
-                        .ok_or_else(|| StoreError::Io("envelope id is not a ULID".into()))?;
-                    let tasks = e
-                        .sinks
-                        .iter()
-                        .map(|sink| {
-                            let record = TaskRecord {
-                                sink: sink.clone(),
-                                envelope_id: e.envelope.id.clone(),
-                                status: TaskStatus::Pending,
-                                attempts: 0,
-                                round_attempts: 0,
-                                created_at_ms: self.shared.clock.now().timestamp_millis(),
-                                round_started_ms: self.shared.clock.now().timestamp_millis(),
-                                next_attempt_ms: Some(e.not_before_ms),
-                                last_error: None,
-                                lane: e.lane.clone(),
-                            };
-                            Ok((
-                                task_key(&key, sink),
-                                sink_key(sink, &key),
-                                serde_json::to_vec(&record).map_err(io_err)?,
-                            ))
-                        })
-                        .collect::<Result<Vec<_>, StoreError>>()?;
-                    Ok(PreparedEvent {
-                        dedup_key: e.dedup.to_bytes(),
-                        id: e.envelope.id.clone(),
-                        key,
-                        envelope: serde_json::to_vec(&e.envelope).map_err(io_err)?,
-                        tasks,
-                        pending_value: pending_value(e.not_before_ms, &e.lane),
-                    })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            Ok(Prepared {
-                delivery_key,
-                delivery: event.delivery,
-                body: event.body,
-                events,
-                guard: event.replay_guard.map(|g| g.to_bytes()),
-            })
-        })();
-        match prepared {
-            Ok(prepared) => self.submit(Op::Commit(Box::new(prepared))),
-            Err(e) => futures_util::future::ready(Err(e)).boxed(),
-        }
-    }
-
-    fn keep_unprocessable(
-        &self,
-        delivery: DeliveryRecord,
-        body: bytes::Bytes,
-    ) -> BoxFuture<'static, Result<(), StoreError>> {
-        let op = id_key(&delivery.id)
-            .ok_or_else(|| StoreError::Io("delivery id is not a ULID".into()))
-            .and_then(|id| {
-                Ok(Op::Unprocessable {
-                    id,
-                    delivery: serde_json::to_vec(&delivery).map_err(io_err)?,
-                    body,
-                })
-            });
-        match op {
-            Ok(op) => self.submit(op).map(|r| r.map(|_| ())).boxed(),
-            Err(e) => futures_util::future::ready(Err(e)).boxed(),
-        }
-    }
-
-    fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>> {
-        self.submit(Op::Probe).map(|r| r.map(|_| ())).boxed()
-    }
-
-    fn pending_tasks(&self, sink: &str, limit: usize) -> Result<Vec<PendingTask>, StoreError> {
-        let mut prefix = sink.as_bytes().to_vec();
-        prefix.push(0);
-        let mut out = Vec::new();
-        for item in self.shared.trees.pending.scan_prefix(&prefix).take(limit) {
-            let (key, value) = item.map_err(io_err)?;
-            let Some(id) = id_from_key(&key[prefix.len()..]) else {
-                continue;
-            };
-            let (when, lane) = value.split_at(8.min(value.len()));
-            out.push(PendingTask {
-                envelope_id: id,
-                next_attempt_ms: i64::from_be_bytes(when.try_into().unwrap_or_default()),
-                lane: lane.to_vec(),
-            });
-        }
-        Ok(out)
-    }
-
-    fn pending_count(&self, sink: &str) -> Result<usize, StoreError> {
-        let mut prefix = sink.as_bytes().to_vec();
-        prefix.push(0);
-        Ok(self.shared.trees.pending.scan_prefix(&prefix).count())
-    }
-
-    fn record_attempts(&self, done: &[(TaskRecord, AttemptRecord)]) -> Result<(), StoreError> {
-        let prepared = done
-            .iter()
-            .map(|(task, attempt)| {
-                let id = id_key(&task.envelope_id)
-                    .ok_or_else(|| StoreError::Io("envelope id is not a ULID".into()))?;
-                Ok((
-                    id,
-                    task,
-                    serde_json::to_vec(task).map_err(io_err)?,
-                    attempt.number,
-                    serde_json::to_vec(attempt).map_err(io_err)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let t = &self.shared.trees;
-        (&t.tasks, &t.pending, &t.attempts, &t.dead)
-            .transaction(|(tasks, pending, attempts, dead)| {
-                for (id, task, record, number, attempt) in &prepared {
-                    tasks.insert(task_key(id, &task.sink), record.as_slice())?;
-                    attempts.insert(attempt_key(id, &task.sink, *number), attempt.as_slice())?;
-                    let index = sink_key(&task.sink, id);
-                    match (task.status, task.next_attempt_ms) {
-                        (TaskStatus::Pending, Some(next)) => {
-                            pending.insert(index.as_slice(), pending_value(next, &task.lane))?;
-                            dead.remove(index.as_slice())?;
-                        }
-                        (TaskStatus::Dead, _) => {
-                            pending.remove(index.as_slice())?;
-                            dead.insert(index.as_slice(), &[][..])?;
-                        }
-                        _ => {
-                            pending.remove(index.as_slice())?;
-                            dead.remove(index.as_slice())?;
-                        }
-                    }
-                }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e: TransactionError<()>| StoreError::Io(format!("{e:?}")))
-    }
-
-    fn tasks(&self, envelope_id: &str) -> Result<Vec<TaskRecord>, StoreError> {
-        let Some(id) = id_key(envelope_id) else {
-            return Ok(Vec::new());
-        };
-        decode_all(self.shared.trees.tasks.scan_prefix(id))
-    }
-
-    fn attempts(&self, envelope_id: &str, sink: &str) -> Result<Vec<AttemptRecord>, StoreError> {
-        let Some(id) = id_key(envelope_id) else {
-            return Ok(Vec::new());
-        };
-        let mut prefix = task_key(&id, sink);
-        prefix.push(0);
-        decode_all(self.shared.trees.attempts.scan_prefix(prefix))
-    }
-
-    fn recent_deliveries(
-        &self,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let t = &self.shared.trees.deliveries;
-        let iter = match before.and_then(id_key) {
-            Some(key) => t.range(..key.to_vec()),
-            None => t.range::<Vec<u8>, _>(..),
-        };
-        decode_all(iter.rev().take(limit))
-    }
-
-    fn dead_letters(
-        &self,
-        sink: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<TaskRecord>, StoreError> {
-        let t = &self.shared.trees;
-        let prefix = sink
-            .map(|s| {
-                let mut p = s.as_bytes().to_vec();
-                p.push(0);
-                p
-            })
-            .unwrap_or_default();
-        let mut out = Vec::new();
-        for item in t.dead.scan_prefix(&prefix).take(limit) {
-            let (key, _) = item.map_err(io_err)?;
-            let Some(split) = key.iter().position(|b| *b == 0) else {
-                continue;
-            };
-            let (sink, id) = (&key[..split], &key[split + 1..]);
-            let Ok(id) = <[u8; 16]>::try_from(id) else {
-                continue;
-            };
-            let sink = String::from_utf8_lossy(sink);
-            if let Some(record) = t.tasks.get(task_key(&id, &sink)).map_err(io_err)? {
-                out.push(serde_json::from_slice(&record).map_err(io_err)?);
-            }
-        }
-        Ok(out)
-    }
-
     fn redeliver(
         &self,
-        envelope_id: &str,
-        sink: Option<&str>,
+        envelope_id: String,
+        sink: Option<String>,
         now_ms: i64,
-    ) -> Result<usize, StoreError> {
-        let Some(id) = id_key(envelope_id) else {
-            return Ok(0);
+    ) -> StoreFuture<usize> {
+        let Some(envelope) = id_key(&envelope_id) else {
+            return futures_util::future::ready(Ok(0)).boxed();
         };
-        let t = &self.shared.trees;
-        let mut count = 0;
-        for mut task in self.tasks(envelope_id)? {
-            if sink.is_some_and(|s| s != task.sink) {
-                continue;
-            }
-            task.status = TaskStatus::Pending;
-            task.round_attempts = 0;
-            task.round_started_ms = now_ms;
-            task.next_attempt_ms = Some(now_ms);
-            let record = serde_json::to_vec(&task).map_err(io_err)?;
-            let index = sink_key(&task.sink, &id);
-            (&t.tasks, &t.pending, &t.dead)
-                .transaction(|(tasks, pending, dead)| {
-                    tasks.insert(task_key(&id, &task.sink), record.as_slice())?;
-                    pending.insert(index.as_slice(), pending_value(now_ms, &task.lane))?;
-                    dead.remove(index.as_slice())?;
-                    Ok::<_, ConflictableTransactionError<()>>(())
-                })
-                .map_err(|e: TransactionError<()>| StoreError::Io(format!("{e:?}")))?;
-            count += 1;
-        }
-        if count > 0 {
-            self.shared
-                .committed
-                .send_modify(|n| *n = n.wrapping_add(1));
-        }
-        Ok(count)
+        self.submit_counted(|reply| Op::Redeliver {
+            envelope,
+            sink,
+            now_ms,
+            reply,
+        })
     }
 
-    fn expire_claims(&self, now_secs: u64) -> Result<usize, StoreError> {
-        let t = &self.shared.trees;
-        let end = (now_secs.saturating_add(1)).to_be_bytes();
-        let mut removed = 0;
-        for item in t.expiry.range(..&end[..]) {
-            let (key, _) = item.map_err(io_err)?;
-            let (expires, dedup_key) = key.split_at(8);
-            let expires_at = u64::from_be_bytes(expires.try_into().unwrap_or_default());
-            if let Some(current) = t.dedup.get(dedup_key).map_err(io_err)? {
-                // A newer claim for the same ID (re-claimed after expiry) stays.
-                if Claim::decode(&current).is_some_and(|c| c.expires_at == expires_at) {
-                    let _ = t
-                        .dedup
-                        .compare_and_swap(dedup_key, Some(current), None::<&[u8]>)
-                        .map_err(io_err)?;
-                    removed += 1;
+    fn pending_count(&self, sink: String) -> StoreFuture<usize> {
+        self.read(move |shared| Ok(shared.trees.pending.scan_prefix(sink_prefix(&sink)).count()))
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        self.shared.wakeups.subscribe()
+    }
+}
+
+impl EventBrowser for SledStore {
+    fn events(&self, query: EventQuery) -> StoreFuture<EventPage> {
+        self.read(move |shared| {
+            let t = &shared.trees.deliveries;
+            let mut upper = query.before.as_deref().and_then(id_key);
+            if let Some(until) = query.until_ms {
+                let until = time_key(until);
+                upper = Some(upper.map_or(until, |u| u.min(until)));
+            }
+            let lower = query.since_ms.map(time_key);
+            let iter = match (lower, upper) {
+                (Some(lo), Some(hi)) if lo < hi => t.range(lo.to_vec()..hi.to_vec()),
+                (Some(_), Some(_)) => return Ok(EventPage::default()),
+                (Some(lo), None) => t.range(lo.to_vec()..),
+                (None, Some(hi)) => t.range(..hi.to_vec()),
+                (None, None) => t.range::<Vec<u8>, _>(..),
+            };
+            let limit = query.limit.max(1);
+            let mut page = EventPage::default();
+            let mut last = None;
+            let mut exhausted = true;
+            for (scanned, item) in iter.rev().enumerate() {
+                if page.events.len() >= limit || scanned >= BROWSE_SCAN_LIMIT {
+                    exhausted = false;
+                    break;
+                }
+                let (key, value) = item.map_err(io_err)?;
+                last = id_from_key(&key);
+                let summary = shared.summary(decode(&value)?)?;
+                if query.matches(&summary) {
+                    page.events.push(summary);
                 }
             }
-            t.expiry.remove(&key).map_err(io_err)?;
-        }
-        Ok(removed)
+            page.next = if exhausted { None } else { last };
+            Ok(page)
+        })
     }
 
-    fn purge_before(&self, cutoff_ms: i64, limit: usize) -> Result<usize, StoreError> {
-        let t = &self.shared.trees;
-        let cutoff = ulid::Ulid::from_parts(u64::try_from(cutoff_ms).unwrap_or(0), 0);
-        let end = u128::from(cutoff).to_be_bytes();
-        let mut purged = 0;
-        for item in t.deliveries.range(..end.to_vec()) {
-            if purged >= limit {
-                break;
-            }
-            let (key, value) = item.map_err(io_err)?;
-            let record: DeliveryRecord = match serde_json::from_slice(&value) {
-                Ok(record) => record,
-                Err(_) => continue,
+    fn receipt(&self, id: String) -> StoreFuture<Option<(Receipt, bytes::Bytes)>> {
+        self.read(move |shared| {
+            let Some(key) = id_key(&id) else {
+                return Ok(None);
             };
-            let mut tasks = Vec::new();
-            for envelope_id in &record.envelope_ids {
-                tasks.extend(self.tasks(envelope_id)?);
-            }
-            if tasks.iter().any(|task| task.status == TaskStatus::Pending) {
-                continue; // still being delivered: kept whatever its age
-            }
-            let mut batch_deliveries = sled::Batch::default();
-            batch_deliveries.remove(&*key);
-            let mut batch_bodies = sled::Batch::default();
-            batch_bodies.remove(&*key);
-            for envelope_id in &record.envelope_ids {
-                let Some(id) = id_key(envelope_id) else {
+            let t = &shared.trees;
+            let Some(record) = t.deliveries.get(key).map_err(io_err)? else {
+                return Ok(None);
+            };
+            let body = t.bodies.get(key).map_err(io_err)?.unwrap_or_default();
+            Ok(Some((decode(&record)?, bytes::Bytes::from(body.to_vec()))))
+        })
+    }
+
+    fn envelope(&self, id: String) -> StoreFuture<Option<Envelope>> {
+        self.read(move |shared| match id_key(&id) {
+            Some(key) => shared.envelope_of(&key).map_err(StoreError::Io),
+            None => Ok(None),
+        })
+    }
+
+    fn tasks(&self, envelope_id: String) -> StoreFuture<Vec<TaskRecord>> {
+        self.read(move |shared| match id_key(&envelope_id) {
+            Some(key) => shared.tasks_of(&key),
+            None => Ok(Vec::new()),
+        })
+    }
+
+    fn attempts(&self, envelope_id: String, sink: String) -> StoreFuture<Vec<AttemptRecord>> {
+        self.read(move |shared| {
+            let Some(id) = id_key(&envelope_id) else {
+                return Ok(Vec::new());
+            };
+            let mut prefix = task_key(&id, &sink);
+            prefix.push(0);
+            shared
+                .trees
+                .attempts
+                .scan_prefix(prefix)
+                .map(|item| decode(&item.map_err(io_err)?.1))
+                .collect()
+        })
+    }
+
+    fn dead_letters(&self, sink: Option<String>, limit: usize) -> StoreFuture<Vec<TaskRecord>> {
+        self.read(move |shared| {
+            let prefix = sink.as_deref().map(sink_prefix).unwrap_or_default();
+            let mut out = Vec::new();
+            for item in shared.trees.dead.scan_prefix(&prefix) {
+                if out.len() >= limit {
+                    break;
+                }
+                let (key, _) = item.map_err(io_err)?;
+                let Some(split) = key.iter().position(|b| *b == 0) else {
                     continue;
                 };
-                t.envelopes.remove(id).map_err(io_err)?;
-                for prefixed in [&t.tasks, &t.attempts] {
-                    let mut batch = sled::Batch::default();
-                    for entry in prefixed.scan_prefix(id).keys() {
-                        batch.remove(entry.map_err(io_err)?);
-                    }
-                    prefixed.apply_batch(batch).map_err(io_err)?;
-                }
-                for task in tasks.iter().filter(|task| task.envelope_id == *envelope_id) {
-                    t.dead.remove(sink_key(&task.sink, &id)).map_err(io_err)?;
+                let Ok(id) = <[u8; 16]>::try_from(&key[split + 1..]) else {
+                    continue;
+                };
+                let sink = String::from_utf8_lossy(&key[..split]);
+                if let Some(task) = shared.task_record(&id, &sink)? {
+                    out.push(task);
                 }
             }
-            t.bodies.apply_batch(batch_bodies).map_err(io_err)?;
-            t.deliveries.apply_batch(batch_deliveries).map_err(io_err)?;
-            purged += 1;
-        }
-        Ok(purged)
+            Ok(out)
+        })
+    }
+}
+
+impl Maintenance for SledStore {
+    fn expire_claims(&self, now_secs: u64) -> StoreFuture<usize> {
+        self.submit_counted(|reply| Op::Expire { now_secs, reply })
     }
 
-    fn commits(&self) -> watch::Receiver<u64> {
-        self.shared.committed.subscribe()
-    }
-
-    fn delivery(&self, id: &str) -> Result<Option<(DeliveryRecord, Vec<u8>)>, StoreError> {
-        let Some(key) = id_key(id) else {
-            return Ok(None);
-        };
-        let t = &self.shared.trees;
-        let Some(record) = t.deliveries.get(key).map_err(io_err)? else {
-            return Ok(None);
-        };
-        let record: DeliveryRecord = serde_json::from_slice(&record).map_err(io_err)?;
-        let body = t.bodies.get(key).map_err(io_err)?.unwrap_or_default();
-        Ok(Some((record, body.to_vec())))
-    }
-
-    fn envelope(&self, id: &str) -> Result<Option<Envelope>, StoreError> {
-        let Some(key) = id_key(id) else {
-            return Ok(None);
-        };
-        self.shared
-            .trees
-            .envelopes
-            .get(key)
-            .map_err(io_err)?
-            .map(|bytes| serde_json::from_slice(&bytes).map_err(io_err))
-            .transpose()
+    fn purge_before(&self, cutoff_ms: i64, limit: usize) -> StoreFuture<usize> {
+        self.submit_counted(|reply| Op::Purge {
+            cutoff_ms,
+            limit,
+            reply,
+        })
     }
 
     fn close(&self) {
-        self.sender
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(handle) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        lock(&self.shared.intake).sender.take();
+        if let Some(handle) = lock(&self.writer).take() {
             let _ = handle.join();
         }
         if let Err(e) = self.shared.db.flush() {
@@ -968,53 +1453,14 @@ impl Drop for SledStore {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::store::{DeliveryStatus, NewEnvelope};
-
-    fn stored(outcome: Committed) -> Commit {
-        Commit::Stored(vec![outcome])
-    }
+    use crate::store::{NewEnvelope, ReceiptStatus};
 
     fn settings(dir: &Path) -> StorageSettings {
         StorageSettings {
             path: dir.join("store").to_str().unwrap().into(),
             dedup_ttl_secs: 100,
+            write_timeout_ms: 2_000,
             ..StorageSettings::default()
-        }
-    }
-
-    fn event(id: &str, event_id: &str) -> NewEvent {
-        let envelope: Envelope = serde_json::from_value(serde_json::json!({
-            "id": id, "provider": "p", "kind": "generic", "event_id": event_id,
-            "type": "a.created", "action": "created", "object": "a", "object_id": null,
-            "current": null, "previous": null, "occurred_at": null,
-            "received_at": "2024-01-01T00:00:00.000Z", "meta": {}
-        }))
-        .unwrap();
-        NewEvent {
-            delivery: DeliveryRecord {
-                id: id.into(),
-                provider: "p".into(),
-                kind: "generic".into(),
-                event_id: Some(event_id.into()),
-                received_at: envelope.received_at.clone(),
-                client_ip: None,
-                headers: vec![],
-                status: DeliveryStatus::Accepted,
-                error: None,
-                envelope_ids: vec![id.into()],
-            },
-            body: bytes::Bytes::from_static(b"{\"raw\":true}"),
-            events: vec![NewEnvelope {
-                dedup: DedupKey {
-                    provider: "p".into(),
-                    event_id: event_id.into(),
-                },
-                envelope,
-                sinks: vec!["sink-a".into()],
-                lane: b"lane-1".to_vec(),
-                not_before_ms: 0,
-            }],
-            replay_guard: None,
         }
     }
 
@@ -1022,193 +1468,162 @@ mod tests {
         ulid::Ulid::from(n).to_string()
     }
 
-    #[tokio::test]
-    async fn committed_events_their_claims_and_their_tasks_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::at_unix(1_000));
-        let store = SledStore::open(
-            &settings(dir.path()),
-            clock.clone(),
-            Arc::new(Metrics::new()),
-        )
+    fn event(id: &str, event_id: &str, body: &[u8]) -> NewReceipt {
+        let envelope: Envelope = serde_json::from_value(serde_json::json!({
+            "id": id, "provider": "p", "kind": "generic", "event_id": event_id,
+            "type": "a.created", "action": "created", "object": "a", "object_id": null,
+            "current": null, "previous": null, "occurred_at": null,
+            "received_at": "2024-01-01T00:00:00.000Z", "meta": {}
+        }))
         .unwrap();
-        assert_eq!(
-            store.commit(event(&ulid(1), "e1")).await.unwrap(),
-            stored(Committed::Accepted)
-        );
-        assert_eq!(
-            store.commit(event(&ulid(2), "e1")).await.unwrap(),
-            stored(Committed::Duplicate { id: ulid(1) })
-        );
-        store.close();
-        drop(store);
-
-        let store = SledStore::open(
-            &settings(dir.path()),
-            clock.clone(),
-            Arc::new(Metrics::new()),
-        )
-        .unwrap();
-        let key = DedupKey {
-            provider: "p".into(),
-            event_id: "e1".into(),
-        };
-        assert_eq!(store.find_duplicate(&key).await.unwrap(), Some(ulid(1)));
-        let pending = store.pending_tasks("sink-a", 10).unwrap();
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].envelope_id, ulid(1));
-        assert_eq!(pending[0].lane, b"lane-1");
-        let (record, body) = store.delivery(&ulid(1)).unwrap().unwrap();
-        assert_eq!(record.event_id.as_deref(), Some("e1"));
-        assert_eq!(body, b"{\"raw\":true}");
-        // An attempt that delivers removes the task from the pending index, durably recorded.
-        let mut task = store.tasks(&ulid(1)).unwrap().remove(0);
-        task.status = TaskStatus::Delivered;
-        task.attempts = 1;
-        task.next_attempt_ms = None;
-        let attempt = crate::store::AttemptRecord {
-            number: 1,
-            at: "2024-01-01T00:00:00.000Z".into(),
-            outcome: crate::store::AttemptOutcome::Delivered,
-            http_status: Some(200),
-            exit_code: None,
-            error: None,
-            duration_ms: 3,
-        };
-        store.record_attempts(&[(task, attempt.clone())]).unwrap();
-        assert!(store.pending_tasks("sink-a", 10).unwrap().is_empty());
-        assert_eq!(store.attempts(&ulid(1), "sink-a").unwrap(), vec![attempt]);
-        // Redelivery makes it pending again with a fresh budget.
-        assert_eq!(store.redeliver(&ulid(1), None, 99).unwrap(), 1);
-        let again = store.pending_tasks("sink-a", 10).unwrap();
-        assert_eq!(again[0].next_attempt_ms, 99);
-        assert!(
-            store.envelope(&ulid(1)).unwrap().is_some(),
-            "envelopes are kept"
-        );
+        NewReceipt {
+            receipt: Receipt {
+                id: id.into(),
+                provider: "p".into(),
+                kind: "generic".into(),
+                event_id: Some(event_id.into()),
+                received_at: envelope.received_at.clone(),
+                client_ip: None,
+                headers: vec![],
+                status: ReceiptStatus::Accepted,
+                error: None,
+                envelope_ids: vec![],
+                types: vec![],
+                event_ids: vec![],
+            },
+            body: bytes::Bytes::copy_from_slice(body),
+            events: vec![NewEnvelope {
+                dedup: DedupKey {
+                    provider: "p".into(),
+                    event_id: event_id.into(),
+                },
+                json: serde_json::to_vec(&envelope).unwrap().into(),
+                envelope,
+                sinks: vec!["sink-a".into()],
+                lane: Vec::new(),
+                not_before_ms: 0,
+            }],
+            replay_guard: None,
+        }
     }
 
-    #[tokio::test]
-    async fn expired_claims_are_swept_and_can_be_claimed_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::at_unix(1_000));
-        let store = SledStore::open(
-            &settings(dir.path()),
-            clock.clone(),
+    fn open(dir: &Path, tweak: impl FnOnce(&mut StorageSettings)) -> SledStore {
+        let mut s = settings(dir);
+        tweak(&mut s);
+        SledStore::open(
+            &s,
+            Arc::new(ManualClock::at_unix(1_000)),
             Arc::new(Metrics::new()),
         )
-        .unwrap();
-        store.commit(event(&ulid(1), "e1")).await.unwrap();
-        store.commit(event(&ulid(2), "e2")).await.unwrap();
-        assert_eq!(store.expire_claims(1_050).unwrap(), 0);
-        clock.set_unix(1_101);
-        let key = DedupKey {
-            provider: "p".into(),
-            event_id: "e1".into(),
-        };
-        assert_eq!(store.find_duplicate(&key).await.unwrap(), None, "expired");
-        // Re-claimed before the sweep: the sweep must not remove the new claim.
-        assert_eq!(
-            store.commit(event(&ulid(3), "e1")).await.unwrap(),
-            stored(Committed::Accepted)
-        );
-        assert_eq!(
-            store.expire_claims(1_101).unwrap(),
-            1,
-            "only e2's old claim"
-        );
-        assert_eq!(store.find_duplicate(&key).await.unwrap(), Some(ulid(3)));
+        .unwrap()
     }
 
-    #[tokio::test]
-    async fn probes_write_durably_and_a_closed_store_refuses_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(
-            &settings(dir.path()),
-            Arc::new(ManualClock::at_unix(5)),
-            Arc::new(Metrics::new()),
-        )
-        .unwrap();
-        store.probe().await.unwrap();
-        store.close();
-        assert!(matches!(store.probe().await, Err(StoreError::Closed)));
-    }
-
-    #[tokio::test]
-    async fn retention_purges_finished_deliveries_and_keeps_pending_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::at_unix(1_000));
-        let store =
-            SledStore::open(&settings(dir.path()), clock, Arc::new(Metrics::new())).unwrap();
-        // Two old deliveries (ULID time 1 ms and 2 ms), one still pending.
-        store
-            .commit(event(&ulid(1u128 << 80), "old-done"))
-            .await
-            .unwrap();
-        store
-            .commit(event(&ulid(2u128 << 80), "old-pending"))
-            .await
-            .unwrap();
-        let mut task = store.tasks(&ulid(1u128 << 80)).unwrap().remove(0);
-        task.status = TaskStatus::Delivered;
-        task.next_attempt_ms = None;
-        let attempt = crate::store::AttemptRecord {
-            number: 1,
-            at: "t".into(),
-            outcome: crate::store::AttemptOutcome::Delivered,
-            http_status: None,
-            exit_code: None,
-            error: None,
-            duration_ms: 0,
-        };
-        store.record_attempts(&[(task, attempt)]).unwrap();
-        assert_eq!(store.purge_before(10, 100).unwrap(), 1);
-        assert!(store.delivery(&ulid(1u128 << 80)).unwrap().is_none());
-        assert!(store.envelope(&ulid(1u128 << 80)).unwrap().is_none());
-        assert!(store.tasks(&ulid(1u128 << 80)).unwrap().is_empty());
-        assert!(store
-            .attempts(&ulid(1u128 << 80), "sink-a")
-            .unwrap()
-            .is_empty());
-        assert!(
-            store.delivery(&ulid(2u128 << 80)).unwrap().is_some(),
-            "pending: kept"
-        );
-        // A cutoff before everything purges nothing.
-        assert_eq!(store.purge_before(1, 100).unwrap(), 0);
-    }
-
-    /// The fault-injecting "disk" holds every sync: neither the commit nor a duplicate check
-    /// of the same event may answer until the sync returns.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn nothing_is_acknowledged_before_its_sync_returns() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::at_unix(1_000));
-        let store =
-            SledStore::open(&settings(dir.path()), clock, Arc::new(Metrics::new())).unwrap();
+    /// Holds every sync until the returned sender is dropped or sent to.
+    fn hold_syncs(store: &SledStore) -> std::sync::mpsc::Sender<()> {
         let (release, held) = std::sync::mpsc::channel::<()>();
         let held = Mutex::new(held);
         store.set_before_sync(Some(Arc::new(move || {
-            let _ = held.lock().unwrap().recv();
+            let _ = lock(&held).recv();
         })));
-        let commit = tokio::spawn(store.commit(event(&ulid(1), "e1")));
+        release
+    }
+
+    fn key(event_id: &str) -> DedupKey {
+        DedupKey {
+            provider: "p".into(),
+            event_id: event_id.into(),
+        }
+    }
+
+    /// The fault-injecting "disk" holds every sync: neither the commit nor a duplicate check
+    /// of the same event (in flight, or applied to sled and not yet synced) may answer, and a
+    /// worker may not see its task, until the sync returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_is_acknowledged_or_handed_out_before_its_sync_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path(), |_| {}));
+        let release = hold_syncs(&store);
+        let commit = tokio::spawn(store.commit(event(&ulid(1), "e1", b"{}")));
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!commit.is_finished(), "acknowledged before the sync");
-        let key = DedupKey {
-            provider: "p".into(),
-            event_id: "e1".into(),
-        };
-        // The claim is already applied in sled, but not durable: the fast path must wait.
-        let duplicate = tokio::spawn(store.find_duplicate(&key));
+        // The batch is applied in sled and the writer is inside its sync.
+        assert!(store
+            .shared
+            .trees
+            .dedup
+            .get(key("e1").to_bytes())
+            .unwrap()
+            .is_some());
+        let duplicate = tokio::spawn(store.find_duplicate(key("e1")));
+        let again = tokio::spawn(store.commit(event(&ulid(2), "e1", b"{}")));
+        let taken = tokio::spawn(store.take_due("sink-a".into(), 10, 10));
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
             !duplicate.is_finished(),
             "duplicate answered before the sync"
         );
+        assert!(
+            !again.is_finished(),
+            "duplicate commit answered before the sync"
+        );
+        assert!(!taken.is_finished(), "a worker saw an unsynced task");
         release.send(()).unwrap();
-        assert_eq!(commit.await.unwrap().unwrap(), stored(Committed::Accepted));
+        assert_eq!(
+            commit.await.unwrap().unwrap(),
+            Commit::Stored(vec![Committed::Accepted])
+        );
         assert_eq!(duplicate.await.unwrap().unwrap(), Some(ulid(1)));
+        assert_eq!(
+            again.await.unwrap().unwrap(),
+            Commit::Stored(vec![Committed::Duplicate { id: ulid(1) }])
+        );
+        assert_eq!(taken.await.unwrap().unwrap().tasks.len(), 1);
         store.set_before_sync(None);
         drop(release);
+    }
+
+    /// A frozen disk: every write and `/ready`'s probe answers a timeout, not a hang.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_disk_answers_a_timeout_within_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), |s| s.write_timeout_ms = 300);
+        let release = hold_syncs(&store);
+        let started = std::time::Instant::now();
+        let result = store.commit(event(&ulid(1), "e1", b"{}")).await;
+        assert!(
+            matches!(result, Err(StoreError::Timeout(300))),
+            "{result:?}"
+        );
+        assert!(matches!(store.probe().await, Err(StoreError::Timeout(300))));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(release);
+        store.set_before_sync(None);
+        // Once the disk moves again the first copy is stored: a retry is a duplicate.
+        assert_eq!(
+            store.commit(event(&ulid(2), "e1", b"{}")).await.unwrap(),
+            Commit::Stored(vec![Committed::Duplicate { id: ulid(1) }])
+        );
+    }
+
+    /// The write queue is bounded in bytes, not only in count.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_write_queue_is_bounded_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), |s| s.queue_max_bytes = 100_000);
+        let release = hold_syncs(&store);
+        let big = vec![b'x'; 60_000];
+        let first = tokio::spawn(store.commit(event(&ulid(1), "e1", &big)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = store.commit(event(&ulid(2), "e2", &big)).await;
+        assert!(matches!(second, Err(StoreError::QueueFull)), "{second:?}");
+        let small = tokio::spawn(store.commit(event(&ulid(3), "e3", b"{}")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        store.set_before_sync(None);
+        drop(release);
+        assert!(first.await.unwrap().is_ok());
+        assert!(small.await.unwrap().is_ok());
+        assert!(store.commit(event(&ulid(2), "e2", &big)).await.is_ok());
     }
 }

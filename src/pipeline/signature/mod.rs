@@ -134,18 +134,18 @@ pub struct Signed {
 /// A delivery whose signature (or Basic Auth, for `basic` kinds) has been verified.
 /// Only [`verify`] constructs it.
 #[derive(Debug)]
-pub struct Verified(Received);
+pub struct Verified<'r>(Received<'r>);
 
-impl Deref for Verified {
-    type Target = Received;
+impl<'r> Deref for Verified<'r> {
+    type Target = Received<'r>;
 
-    fn deref(&self) -> &Received {
+    fn deref(&self) -> &Received<'r> {
         &self.0
     }
 }
 
 /// Verifies `received` against its instance's keys at `now` (Unix seconds).
-pub fn verify(received: Received, now: i64) -> Result<Verified, SignatureError> {
+pub fn verify(received: Received<'_>, now: i64) -> Result<Verified<'_>, SignatureError> {
     let instance = &received.instance;
     let url = instance
         .public_url
@@ -154,7 +154,7 @@ pub fn verify(received: Received, now: i64) -> Result<Verified, SignatureError> 
             q if q.is_empty() => base.to_owned(),
             q => format!("{base}?{q}"),
         });
-    let message = Message::new(&received.headers, &received.body, url.as_deref());
+    let message = Message::new(received.headers, &received.body, url.as_deref());
     instance
         .kind
         .scheme
