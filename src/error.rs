@@ -10,7 +10,10 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::ingest::IngestError;
 use crate::pipeline::access::BASIC_CHALLENGE;
+use crate::pipeline::body::BodyError;
+use crate::pipeline::parse::ParseError;
 use crate::pipeline::signature::SignatureError;
 use crate::store::StoreError;
 
@@ -129,6 +132,41 @@ impl ResponseError for GatewayError {
 impl From<SignatureError> for GatewayError {
     fn from(e: SignatureError) -> Self {
         GatewayError::Signature(e)
+    }
+}
+
+impl From<BodyError> for GatewayError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge { limit } => GatewayError::PayloadTooLarge { limit },
+            BodyError::Timeout => GatewayError::RequestTimeout,
+            BodyError::Broken(detail) => GatewayError::InvalidPayload {
+                format: "HTTP body",
+                detail,
+            },
+        }
+    }
+}
+
+impl From<ParseError> for GatewayError {
+    fn from(e: ParseError) -> Self {
+        GatewayError::InvalidPayload {
+            format: e.format,
+            detail: e.detail,
+        }
+    }
+}
+
+impl From<IngestError> for GatewayError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Unprocessable(e) => GatewayError::UnprocessableEvent(e.to_string()),
+            IngestError::Replayed => {
+                GatewayError::Signature(SignatureError::Other(IngestError::Replayed.to_string()))
+            }
+            IngestError::Storage(e) => GatewayError::StorageUnavailable(e),
+            IngestError::Delivery(e) => GatewayError::DeliveryFailed(e.to_string()),
+        }
     }
 }
 

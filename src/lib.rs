@@ -20,19 +20,19 @@
 //! - [`fixture`]: recorded deliveries, shared by the golden test and `hookgate replay`.
 //! - [`clock`], [`telemetry`], [`cli`]: time as a dependency, logging, the command line.
 
-pub mod admin;
+mod admin;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod envelope;
-pub mod error;
+mod error;
 pub mod fixture;
-pub mod ingest;
+mod ingest;
 pub mod metrics;
 pub mod pipeline;
 pub mod provider;
-pub mod routes;
+mod routes;
 pub mod secret;
 pub mod startup;
 pub mod store;

@@ -2,14 +2,12 @@
 //! bound listener, an open store, compiled providers and sinks; `hookgate serve` and the tests
 //! both use it. Tests bind port 0 and read [`Application::port`].
 
-use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
-use ipnet::IpNet;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -17,10 +15,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, LoadedSettings};
 use crate::dispatch::{self, Dispatcher, HandlerRoute};
 use crate::ingest::Ingestor;
-use crate::metrics::{InstanceMetrics, Metrics};
+use crate::metrics::Metrics;
 use crate::provider::registry::Registry;
-use crate::routes::{self, admin, health, webhook};
-use crate::secret::Secret;
+use crate::routes::{self, admin, health, webhook, AppState};
 use crate::store::sled::SledStore;
 use crate::store::Store;
 use crate::telemetry::LogBudget;
@@ -38,31 +35,6 @@ const CLAIM_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 /// Rejection log lines per second (and burst) before they are counted instead of written.
 const REJECTION_LOG_PER_SECOND: u32 = 20;
 const REJECTION_LOG_BURST: u32 = 100;
-
-/// What every request handler shares.
-pub struct AppState {
-    pub registry: Registry,
-    pub store: Arc<dyn Store>,
-    pub clock: Arc<dyn Clock>,
-    /// Stages 10–12: duplicate check, envelopes, commit.
-    pub ingestor: Ingestor,
-    /// The sinks and their workers.
-    pub dispatcher: Arc<Dispatcher>,
-    pub trusted_proxies: Vec<IpNet>,
-    pub body_read_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub metrics: Arc<Metrics>,
-    /// Per-instance metric handles, by instance name.
-    pub instance_metrics: HashMap<String, InstanceMetrics>,
-    /// Handles of requests to names that are not configured.
-    pub unknown_metrics: InstanceMetrics,
-    /// Bounds the rejection lines in the log.
-    pub rejection_log: LogBudget,
-    /// Bearer token of `/admin`; `None` disables it.
-    pub admin_token: Option<Secret>,
-    /// `storage.retention_secs`; 0 keeps deliveries forever.
-    pub retention_secs: u64,
-}
 
 /// What [`Application::build_with`] lets a caller replace.
 #[derive(Default)]
@@ -123,14 +95,16 @@ impl Application {
                 );
             }
         }
-        let routes = dispatch::build_routes(&loaded.settings.sinks, deps.handlers)
-            .map_err(StartupError::Sink)?;
+        let routes = dispatch::build_routes(&loaded, deps.handlers)?;
+        for route in &routes {
+            route.open().map_err(StartupError::Sink)?;
+        }
         let metrics = Arc::new(Metrics::new());
         let settings = loaded.settings;
         let server_settings = settings.server.clone();
-        let addr = server_settings.bind.as_str().to_owned();
-        let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind {
-            addr: addr.clone(),
+        let addr = loaded.bind;
+        let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind {
+            addr: addr.to_string(),
             source,
         })?;
         let port = listener.local_addr().map_err(StartupError::Server)?.port();

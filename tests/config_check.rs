@@ -87,6 +87,42 @@ fn bad_cidrs_and_limits_name_their_key() {
 }
 
 #[test]
+fn sink_filters_secrets_and_headers_are_compiled_by_check_and_named() {
+    let http = |extra: &str| {
+        format!(
+            "[[sinks]]\nname = \"app\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9/\"\n{extra}\n"
+        )
+    };
+    assert_rejected(
+        &http("secret = \"whsec_not base64!\""),
+        &[],
+        &["sinks[0].secret"],
+    );
+    assert_rejected(
+        &http("events = [\"ok:*\", \"[\"]"),
+        &[],
+        &["sinks[0].events[1]"],
+    );
+    assert_rejected(
+        &http("headers = { \"bad header\" = \"x\" }"),
+        &[],
+        &["sinks[0].headers.bad header"],
+    );
+    // `check` compiles sinks without touching them: no file sink is created.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("never-created.jsonl");
+    let (ok, text) = check(
+        &format!(
+            "[[sinks]]\nname = \"audit\"\nkind = \"file\"\npath = \"{}\"\n",
+            target.display()
+        ),
+        &[],
+    );
+    assert!(ok, "{text}");
+    assert!(!target.exists(), "check created the sink file");
+}
+
+#[test]
 fn an_unset_variable_is_named_and_a_set_one_is_used() {
     let config = "[providers.demo]\nkind = \"generic\"\nsecrets = [\"${HG_TEST_SECRET}\"]\n";
     assert_rejected(

@@ -169,6 +169,8 @@ async fn storage_failure_is_503_with_retry_after_and_not_ready() {
 struct Gateway {
     child: Child,
     port: u16,
+    /// Every log line written after "Listening.".
+    logs: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 fn start_binary(dir: &std::path::Path) -> Gateway {
@@ -199,8 +201,14 @@ fn start_binary(dir: &std::path::Path) -> Gateway {
         }
     };
     // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Gateway { child, port }
+    let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = logs.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().unwrap().push(line);
+        }
+    });
+    Gateway { child, port, logs }
 }
 
 async fn send(client: &reqwest::Client, port: u16, id: &str) -> Option<String> {
@@ -394,7 +402,10 @@ async fn a_duplicate_is_not_acknowledged_while_the_first_copy_is_not_yet_durable
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!first.is_finished(), "acknowledged before its sync");
-    assert!(!second.is_finished(), "duplicate acknowledged before the first copy's sync");
+    assert!(
+        !second.is_finished(),
+        "duplicate acknowledged before the first copy's sync"
+    );
     // Nor may the sink have seen it: workers read only what is durable.
     assert!(std::fs::read_to_string(app.sink_path())
         .unwrap_or_default()
@@ -434,4 +445,79 @@ async fn a_stalled_disk_is_answered_503_within_the_storage_timeout_and_not_ready
     assert_eq!(retry.status(), 200);
     let ready = app.client.get(app.url("/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+}
+
+/// INFO is quiet on the hot path: nothing per accepted or duplicate request; rejections are
+/// logged with the client address, and a flood of them is cut to a budget that says how many
+/// lines it left out.
+#[tokio::test]
+async fn info_logs_only_rejections_and_a_flood_of_them_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = start_binary(dir.path());
+    let client = reqwest::Client::new();
+    for i in 0..20 {
+        let id = format!("evt_quiet_{i}");
+        assert_eq!(
+            send(&client, gateway.port, &id).await.as_deref(),
+            Some("accepted")
+        );
+        assert_eq!(
+            send(&client, gateway.port, &id).await.as_deref(),
+            Some("duplicate")
+        );
+    }
+    let forged = generic_body("evt_forged", "post.created", "p1");
+    let now = chrono::Utc::now().timestamp();
+    for _ in 0..400 {
+        let mut request = client.post(format!("http://127.0.0.1:{}/webhooks/demo", gateway.port));
+        for (k, v) in generic_headers("not-the-secret", "evt_forged", now, forged.as_bytes()) {
+            request = request.header(k, v);
+        }
+        assert_eq!(
+            request.body(forged.clone()).send().await.unwrap().status(),
+            401
+        );
+    }
+    // One more after the budget has refilled reports what was left out.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let mut request = client.post(format!("http://127.0.0.1:{}/webhooks/demo", gateway.port));
+    for (k, v) in generic_headers("not-the-secret", "evt_forged", now, forged.as_bytes()) {
+        request = request.header(k, v);
+    }
+    assert_eq!(
+        request.body(forged.clone()).send().await.unwrap().status(),
+        401
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &gateway.child.id().to_string()])
+        .status();
+    let _ = gateway.child.wait();
+    let logs = gateway.logs.lock().unwrap().clone();
+    assert!(
+        !logs.iter().any(|l| l.contains("evt_quiet_")),
+        "an acknowledged request was logged at INFO"
+    );
+    let rejected: Vec<Value> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == "Rejected.")
+        .collect();
+    assert!(!rejected.is_empty(), "rejections are logged");
+    assert!(
+        rejected.len() < 200,
+        "{} rejection lines for 401 requests",
+        rejected.len()
+    );
+    let first = &rejected[0]["fields"];
+    assert_eq!(first["code"], "invalid_signature");
+    assert!(first["peer"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("127.0.0.1"));
+    assert!(
+        rejected
+            .iter()
+            .any(|l| l["fields"]["suppressed"].as_u64() > Some(0)),
+        "the line after the budget says how many were left out"
+    );
 }

@@ -85,14 +85,7 @@ enum Backend {
 async fn backend(loaded: &LoadedSettings) -> anyhow::Result<Backend> {
     let settings = &loaded.settings;
     if let Some(token) = settings.admin.token.as_ref().filter(|t| !t.is_empty()) {
-        let base = format!(
-            "http://{}/admin",
-            settings
-                .server
-                .bind
-                .as_str()
-                .replace("0.0.0.0", "127.0.0.1")
-        );
+        let base = format!("{}/admin", loaded.local_url());
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?;

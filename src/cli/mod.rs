@@ -81,6 +81,7 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
 fn check(path: PathBuf) -> anyhow::Result<()> {
     let loaded = config::load(&path)?;
     let registry = Registry::build(&loaded)?;
+    crate::dispatch::build_routes(&loaded, Vec::new())?;
     let mut names: Vec<String> = registry
         .iter()
         .map(|i| format!("{} ({})", i.name, i.kind.name))

@@ -61,13 +61,6 @@ fn instance_for<'s>(
     })
 }
 
-fn local_base(bind: &str) -> String {
-    let bind = bind
-        .replace("0.0.0.0", "127.0.0.1")
-        .replace("[::]", "[::1]");
-    format!("http://{bind}")
-}
-
 fn with_path(base: &str, instance: &str) -> String {
     let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
     if after_scheme.trim_end_matches('/').contains('/') {
@@ -90,10 +83,7 @@ fn target(
         .or_else(|| set.secrets().into_iter().next());
     match (configured, loaded) {
         (Some((name, instance)), Some(loaded)) => {
-            let base = args
-                .to
-                .clone()
-                .unwrap_or_else(|| local_base(loaded.settings.server.bind.as_str()));
+            let base = args.to.clone().unwrap_or_else(|| loaded.local_url());
             // Public-key kinds are configured with the public key: sign with the fixture's
             // private key (the instance must list the matching public key).
             let secret = match &set.file.signing_key {

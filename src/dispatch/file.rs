@@ -12,25 +12,47 @@ use crate::envelope::Envelope;
 #[derive(Debug, Clone)]
 pub struct FileSink {
     path: PathBuf,
-    file: Arc<Mutex<File>>,
+    /// Opened by [`FileSink::open`] at startup (or by the first write).
+    file: Arc<Mutex<Option<File>>>,
 }
 
 impl FileSink {
-    pub fn open(path: &str) -> std::io::Result<Self> {
-        let path = PathBuf::from(path);
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
+    /// A sink appending to `path`; nothing is touched until [`FileSink::open`].
+    pub fn new(path: &str) -> Self {
+        Self {
+            path: PathBuf::from(path),
+            file: Arc::new(Mutex::new(None)),
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(Self {
-            path,
-            file: Arc::new(Mutex::new(file)),
-        })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Creates the file (and its directory) if needed and opens it for appending.
+    pub fn open(&self) -> std::io::Result<()> {
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if file.is_none() {
+            if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            *file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
+        }
+        Ok(())
     }
 
     fn write(&self, envelopes: &[Envelope]) -> std::io::Result<()> {
-        let file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = BufWriter::new(&*file);
+        self.open()?;
+        let guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(file) = guard.as_ref() else {
+            return Err(std::io::Error::other("the sink file is not open"));
+        };
+        let mut out = BufWriter::new(file);
         for envelope in envelopes {
             serde_json::to_writer(&mut out, envelope)?;
             out.write_all(b"\n")?;

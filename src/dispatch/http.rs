@@ -4,7 +4,6 @@
 //! verify it. 2xx is delivered; 408, 429, 5xx, timeouts and connection errors are retried
 //! (`Retry-After` honoured); any other status is a permanent failure.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -12,9 +11,9 @@ use chrono::Utc;
 
 use super::Attempt;
 use crate::envelope::Envelope;
+use crate::pipeline::signature::standard::SigningKey;
 use crate::pipeline::signature::standard::StandardScheme;
 use crate::pipeline::signature::SignInput;
-use crate::secret::{Expanded, Secret};
 
 /// The Standard Webhooks header set hookgate signs outgoing deliveries with.
 const OUTGOING_PREFIX: &str = "webhook-";
@@ -23,28 +22,20 @@ const ERROR_BODY_LIMIT: usize = 512;
 
 pub struct HttpSink {
     url: String,
-    secret: Option<Secret>,
+    key: Option<SigningKey>,
     signer: StandardScheme,
     headers: Vec<(HeaderName, HeaderValue)>,
     client: reqwest::Client,
 }
 
 impl HttpSink {
+    /// `key` signs every delivery; `headers` are sent with each.
     pub fn new(
         url: &str,
-        secret: Option<Secret>,
+        key: Option<SigningKey>,
         timeout: Duration,
-        headers: &BTreeMap<String, Expanded>,
+        headers: Vec<(HeaderName, HeaderValue)>,
     ) -> Result<Self, String> {
-        let headers = headers
-            .iter()
-            .map(|(k, v)| {
-                Ok((
-                    HeaderName::from_bytes(k.as_bytes()).map_err(|e| e.to_string())?,
-                    HeaderValue::from_str(v.as_str()).map_err(|e| e.to_string())?,
-                ))
-            })
-            .collect::<Result<_, String>>()?;
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -53,7 +44,7 @@ impl HttpSink {
             .map_err(|e| e.to_string())?;
         Ok(Self {
             url: url.to_owned(),
-            secret,
+            key,
             signer: StandardScheme::compile(&[OUTGOING_PREFIX.to_owned()], None)
                 .map_err(|(_, m)| m)?,
             headers,
@@ -83,10 +74,10 @@ impl HttpSink {
             id_header.insert(HeaderName::from_static("webhook-id"), id);
         }
         let now = Utc::now();
-        match &self.secret {
-            Some(secret) => {
-                let signed = self.signer.sign(
-                    secret,
+        match &self.key {
+            Some(key) => {
+                let signed = self.signer.sign_with(
+                    key,
                     &SignInput {
                         body: &body,
                         headers: &id_header,

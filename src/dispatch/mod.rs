@@ -28,9 +28,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
-use crate::config::{DeliveryMode, RetrySettings, SinkSettings};
+use actix_web::http::header::{HeaderName, HeaderValue};
+
+use crate::config::{ConfigError, DeliveryMode, LoadedSettings, RetrySettings, SinkSettings};
 use crate::envelope::Envelope;
 use crate::metrics::Metrics;
+use crate::pipeline::signature::standard::SigningKey;
 use crate::store::{Store, StoreError, TaskStatus};
 
 /// `events = ["stripe:customer.*", "pipedrive"]`: globs over `provider:object.action`.
@@ -106,7 +109,7 @@ pub enum Attempt {
 
 /// The closed set of sink kinds.
 pub enum Sink {
-    Http(http::HttpSink),
+    Http(Box<http::HttpSink>),
     Command(command::CommandSink),
     File(file::FileSink),
     Handler(Arc<dyn SyncHandler>),
@@ -181,36 +184,63 @@ pub struct HandlerRoute {
 /// How many envelopes the file sink writes per sync.
 const FILE_BATCH: usize = 512;
 
-/// Builds the configured sinks, plus any in-process handlers.
+/// Compiles the configured sinks, plus any in-process handlers: filters parsed, signing keys
+/// decoded, headers and clients built, once. Nothing is opened yet ([`SinkRoute::open`]), so
+/// `hookgate check` runs this too. Errors name the file and the key.
 pub fn build_routes(
-    settings: &[SinkSettings],
+    loaded: &LoadedSettings,
     handlers: Vec<HandlerRoute>,
-) -> Result<Vec<SinkRoute>, String> {
-    let mut routes = settings
+) -> Result<Vec<SinkRoute>, ConfigError> {
+    let file = loaded.file_name();
+    let mut routes = loaded
+        .settings
+        .sinks
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
+            let err = |field: &str, message: String| {
+                ConfigError::new(&file, Some(format!("sinks[{i}].{field}")), message)
+            };
             let common = s.common();
-            let name = common.name.clone();
             let sink = match s {
-                SinkSettings::File { path, .. } => Sink::File(
-                    file::FileSink::open(path.as_str())
-                        .map_err(|e| format!("sink `{name}`: cannot open {path}: {e}"))?,
-                ),
+                SinkSettings::File { path, .. } => Sink::File(file::FileSink::new(path.as_str())),
                 SinkSettings::Http {
                     url,
                     secret,
                     timeout_ms,
                     headers,
                     ..
-                } => Sink::Http(
-                    http::HttpSink::new(
-                        url.as_str(),
-                        secret.clone(),
-                        Duration::from_millis(*timeout_ms),
-                        headers,
-                    )
-                    .map_err(|e| format!("sink `{name}`: {e}"))?,
-                ),
+                } => {
+                    let key = secret
+                        .as_ref()
+                        .map(SigningKey::parse)
+                        .transpose()
+                        .map_err(|m| err("secret", m))?;
+                    let headers = headers
+                        .iter()
+                        .map(|(name, value)| {
+                            match (
+                                HeaderName::from_bytes(name.as_bytes()),
+                                HeaderValue::from_str(value.as_str()),
+                            ) {
+                                (Ok(name), Ok(value)) => Ok((name, value)),
+                                _ => Err(err(
+                                    &format!("headers.{name}"),
+                                    "not a valid header".into(),
+                                )),
+                            }
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Sink::Http(Box::new(
+                        http::HttpSink::new(
+                            url.as_str(),
+                            key,
+                            Duration::from_millis(*timeout_ms),
+                            headers,
+                        )
+                        .map_err(|m| err("url", m))?,
+                    ))
+                }
                 SinkSettings::Command {
                     command,
                     timeout_ms,
@@ -225,21 +255,32 @@ pub fn build_routes(
             } else {
                 common.concurrency
             };
+            let filter = common
+                .events
+                .iter()
+                .enumerate()
+                .map(|(j, p)| {
+                    EventFilter::parse_one(p).map_err(|m| err(&format!("events[{j}]"), m))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(SinkRoute {
-                filter: EventFilter::parse(&common.events)?,
+                filter: EventFilter(filter),
                 retry: common.retry,
                 concurrency,
-                name,
+                name: common.name.clone(),
                 sink,
             })
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, ConfigError>>()?;
     for handler in handlers {
+        let err = |message: String| {
+            ConfigError::new(&file, Some(format!("handler `{}`", handler.name)), message)
+        };
         if routes.iter().any(|r| r.name == handler.name) {
-            return Err(format!("sink name `{}` is used twice", handler.name));
+            return Err(err("this sink name is used twice".into()));
         }
         routes.push(SinkRoute {
-            filter: EventFilter::parse(&handler.events)?,
+            filter: EventFilter::parse(&handler.events).map_err(err)?,
             retry: handler.retry,
             concurrency: 8,
             name: handler.name,
@@ -247,6 +288,23 @@ pub fn build_routes(
         });
     }
     Ok(routes)
+}
+
+impl SinkRoute {
+    /// Acquires what the sink needs before serving (the file sink opens its file), so a sink
+    /// that cannot work stops startup instead of failing every delivery.
+    pub fn open(&self) -> Result<(), String> {
+        match &self.sink {
+            Sink::File(sink) => sink.open().map_err(|e| {
+                format!(
+                    "sink `{}`: cannot open {}: {e}",
+                    self.name,
+                    sink.path().display()
+                )
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Where a new envelope goes: its tasks' sinks, lane and earliest background attempt.

@@ -8,7 +8,16 @@ use actix_web::http::header::{HeaderMap, CONTENT_LENGTH};
 use actix_web::web::{Bytes, BytesMut, Payload};
 use futures_util::StreamExt;
 
-use crate::error::GatewayError;
+/// Why a body was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body exceeds the {limit}-byte limit")]
+    TooLarge { limit: usize },
+    #[error("the request body was not received in time")]
+    Timeout,
+    #[error("the body could not be read: {0}")]
+    Broken(String),
+}
 
 /// Reads the whole body, refusing more than `limit` bytes or taking longer than `deadline`.
 pub async fn read_limited(
@@ -16,24 +25,21 @@ pub async fn read_limited(
     headers: &HeaderMap,
     limit: usize,
     deadline: Duration,
-) -> Result<Bytes, GatewayError> {
+) -> Result<Bytes, BodyError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(GatewayError::PayloadTooLarge { limit });
+        return Err(BodyError::TooLarge { limit });
     }
     let capacity = declared.map_or(8 * 1024, |len| len as usize);
     let read = async {
         let mut body = BytesMut::with_capacity(capacity);
         while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| GatewayError::InvalidPayload {
-                format: "HTTP body",
-                detail: e.to_string(),
-            })?;
+            let chunk = chunk.map_err(|e| BodyError::Broken(e.to_string()))?;
             if body.len() + chunk.len() > limit {
-                return Err(GatewayError::PayloadTooLarge { limit });
+                return Err(BodyError::TooLarge { limit });
             }
             body.extend_from_slice(&chunk);
         }
@@ -41,5 +47,5 @@ pub async fn read_limited(
     };
     tokio::time::timeout(deadline, read)
         .await
-        .map_err(|_| GatewayError::RequestTimeout)?
+        .map_err(|_| BodyError::Timeout)?
 }

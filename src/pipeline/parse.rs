@@ -6,10 +6,17 @@ use actix_web::http::header::CONTENT_TYPE;
 use serde_json::{Map, Value};
 
 use super::signature::Verified;
-use crate::error::GatewayError;
 use crate::provider::definition::BodyFormat;
 
-pub fn parse(delivery: &Verified<'_>) -> Result<Value, GatewayError> {
+/// A body that is not what its format says.
+#[derive(Debug, thiserror::Error)]
+#[error("the body is not valid {format}: {detail}")]
+pub struct ParseError {
+    pub format: &'static str,
+    pub detail: String,
+}
+
+pub fn parse(delivery: &Verified<'_>) -> Result<Value, ParseError> {
     let format = match delivery.instance.kind.body {
         BodyFormat::Auto => {
             let is_form = delivery
@@ -30,17 +37,17 @@ pub fn parse(delivery: &Verified<'_>) -> Result<Value, GatewayError> {
 
 const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
 
-pub fn parse_bytes(format: BodyFormat, body: &[u8]) -> Result<Value, GatewayError> {
+pub fn parse_bytes(format: BodyFormat, body: &[u8]) -> Result<Value, ParseError> {
     match format {
         BodyFormat::Json | BodyFormat::Auto => {
-            serde_json::from_slice(body).map_err(|e| GatewayError::InvalidPayload {
+            serde_json::from_slice(body).map_err(|e| ParseError {
                 format: "JSON",
                 detail: e.to_string(),
             })
         }
         BodyFormat::Form => {
             let pairs: Vec<(String, String)> =
-                serde_urlencoded::from_bytes(body).map_err(|e| GatewayError::InvalidPayload {
+                serde_urlencoded::from_bytes(body).map_err(|e| ParseError {
                     format: "form data",
                     detail: e.to_string(),
                 })?;

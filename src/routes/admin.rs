@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use super::AppState;
 use crate::admin::{self, ListQuery};
-use crate::startup::AppState;
 
 const BEARER: &str = "Bearer ";
 

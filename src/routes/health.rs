@@ -4,9 +4,9 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
+use super::AppState;
 use crate::envelope::format_millis;
 use crate::error::GatewayError;
-use crate::startup::AppState;
 
 pub const SERVICE_NAME: &str = "hookgate";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -10,8 +10,46 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::clock::Clock;
+use crate::dispatch::Dispatcher;
 use crate::error::GatewayError;
-use crate::startup::AppState;
+use crate::ingest::Ingestor;
+use crate::metrics::{InstanceMetrics, Metrics};
+use crate::provider::registry::Registry;
+use crate::secret::Secret;
+use crate::store::Store;
+use crate::telemetry::LogBudget;
+
+/// What every request handler shares.
+pub struct AppState {
+    pub registry: Registry,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    /// Stages 10–12: duplicate check, envelopes, commit.
+    pub ingestor: Ingestor,
+    /// The sinks and their workers.
+    pub dispatcher: Arc<Dispatcher>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub body_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub metrics: Arc<Metrics>,
+    /// Per-instance metric handles, by instance name.
+    pub instance_metrics: HashMap<String, InstanceMetrics>,
+    /// Handles of requests to names that are not configured.
+    pub unknown_metrics: InstanceMetrics,
+    /// Bounds the rejection lines in the log.
+    pub rejection_log: LogBudget,
+    /// Bearer token of `/admin`; `None` disables it.
+    pub admin_token: Option<Secret>,
+    /// `storage.retention_secs`; 0 keeps deliveries forever.
+    pub retention_secs: u64,
+}
 
 /// Any route that does not exist.
 pub async fn not_found() -> HttpResponse {

@@ -10,17 +10,17 @@ use serde::Serialize;
 use serde_json::json;
 use tracing::{field, info, warn, Instrument};
 
+use super::AppState;
 use crate::error::GatewayError;
-use crate::ingest::{IngestError, Ingested, Status};
+use crate::ingest::{Ingested, Status};
 use crate::metrics::OUTCOME_REJECTED;
 use crate::pipeline::plan::{self, Plan};
-use crate::pipeline::signature::{self, hmac, SignatureError};
+use crate::pipeline::signature::{self, hmac};
 use crate::pipeline::{access, body, parse, Received};
 use crate::provider::definition::HmacAlgorithm;
 use crate::provider::kind::{Handshake, Reply};
 use crate::provider::registry::Instance;
 use crate::provider::source::{text_of, Context};
-use crate::startup::AppState;
 
 /// Metric label for requests to names that are not configured (bounded label values).
 pub const UNKNOWN_PROVIDER_LABEL: &str = "unknown";
@@ -174,19 +174,6 @@ async fn handle(
             }
             let ingested = state.ingestor.ingest(&verified, events).await?;
             Ok(acknowledge(state, name, &ingested))
-        }
-    }
-}
-
-impl From<IngestError> for GatewayError {
-    fn from(e: IngestError) -> Self {
-        match e {
-            IngestError::Unprocessable(e) => GatewayError::UnprocessableEvent(e.to_string()),
-            IngestError::Replayed => {
-                GatewayError::Signature(SignatureError::Other(IngestError::Replayed.to_string()))
-            }
-            IngestError::Storage(e) => GatewayError::StorageUnavailable(e),
-            IngestError::Delivery(e) => GatewayError::DeliveryFailed(e.to_string()),
         }
     }
 }

@@ -192,9 +192,13 @@ pub struct DueTask {
 pub struct Due {
     /// Leased tasks, at most one per ordering lane, oldest first.
     pub tasks: Vec<DueTask>,
-    /// The earliest time (Unix ms) a task not taken now becomes due.
+    /// The earliest time (Unix ms) a task not taken now can be taken: its due time, or when
+    /// its lease ends; `now` when the limit left due tasks behind.
     pub next_due_ms: Option<i64>,
-    /// Pending tasks of the sink in all (queue depth).
+    /// Pending tasks of the sink (queue depth). A backend may stop counting at its scan limit
+    /// (the embedded store counts up to 10,000 per call); [`TaskQueue::pending_count`] is exact.
+    ///
+    /// [`TaskQueue::pending_count`]: super::TaskQueue::pending_count
     pub pending: usize,
 }
 

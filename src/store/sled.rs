@@ -1194,13 +1194,16 @@ impl TaskQueue for SledStore {
                 if !lane.is_empty() && !blocked.insert(lane.to_vec()) {
                     continue; // an older envelope of this object is still pending
                 }
-                if taken.len() >= limit || leases.contains_key(&(sink.clone(), id)) {
-                    continue;
-                }
-                if next <= now_ms {
+                // When this task could be handed out: now, later, or when its lease ends.
+                let free_at = match leases.get(&(sink.clone(), id)) {
+                    Some(until) => next.max(*until),
+                    None => next,
+                };
+                if free_at <= now_ms && taken.len() < limit {
                     taken.push(id);
                 } else {
-                    due.next_due_ms = Some(due.next_due_ms.map_or(next, |n: i64| n.min(next)));
+                    let at = free_at.max(now_ms);
+                    due.next_due_ms = Some(due.next_due_ms.map_or(at, |n: i64| n.min(at)));
                 }
             }
             for id in &taken {

@@ -28,6 +28,33 @@ pub struct StandardScheme {
     pub tolerance_secs: u64,
 }
 
+/// A Standard Webhooks signing key: `whsec_` (HMAC) or `whsk_` (Ed25519), decoded.
+pub enum SigningKey {
+    Hmac(keys::SecretBytes),
+    Ed25519(ed25519_dalek::SigningKey),
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SigningKey::Hmac(_) => "SigningKey::Hmac(..)",
+            SigningKey::Ed25519(_) => "SigningKey::Ed25519(..)",
+        })
+    }
+}
+
+impl SigningKey {
+    pub fn parse(secret: &Secret) -> Result<Self, String> {
+        if secret.expose_str().trim().starts_with(keys::WHSK_PREFIX) {
+            return keys::ed25519_signing(secret).map(SigningKey::Ed25519);
+        }
+        match keys::standard_key(secret)? {
+            Key::Shared(key) => Ok(SigningKey::Hmac(key)),
+            _ => Err("signing needs a whsec_ secret or a whsk_ signing key".into()),
+        }
+    }
+}
+
 impl StandardScheme {
     pub fn compile(prefixes: &[String], tolerance: Option<u64>) -> Result<Self, (String, String)> {
         if prefixes.is_empty() {
@@ -145,6 +172,11 @@ impl StandardScheme {
     }
 
     pub fn sign(&self, secret: &Secret, input: &SignInput<'_>) -> Result<Signed, String> {
+        self.sign_with(&SigningKey::parse(secret)?, input)
+    }
+
+    /// Signs with a key decoded once (the `http` sink signs every delivery).
+    pub fn sign_with(&self, key: &SigningKey, input: &SignInput<'_>) -> Result<Signed, String> {
         let [id_name, ts_name, sig_name] = &self.header_sets[0];
         let id = input
             .headers
@@ -155,21 +187,15 @@ impl StandardScheme {
         let ts = input.timestamp.timestamp().to_string();
         let mut signed = format!("{id}.{ts}.").into_bytes();
         signed.extend_from_slice(input.body);
-        let text = secret.expose_str().trim();
-        let signature = if text.starts_with(keys::WHSK_PREFIX) {
-            let key = keys::ed25519_signing(secret)?;
-            format!(
+        let signature = match key {
+            SigningKey::Ed25519(key) => format!(
                 "{VERSION_ED25519},{}",
                 BASE64.encode(key.sign(&signed).to_bytes())
-            )
-        } else {
-            let Key::Shared(key) = keys::standard_key(secret)? else {
-                return Err("signing needs a whsec_ secret or a whsk_ signing key".into());
-            };
-            format!(
+            ),
+            SigningKey::Hmac(key) => format!(
                 "{VERSION_HMAC},{}",
                 BASE64.encode(mac(HmacAlgorithm::Sha256, key.expose(), &signed))
-            )
+            ),
         };
         Ok(Signed {
             headers: vec![
