@@ -152,12 +152,7 @@ impl Application {
                 .route("/ready", web::get().to(health::ready))
                 .route("/metrics", web::get().to(health::metrics))
                 .service(admin::scope())
-                .service(
-                    web::resource("/webhooks/{name}/health")
-                        .route(web::get().to(health::provider_health))
-                        .default_service(web::to(routes::method_not_allowed)),
-                )
-                .route("/webhooks/{name}", web::to(webhook::receive))
+                .service(web::scope("/webhooks").default_service(web::to(webhook::route)))
                 .default_service(web::to(routes::not_found))
         })
         .client_request_timeout(Duration::from_millis(

@@ -33,16 +33,15 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-pub async fn provider_health(
-    req: HttpRequest,
-    name: web::Path<String>,
-    state: web::Data<AppState>,
+pub fn provider_health(
+    req: &HttpRequest,
+    name: &str,
+    state: &AppState,
 ) -> Result<HttpResponse, GatewayError> {
-    let name = name.into_inner();
     let instance = state
         .registry
-        .get(&name)
-        .ok_or_else(|| GatewayError::UnknownProvider(name.clone()))?;
+        .get(name)
+        .ok_or_else(|| GatewayError::UnknownProvider(name.to_owned()))?;
     if let Some(auth) = &instance.basic_auth {
         if !auth.check(req.headers()) {
             return Err(GatewayError::Unauthorized);

@@ -8,7 +8,7 @@ pub mod webhook;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpResponse, ResponseError};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,11 +54,6 @@ pub struct AppState {
 /// Any route that does not exist.
 pub async fn not_found() -> HttpResponse {
     GatewayError::NotFound.error_response()
-}
-
-/// A known route called with the wrong method.
-pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    GatewayError::MethodNotAllowed(req.method().to_string()).error_response()
 }
 
 /// Refuses requests whose headers add up to more than `server.max_header_bytes` with a JSON 431,
