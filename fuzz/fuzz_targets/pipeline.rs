@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
     let received = Received {
         instance: instance.clone(),
         headers: &headers,
-        query: String::new(),
+        query: "",
         body: Bytes::copy_from_slice(data),
         client_ip: None,
         received_at: common::received_at(),

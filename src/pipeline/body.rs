@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use actix_web::http::header::{HeaderMap, CONTENT_LENGTH};
 use actix_web::web::{Bytes, BytesMut, Payload};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 /// Why a body was not read.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,11 @@ pub async fn read_limited(
         }
         Ok(body.freeze())
     };
+    // A small body usually arrived with the head: take it without arming a timer.
+    let mut read = std::pin::pin!(read);
+    if let Some(body) = (&mut read).now_or_never() {
+        return body;
+    }
     tokio::time::timeout(deadline, read)
         .await
         .map_err(|_| BodyError::Timeout)?

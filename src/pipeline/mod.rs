@@ -36,7 +36,7 @@ pub struct Received<'r> {
     /// The request's headers, borrowed: nothing is copied before the duplicate check.
     pub headers: &'r HeaderMap,
     /// The request's query string (signed by URL-signing schemes).
-    pub query: String,
+    pub query: &'r str,
     pub body: Bytes,
     pub client_ip: Option<IpAddr>,
     pub received_at: DateTime<Utc>,

@@ -3,7 +3,7 @@
 //! outcome becomes the answer here. Acknowledged requests log nothing above DEBUG; rejections
 //! log one INFO line with the client IP, within a budget.
 
-use actix_web::http::header::ContentType;
+use actix_web::http::header::{ContentType, HeaderValue, CONTENT_TYPE};
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
@@ -25,6 +25,7 @@ use crate::provider::source::{text_of, Context};
 /// Metric label for requests to names that are not configured (bounded label values).
 pub const UNKNOWN_PROVIDER_LABEL: &str = "unknown";
 const OUTCOME_HANDSHAKE: &str = "handshake";
+const JSON_CONTENT_TYPE: &str = "application/json";
 
 /// Where the instance name starts.
 pub const PATH_PREFIX: &str = "/webhooks/";
@@ -163,7 +164,7 @@ async fn handle(
     let received = Received {
         instance,
         headers,
-        query: req.query_string().to_owned(),
+        query: req.query_string(),
         body,
         client_ip,
         received_at,
@@ -291,6 +292,6 @@ fn acknowledge(state: &AppState, instance: &str, ingested: &Ingested) -> HttpRes
         tracing::debug!("Duplicate acknowledged.");
     }
     HttpResponse::Ok()
-        .content_type(ContentType::json())
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE)))
         .body(serde_json::to_vec(&answer).unwrap_or_default())
 }
