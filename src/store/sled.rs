@@ -69,6 +69,8 @@ const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 const SCAN_LIMIT: usize = 10_000;
 /// Receipts looked at per event-browser page when filters skip most of them.
 const BROWSE_SCAN_LIMIT: usize = 20_000;
+/// Durable claims kept in memory in front of sled's dedup table (about 3 MB).
+const RECENT_CLAIMS: usize = 16_384;
 /// Bytes a job is charged besides its payload.
 const JOB_OVERHEAD_BYTES: usize = 256;
 
@@ -220,6 +222,8 @@ struct CommitWrite {
     events: Vec<EventWrite>,
     /// (dedup key, envelope or receipt id) to claim.
     claims: Vec<(Vec<u8>, String)>,
+    /// When the claims expire (Unix seconds).
+    expires_at: u64,
 }
 
 /// What the writer does for one job.
@@ -289,6 +293,40 @@ struct Intake {
     seq: u64,
     /// Claims queued but not yet applied: dedup key → (gateway id, job sequence number).
     inflight: HashMap<Vec<u8>, (String, u64)>,
+    /// Claims made durable lately, so that a provider's prompt retry is answered without a
+    /// sled read.
+    recent: RecentClaims,
+}
+
+/// Durable claims most recently made, at most [`RECENT_CLAIMS`], oldest forgotten first.
+#[derive(Default)]
+struct RecentClaims {
+    /// dedup key → (gateway id, expiry in Unix seconds, job sequence number)
+    claims: HashMap<Vec<u8>, (String, u64, u64)>,
+    order: std::collections::VecDeque<(Vec<u8>, u64)>,
+}
+
+impl RecentClaims {
+    fn insert(&mut self, key: Vec<u8>, id: String, expires_at: u64, seq: u64) {
+        while self.order.len() >= RECENT_CLAIMS {
+            let Some((old, old_seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self.claims.get(&old).is_some_and(|(_, _, s)| *s == old_seq) {
+                self.claims.remove(&old);
+            }
+        }
+        self.order.push_back((key.clone(), seq));
+        self.claims.insert(key, (id, expires_at, seq));
+    }
+
+    /// The id of a live claim, known durable.
+    fn get(&self, key: &[u8], now: u64) -> Option<&str> {
+        self.claims
+            .get(key)
+            .filter(|(_, expires_at, _)| *expires_at > now)
+            .map(|(id, _, _)| id.as_str())
+    }
 }
 
 struct Shared {
@@ -412,6 +450,7 @@ impl SledStore {
                 sender: Some(sender),
                 seq: 0,
                 inflight: HashMap::new(),
+                recent: RecentClaims::default(),
             }),
             failed: OnceLock::new(),
             wakeups: watch::Sender::new(0),
@@ -547,17 +586,34 @@ impl Shared {
             .unwrap_or(Err(StoreError::Timeout(millis)))
     }
 
-    /// A live claim for `key`: in flight (with its job) or applied (with the job being applied
-    /// when it was read). The caller holds the intake lock or accepts a stale miss.
+    /// A live claim for `key` in memory: in flight (with its job), or recently made durable
+    /// (job 0: nothing to wait for).
+    fn claim_in_memory(intake: &Intake, key: &[u8], now: u64) -> Option<(String, u64)> {
+        if let Some(found) = intake.inflight.get(key) {
+            return Some(found.clone());
+        }
+        intake.recent.get(key, now).map(|id| (id.to_owned(), 0))
+    }
+
+    /// A live claim for `key`: in memory, or applied to sled (with the job being applied when
+    /// it was read). The caller holds the intake lock, or accepts a stale miss.
     fn find_claim(
         &self,
-        inflight: &HashMap<Vec<u8>, (String, u64)>,
+        intake: &Intake,
         key: &[u8],
         now: u64,
     ) -> Result<Option<(String, u64)>, StoreError> {
-        if let Some(found) = inflight.get(key) {
-            return Ok(Some(found.clone()));
+        if let Some(found) = Self::claim_in_memory(intake, key, now) {
+            return Ok(Some(found));
         }
+        self.find_applied_claim(key, now)
+    }
+
+    fn find_applied_claim(
+        &self,
+        key: &[u8],
+        now: u64,
+    ) -> Result<Option<(String, u64)>, StoreError> {
         let claim = self
             .trees
             .dedup
@@ -635,7 +691,6 @@ impl Shared {
 
     fn apply_writes(&self, jobs: &[Job]) -> Result<(), StoreError> {
         let now = self.now_secs();
-        let expires_at = now.saturating_add(self.dedup_ttl_secs);
         let t = &self.trees;
         (
             &t.deliveries,
@@ -685,11 +740,11 @@ impl Shared {
                             Op::Commit(commit) => {
                                 for (key, id) in &commit.claims {
                                     let claim = Claim {
-                                        expires_at,
+                                        expires_at: commit.expires_at,
                                         id: id.clone(),
                                     };
                                     dedup.insert(key.as_slice(), claim.encode())?;
-                                    expiry.insert(expiry_key(expires_at, key), &[][..])?;
+                                    expiry.insert(expiry_key(commit.expires_at, key), &[][..])?;
                                 }
                                 for event in &commit.events {
                                     envelopes.insert(&event.key[..], event.envelope.as_ref())?;
@@ -896,18 +951,24 @@ impl Shared {
         self.log_file.sync_data().map_err(io_err)
     }
 
-    /// After a batch is durable (or failed): its in-flight claims are now in sled (or moot).
-    fn settle(&self, jobs: &[Job]) {
+    /// After a batch is durable (or failed): its in-flight claims are now in sled and among
+    /// the recent ones (or moot).
+    fn settle(&self, jobs: &[Job], durable: bool) {
         let mut intake = lock(&self.intake);
         for job in jobs {
             if let Op::Commit(commit) = &job.op {
-                for (key, _) in &commit.claims {
+                for (key, id) in &commit.claims {
                     if intake
                         .inflight
                         .get(key)
                         .is_some_and(|(_, seq)| *seq == job.seq)
                     {
                         intake.inflight.remove(key);
+                    }
+                    if durable {
+                        intake
+                            .recent
+                            .insert(key.clone(), id.clone(), commit.expires_at, job.seq);
                     }
                 }
             }
@@ -930,7 +991,7 @@ fn run_writer(shared: &Shared, receiver: &Receiver<Job>, max_batch: usize) {
         }
         let last = jobs.last().map_or(0, |j| j.seq);
         if shared.failed.get().is_some() {
-            shared.settle(&jobs);
+            shared.settle(&jobs, false);
             shared.synced.send_modify(|_| {});
             continue;
         }
@@ -954,7 +1015,7 @@ fn run_writer(shared: &Shared, receiver: &Receiver<Job>, max_batch: usize) {
         match result {
             Ok(counts) => {
                 shared.synced.send_replace(last);
-                shared.settle(&jobs);
+                shared.settle(&jobs, true);
                 debug!(
                     batch = jobs.len(),
                     elapsed_us = started.elapsed().as_micros() as u64,
@@ -985,7 +1046,7 @@ fn run_writer(shared: &Shared, receiver: &Receiver<Job>, max_batch: usize) {
             Err(e) => {
                 error!(error = %e, "Storage write failed; refusing writes until restarted.");
                 let _ = shared.failed.set(e.to_string());
-                shared.settle(&jobs);
+                shared.settle(&jobs, false);
                 // Wake the waiters: they now see the failure.
                 shared.synced.send_modify(|_| {});
             }
@@ -1005,12 +1066,13 @@ impl IngestStore for SledStore {
         let shared = &self.shared;
         let key = key.to_bytes();
         let found = shared.check_failed().and_then(|()| {
-            // In flight first, then sled: the writer drops a claim from the in-flight map only
+            // Memory first, then sled: the writer drops a claim from the in-flight map only
             // after applying it, so checking in this order cannot miss one.
-            let inflight = lock(&shared.intake).inflight.get(&key).cloned();
-            match inflight {
+            let now = shared.now_secs();
+            let in_memory = Shared::claim_in_memory(&lock(&shared.intake), &key, now);
+            match in_memory {
                 Some(found) => Ok(Some(found)),
-                None => shared.find_claim(&HashMap::new(), &key, shared.now_secs()),
+                None => shared.find_applied_claim(&key, now),
             }
         });
         match found {
@@ -1052,7 +1114,7 @@ impl IngestStore for SledStore {
                             seq: u64::MAX, // this commit's own: resolved below
                         },
                     },
-                    None => match shared.find_claim(&intake.inflight, key, now)? {
+                    None => match shared.find_claim(&intake, key, now)? {
                         Some((id, seq)) => Decision::Duplicate { id, seq },
                         None => Decision::New,
                     },
@@ -1063,7 +1125,7 @@ impl IngestStore for SledStore {
             // A used replay guard refuses the receipt unless every event in it is already
             // stored (then it is a plain duplicate).
             if let Some(guard) = &guard {
-                if any_new && shared.find_claim(&intake.inflight, guard, now)?.is_some() {
+                if any_new && shared.find_claim(&intake, guard, now)?.is_some() {
                     return Ok((Commit::Replayed, 0));
                 }
             }
@@ -1125,6 +1187,7 @@ impl IngestStore for SledStore {
                     body: new.body.clone(),
                     events,
                     claims,
+                    expires_at: now.saturating_add(shared.dedup_ttl_secs),
                 };
                 let claimed: Vec<(Vec<u8>, String)> = write.claims.clone();
                 let seq = shared.enqueue(&mut intake, Op::Commit(Box::new(write)), weight)?;
@@ -1583,6 +1646,26 @@ mod tests {
         assert_eq!(taken.await.unwrap().unwrap().tasks.len(), 1);
         store.set_before_sync(None);
         drop(release);
+    }
+
+    #[test]
+    fn recent_claims_are_bounded_oldest_first_and_expire() {
+        let mut recent = RecentClaims::default();
+        for n in 0..=RECENT_CLAIMS as u64 {
+            recent.insert(n.to_be_bytes().to_vec(), format!("id{n}"), 100, n + 1);
+        }
+        assert_eq!(recent.claims.len(), RECENT_CLAIMS);
+        assert_eq!(
+            recent.get(&0u64.to_be_bytes(), 10),
+            None,
+            "the oldest went first"
+        );
+        assert_eq!(recent.get(&1u64.to_be_bytes(), 10), Some("id1"));
+        assert_eq!(recent.get(&1u64.to_be_bytes(), 100), None, "expired");
+        // A key claimed again keeps its newer claim when its old place is evicted.
+        recent.insert(1u64.to_be_bytes().to_vec(), "again".into(), 200, 99_999);
+        recent.insert(b"x".to_vec(), "x".into(), 200, 100_000);
+        assert_eq!(recent.get(&1u64.to_be_bytes(), 150), Some("again"));
     }
 
     /// A frozen disk: every write and `/ready`'s probe answers a timeout, not a hang.
