@@ -150,8 +150,8 @@ pub fn verify(received: Received<'_>, now: i64) -> Result<Verified<'_>, Signatur
     let url = instance
         .public_url
         .as_deref()
-        .map(|base| match &received.query {
-            q if q.is_empty() => base.to_owned(),
+        .map(|base| match received.query {
+            "" => base.to_owned(),
             q => format!("{base}?{q}"),
         });
     let message = Message::new(received.headers, &received.body, url.as_deref());
