@@ -147,12 +147,19 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
-                .wrap(actix_web::middleware::from_fn(routes::limit_headers))
-                .route("/health", web::get().to(health::health))
-                .route("/ready", web::get().to(health::ready))
-                .route("/metrics", web::get().to(health::metrics))
-                .service(admin::scope())
+                // The receiver checks the header size itself (no middleware on the hot path);
+                // everything else goes through the middleware.
                 .service(web::scope("/webhooks").default_service(web::to(webhook::route)))
+                .service(
+                    web::scope("")
+                        .wrap(actix_web::middleware::from_fn(routes::limit_headers))
+                        .route("/health", web::get().to(health::health))
+                        .route("/ready", web::get().to(health::ready))
+                        .route("/metrics", web::get().to(health::metrics))
+                        .service(admin::scope())
+                        .default_service(web::to(routes::not_found)),
+                )
+                // Where a nested scope (`/admin`) sends what it does not route.
                 .default_service(web::to(routes::not_found))
         })
         .client_request_timeout(Duration::from_millis(

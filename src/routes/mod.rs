@@ -7,6 +7,7 @@ pub mod webhook;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::HeaderMap;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse, ResponseError};
 
@@ -56,8 +57,21 @@ pub async fn not_found() -> HttpResponse {
     GatewayError::NotFound.error_response()
 }
 
+/// `Err` when the request's headers add up to more than `limit` bytes (431).
+pub fn check_header_size(headers: &HeaderMap, limit: usize) -> Result<(), GatewayError> {
+    let size: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size > limit {
+        return Err(GatewayError::HeadersTooLarge { limit });
+    }
+    Ok(())
+}
+
 /// Refuses requests whose headers add up to more than `server.max_header_bytes` with a JSON 431,
-/// before any route runs. (actix-http itself caps the head at 128 KiB and 96 headers.)
+/// before any route runs. (actix-http itself caps the head at 128 KiB and 96 headers.) The
+/// webhook receiver calls [`check_header_size`] itself instead.
 pub async fn limit_headers(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -65,13 +79,8 @@ pub async fn limit_headers(
     let limit = req
         .app_data::<web::Data<AppState>>()
         .map_or(usize::MAX, |state| state.max_header_bytes);
-    let size: usize = req
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    if size > limit {
-        let response = GatewayError::HeadersTooLarge { limit }.error_response();
+    if let Err(e) = check_header_size(req.headers(), limit) {
+        let response = e.error_response();
         return Ok(req.into_response(response).map_into_right_body());
     }
     next.call(req)

@@ -39,6 +39,7 @@ pub async fn route(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
+    super::check_header_size(req.headers(), state.max_header_bytes)?;
     let tail = req.path().strip_prefix(PATH_PREFIX).unwrap_or_default();
     match tail.split_once('/') {
         None if !tail.is_empty() => {

@@ -348,12 +348,34 @@ struct Shared {
     write_timeout: Duration,
     lease_ms: i64,
     /// Tasks handed out and not yet recorded: (sink, envelope key) → lease end (Unix ms).
-    leases: Mutex<HashMap<(String, [u8; 16]), i64>>,
+    leases: Mutex<Leases>,
     /// Fault injection for tests: runs before each sync (a slow or stuck disk).
     before_sync: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     clock: Arc<dyn Clock>,
     dedup_ttl_secs: u64,
     metrics: Arc<Metrics>,
+}
+
+/// Leased tasks by sink: envelope key → lease end (Unix ms).
+#[derive(Default)]
+struct Leases(HashMap<String, HashMap<[u8; 16], i64>>);
+
+impl Leases {
+    /// The leases of one sink, with ended ones dropped.
+    fn of(&mut self, sink: &str, now_ms: i64) -> &mut HashMap<[u8; 16], i64> {
+        if !self.0.contains_key(sink) {
+            self.0.insert(sink.to_owned(), HashMap::new());
+        }
+        let leases = self.0.get_mut(sink).expect("inserted above");
+        leases.retain(|_, until| *until > now_ms);
+        leases
+    }
+
+    fn release(&mut self, sink: &str, id: &[u8; 16]) {
+        if let Some(leases) = self.0.get_mut(sink) {
+            leases.remove(id);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -460,7 +482,7 @@ impl SledStore {
             max_queued_bytes: usize::try_from(settings.queue_max_bytes).unwrap_or(usize::MAX),
             write_timeout: Duration::from_millis(settings.write_timeout_ms),
             lease_ms: i64::try_from(settings.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
-            leases: Mutex::new(HashMap::new()),
+            leases: Mutex::new(Leases::default()),
             before_sync: Mutex::new(None),
             clock,
             dedup_ttl_secs: settings.dedup_ttl_secs,
@@ -1241,8 +1263,8 @@ impl TaskQueue for SledStore {
     fn take_due(&self, sink: String, now_ms: i64, limit: usize) -> StoreFuture<Due> {
         self.read(move |shared| {
             let prefix = sink_prefix(&sink);
-            let mut leases = lock(&shared.leases);
-            leases.retain(|_, until| *until > now_ms);
+            let mut all_leases = lock(&shared.leases);
+            let leases = all_leases.of(&sink, now_ms);
             let mut blocked: HashSet<Vec<u8>> = HashSet::new();
             let mut due = Due::default();
             let mut taken = Vec::new();
@@ -1258,7 +1280,7 @@ impl TaskQueue for SledStore {
                     continue; // an older envelope of this object is still pending
                 }
                 // When this task could be handed out: now, later, or when its lease ends.
-                let free_at = match leases.get(&(sink.clone(), id)) {
+                let free_at = match leases.get(&id) {
                     Some(until) => next.max(*until),
                     None => next,
                 };
@@ -1270,16 +1292,16 @@ impl TaskQueue for SledStore {
                 }
             }
             for id in &taken {
-                leases.insert((sink.clone(), *id), now_ms.saturating_add(shared.lease_ms));
+                leases.insert(*id, now_ms.saturating_add(shared.lease_ms));
             }
-            drop(leases);
+            drop(all_leases);
             for id in taken {
                 match shared.task_record(&id, &sink)? {
                     Some(task) if task.status == TaskStatus::Pending => {
                         due.tasks.push(shared.due_task(&id, task));
                     }
                     _ => {
-                        lock(&shared.leases).remove(&(sink.clone(), id));
+                        lock(&shared.leases).release(&sink, &id);
                     }
                 }
             }
@@ -1303,12 +1325,12 @@ impl TaskQueue for SledStore {
                     continue;
                 }
                 {
-                    let mut leases = lock(&shared.leases);
-                    let lease = (sink.clone(), id);
-                    if leases.get(&lease).is_some_and(|until| *until > now_ms) {
+                    let mut all_leases = lock(&shared.leases);
+                    let leases = all_leases.of(&sink, now_ms);
+                    if leases.contains_key(&id) {
                         continue;
                     }
-                    leases.insert(lease, now_ms.saturating_add(shared.lease_ms));
+                    leases.insert(id, now_ms.saturating_add(shared.lease_ms));
                 }
                 out.push(shared.due_task(&id, task));
             }
@@ -1344,7 +1366,7 @@ impl TaskQueue for SledStore {
             let mut leases = lock(&shared.leases);
             for (task, _) in &done {
                 if let Some(id) = id_key(&task.envelope_id) {
-                    leases.remove(&(task.sink.clone(), id));
+                    leases.release(&task.sink, &id);
                 }
             }
             result

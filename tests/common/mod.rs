@@ -179,8 +179,10 @@ impl TestApp {
 pub async fn wait_for_lines(path: &Path, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let lines: Vec<Value> = std::fs::read_to_string(path)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        // The sink may be writing right now: only whole lines count.
+        let whole = text.rfind('\n').map_or("", |end| &text[..=end]);
+        let lines: Vec<Value> = whole
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
