@@ -69,6 +69,8 @@ const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 const SCAN_LIMIT: usize = 10_000;
 /// Receipts looked at per event-browser page when filters skip most of them.
 const BROWSE_SCAN_LIMIT: usize = 20_000;
+/// Receipts a purge may look at per receipt it may delete.
+const PURGE_SCAN_FACTOR: usize = 4;
 /// Durable claims kept in memory in front of sled's dedup table (about 3 MB).
 const RECENT_CLAIMS: usize = 16_384;
 /// Bytes a job is charged besides its payload.
@@ -351,6 +353,8 @@ struct Shared {
     leases: Mutex<Leases>,
     /// Fault injection for tests: runs before each sync (a slow or stuck disk).
     before_sync: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
+    /// Where the next retention purge starts (empty: from the oldest receipt).
+    purge_from: Mutex<Vec<u8>>,
     clock: Arc<dyn Clock>,
     dedup_ttl_secs: u64,
     metrics: Arc<Metrics>,
@@ -484,6 +488,7 @@ impl SledStore {
             lease_ms: i64::try_from(settings.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             leases: Mutex::new(Leases::default()),
             before_sync: Mutex::new(None),
+            purge_from: Mutex::new(Vec::new()),
             clock,
             dedup_ttl_secs: settings.dedup_ttl_secs,
             metrics,
@@ -870,14 +875,23 @@ impl Shared {
             Op::Purge {
                 cutoff_ms, limit, ..
             } => {
-                let end = time_key(*cutoff_ms);
+                let end = time_key(*cutoff_ms).to_vec();
                 let mut receipts = Vec::new();
                 let mut removals: Vec<(&sled::Tree, Vec<u8>)> = Vec::new();
-                for item in t.deliveries.range(..end.to_vec()) {
-                    if receipts.len() >= *limit {
+                // Resume where the last purge stopped, so receipts still pending at the front
+                // are not re-read every time and one purge never holds the writer for long.
+                let mut cursor = lock(&self.purge_from);
+                if *cursor >= end {
+                    cursor.clear();
+                }
+                let mut next_start = Vec::new();
+                let budget = limit.saturating_mul(PURGE_SCAN_FACTOR).max(1);
+                for (examined, item) in t.deliveries.range(cursor.clone()..end).enumerate() {
+                    let (key, value) = item.map_err(io_err)?;
+                    if receipts.len() >= *limit || examined >= budget {
+                        next_start = key.to_vec();
                         break;
                     }
-                    let (key, value) = item.map_err(io_err)?;
                     let Ok(receipt) = decode::<Receipt>(&value) else {
                         continue;
                     };
@@ -910,6 +924,8 @@ impl Shared {
                     removals.push((&t.bodies, key.to_vec()));
                     receipts.push(key.to_vec());
                 }
+                *cursor = next_start;
+                drop(cursor);
                 (
                     &t.deliveries,
                     &t.bodies,
@@ -1688,6 +1704,54 @@ mod tests {
         recent.insert(1u64.to_be_bytes().to_vec(), "again".into(), 200, 99_999);
         recent.insert(b"x".to_vec(), "x".into(), 200, 100_000);
         assert_eq!(recent.get(&1u64.to_be_bytes(), 150), Some("again"));
+    }
+
+    /// Receipts still pending at the front do not stop retention, and no purge reads more
+    /// than a few receipts per one it may delete.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_moves_past_pending_receipts_a_few_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), |_| {});
+        for n in 1..=20u128 {
+            store
+                .commit(event(&ulid(n << 80), &format!("e{n}"), b"{}"))
+                .await
+                .unwrap();
+        }
+        // The newest ten are finished; the oldest ten are still pending.
+        let mut done = Vec::new();
+        for n in 11..=20u128 {
+            let mut task = store.tasks(ulid(n << 80)).await.unwrap().remove(0);
+            task.status = TaskStatus::Delivered;
+            task.next_attempt_ms = None;
+            let attempt = crate::store::AttemptRecord {
+                number: 1,
+                at: "t".into(),
+                outcome: crate::store::AttemptOutcome::Delivered,
+                http_status: None,
+                exit_code: None,
+                error: None,
+                duration_ms: 0,
+            };
+            done.push((task, attempt));
+        }
+        store.record_attempts(done).await.unwrap();
+        let first = store.purge_before(1_000, 1).await.unwrap();
+        assert_eq!(
+            first, 0,
+            "the first purge looks at four pending receipts only"
+        );
+        let mut purged = first;
+        for _ in 0..20 {
+            purged += store.purge_before(1_000, 1).await.unwrap();
+        }
+        assert_eq!(purged, 10);
+        for n in 1..=10u128 {
+            assert!(
+                store.receipt(ulid(n << 80)).await.unwrap().is_some(),
+                "pending kept"
+            );
+        }
     }
 
     /// A frozen disk: every write and `/ready`'s probe answers a timeout, not a hang.
