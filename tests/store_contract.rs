@@ -1255,9 +1255,19 @@ async fn a_lease_that_runs_out_hands_the_task_out_again(h: &mut Harness) {
     let taken = h.take(ALPHA.into(), vec![b.clone()], now).done().await;
     assert!(ids(&taken).is_empty(), "b is leased by take_due");
 
-    // Just before the lease ends nothing is handed out again, neither by take_due nor take.
+    // Just before the lease ends nothing is handed out again, neither by take_due nor take,
+    // and the queue says when the leased tasks can be taken.
     let almost = now + lease - SECOND;
-    assert!(ids(&h.take_due(ALPHA.into(), almost, 10).done().await.tasks).is_empty());
+    let waiting = h.take_due(ALPHA.into(), almost, 10).done().await;
+    assert!(ids(&waiting.tasks).is_empty());
+    let next = waiting
+        .next_due_ms
+        .expect("leased tasks come due when their lease ends");
+    assert!(
+        next > almost && next <= now + lease,
+        "next due {next}, lease ends {}",
+        now + lease
+    );
     assert!(h
         .take(ALPHA.into(), vec![a.clone()], almost)
         .done()
