@@ -1334,12 +1334,8 @@ impl TaskQueue for SledStore {
         self.read(move |shared| {
             let mut out = Vec::new();
             for id in envelope_ids.iter().filter_map(|id| id_key(id)) {
-                let Some(task) = shared.task_record(&id, &sink)? else {
-                    continue;
-                };
-                if task.status != TaskStatus::Pending {
-                    continue;
-                }
+                // Lease first, then read: a taker records its attempt durably before its lease
+                // ends, so what is read under our lease is current.
                 {
                     let mut all_leases = lock(&shared.leases);
                     let leases = all_leases.of(&sink, now_ms);
@@ -1348,7 +1344,15 @@ impl TaskQueue for SledStore {
                     }
                     leases.insert(id, now_ms.saturating_add(shared.lease_ms));
                 }
-                out.push(shared.due_task(&id, task));
+                match shared.task_record(&id, &sink) {
+                    Ok(Some(task)) if task.status == TaskStatus::Pending => {
+                        out.push(shared.due_task(&id, task));
+                    }
+                    other => {
+                        lock(&shared.leases).release(&sink, &id);
+                        other?;
+                    }
+                }
             }
             Ok(out)
         })
@@ -1379,10 +1383,14 @@ impl TaskQueue for SledStore {
         let shared = self.shared.clone();
         async move {
             let result = durable.await;
-            let mut leases = lock(&shared.leases);
-            for (task, _) in &done {
-                if let Some(id) = id_key(&task.envelope_id) {
-                    leases.release(&task.sink, &id);
+            // Only a durable record ends the lease: after a failure or a timeout the write may
+            // still land, so the task stays leased until its lease runs out.
+            if result.is_ok() {
+                let mut leases = lock(&shared.leases);
+                for (task, _) in &done {
+                    if let Some(id) = id_key(&task.envelope_id) {
+                        leases.release(&task.sink, &id);
+                    }
                 }
             }
             result
