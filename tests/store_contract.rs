@@ -1227,6 +1227,38 @@ async fn take_leases_named_tasks_whatever_their_due_time_but_not_leased_ones(h: 
     h.record_attempts(done).done().await;
     assert!(h.take(ALPHA.into(), all, now).done().await.is_empty());
     assert_eq!(h.pending_count(ALPHA.into()).done().await, 0);
+
+    // Per-object order: not while an older envelope of the same object is pending.
+    let older = h
+        .new_event("shop", "evt_s4", "customer.updated")
+        .lane("customer-4")
+        .due_at(now + 60 * SECOND);
+    let newer = h
+        .new_event("shop", "evt_s5", "customer.updated")
+        .lane("customer-4");
+    h.accept(older.clone()).await;
+    h.accept(newer.clone()).await;
+    assert!(
+        h.take(ALPHA.into(), vec![newer.eid()], now)
+            .done()
+            .await
+            .is_empty(),
+        "an older envelope of the object is pending"
+    );
+    let first = h.take(ALPHA.into(), vec![older.eid()], now).done().await;
+    assert_eq!(ids(&first), [older.eid()]);
+    h.record_attempts(vec![attempted(
+        &first[0].task,
+        AttemptOutcome::Delivered,
+        now,
+        None,
+    )])
+    .done()
+    .await;
+    assert_eq!(
+        ids(&h.take(ALPHA.into(), vec![newer.eid()], now).done().await),
+        [newer.eid()]
+    );
 }
 
 async fn a_lease_that_runs_out_hands_the_task_out_again(h: &mut Harness) {

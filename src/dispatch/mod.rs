@@ -320,7 +320,9 @@ pub struct TaskPlan {
 pub enum DeliveryError {
     #[error("sink `{0}` did not accept the event; it will be retried")]
     NotDelivered(String),
-    #[error("sink `{0}` is still delivering the event; retry later")]
+    #[error(
+        "sink `{0}` is still delivering the event, or an earlier one about the same object; retry later"
+    )]
     InFlight(String),
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -47,7 +47,8 @@ pub trait TaskQueue: Send + Sync {
     fn take_due(&self, sink: String, now_ms: i64, limit: usize) -> StoreFuture<Due>;
 
     /// Leases the pending tasks of these envelopes for `sink` whatever their due time, skipping
-    /// tasks leased by someone else (sync mode delivers its own events this way).
+    /// tasks leased by someone else and tasks whose lane has an older task still pending (sync
+    /// mode delivers its own events this way, in per-object order).
     fn take(
         &self,
         sink: String,

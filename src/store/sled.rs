@@ -660,6 +660,25 @@ impl Shared {
             .transpose()
     }
 
+    /// Whether an envelope older than `id` with the same (non-empty) lane is pending at `sink`.
+    fn older_in_lane(&self, sink: &str, id: &[u8; 16], lane: &[u8]) -> Result<bool, StoreError> {
+        if lane.is_empty() {
+            return Ok(false);
+        }
+        for item in self
+            .trees
+            .pending
+            .range(sink_prefix(sink)..sink_key(sink, id))
+            .take(SCAN_LIMIT)
+        {
+            let (_, value) = item.map_err(io_err)?;
+            if value.get(8..) == Some(lane) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn tasks_of(&self, id: &[u8; 16]) -> Result<Vec<TaskRecord>, StoreError> {
         self.trees
             .tasks
@@ -1344,8 +1363,17 @@ impl TaskQueue for SledStore {
                     }
                     leases.insert(id, now_ms.saturating_add(shared.lease_ms));
                 }
-                match shared.task_record(&id, &sink) {
-                    Ok(Some(task)) if task.status == TaskStatus::Pending => {
+                let task = shared.task_record(&id, &sink).and_then(|task| match task {
+                    // Per-object order holds here too: not while an older envelope of the same
+                    // object is still pending at this sink.
+                    Some(task) if task.status == TaskStatus::Pending => {
+                        let held_back = shared.older_in_lane(&sink, &id, &task.lane)?;
+                        Ok((!held_back).then_some(task))
+                    }
+                    _ => Ok(None),
+                });
+                match task {
+                    Ok(Some(task)) => {
                         out.push(shared.due_task(&id, task));
                     }
                     other => {
@@ -1760,6 +1788,47 @@ mod tests {
                 "pending kept"
             );
         }
+    }
+
+    /// An attempt record that timed out may still land: its task stays leased, so no other
+    /// taker attempts it again meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_attempt_record_that_timed_out_keeps_its_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), |s| s.write_timeout_ms = 300);
+        store.commit(event(&ulid(1), "e1", b"{}")).await.unwrap();
+        let due = store.take_due("sink-a".into(), 10, 10).await.unwrap();
+        let mut task = due.tasks[0].task.clone();
+        let leased = |store: &SledStore| {
+            lock(&store.shared.leases)
+                .0
+                .get("sink-a")
+                .is_some_and(|l| l.contains_key(&id_key(&ulid(1)).unwrap()))
+        };
+        assert!(leased(&store));
+        task.status = TaskStatus::Delivered;
+        task.next_attempt_ms = None;
+        let attempt = crate::store::AttemptRecord {
+            number: 1,
+            at: "t".into(),
+            outcome: crate::store::AttemptOutcome::Delivered,
+            http_status: None,
+            exit_code: None,
+            error: None,
+            duration_ms: 0,
+        };
+        let release = hold_syncs(&store);
+        let result = store.record_attempts(vec![(task, attempt)]).await;
+        assert!(
+            matches!(result, Err(StoreError::Timeout(300))),
+            "{result:?}"
+        );
+        assert!(
+            leased(&store),
+            "the lease ended with a write that may still land"
+        );
+        store.set_before_sync(None);
+        drop(release);
     }
 
     /// A frozen disk: every write and `/ready`'s probe answers a timeout, not a hang.
