@@ -1668,6 +1668,22 @@ mod tests {
         release
     }
 
+    /// The task delivered by its first attempt, with that attempt's record.
+    fn delivered(mut task: TaskRecord) -> (TaskRecord, crate::store::AttemptRecord) {
+        task.status = TaskStatus::Delivered;
+        task.next_attempt_ms = None;
+        let attempt = crate::store::AttemptRecord {
+            number: 1,
+            at: "t".into(),
+            outcome: crate::store::AttemptOutcome::Delivered,
+            http_status: None,
+            exit_code: None,
+            error: None,
+            duration_ms: 0,
+        };
+        (task, attempt)
+    }
+
     fn key(event_id: &str) -> DedupKey {
         DedupKey {
             provider: "p".into(),
@@ -1757,19 +1773,8 @@ mod tests {
         // The newest ten are finished; the oldest ten are still pending.
         let mut done = Vec::new();
         for n in 11..=20u128 {
-            let mut task = store.tasks(ulid(n << 80)).await.unwrap().remove(0);
-            task.status = TaskStatus::Delivered;
-            task.next_attempt_ms = None;
-            let attempt = crate::store::AttemptRecord {
-                number: 1,
-                at: "t".into(),
-                outcome: crate::store::AttemptOutcome::Delivered,
-                http_status: None,
-                exit_code: None,
-                error: None,
-                duration_ms: 0,
-            };
-            done.push((task, attempt));
+            let task = store.tasks(ulid(n << 80)).await.unwrap().remove(0);
+            done.push(delivered(task));
         }
         store.record_attempts(done).await.unwrap();
         let first = store.purge_before(1_000, 1).await.unwrap();
@@ -1798,7 +1803,7 @@ mod tests {
         let store = open(dir.path(), |s| s.write_timeout_ms = 300);
         store.commit(event(&ulid(1), "e1", b"{}")).await.unwrap();
         let due = store.take_due("sink-a".into(), 10, 10).await.unwrap();
-        let mut task = due.tasks[0].task.clone();
+        let task = due.tasks[0].task.clone();
         let leased = |store: &SledStore| {
             lock(&store.shared.leases)
                 .0
@@ -1806,19 +1811,8 @@ mod tests {
                 .is_some_and(|l| l.contains_key(&id_key(&ulid(1)).unwrap()))
         };
         assert!(leased(&store));
-        task.status = TaskStatus::Delivered;
-        task.next_attempt_ms = None;
-        let attempt = crate::store::AttemptRecord {
-            number: 1,
-            at: "t".into(),
-            outcome: crate::store::AttemptOutcome::Delivered,
-            http_status: None,
-            exit_code: None,
-            error: None,
-            duration_ms: 0,
-        };
         let release = hold_syncs(&store);
-        let result = store.record_attempts(vec![(task, attempt)]).await;
+        let result = store.record_attempts(vec![delivered(task)]).await;
         assert!(
             matches!(result, Err(StoreError::Timeout(300))),
             "{result:?}"
