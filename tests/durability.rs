@@ -421,7 +421,7 @@ async fn a_duplicate_is_not_acknowledged_while_the_first_copy_is_not_yet_durable
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_disk_is_answered_503_within_the_storage_timeout_and_not_ready() {
-    let disk = HeldDisk::new(400);
+    let disk = HeldDisk::new(1_000);
     let app = spawn_on(&disk).await;
     let body = generic_body("evt_stall", "post.created", "p1");
     let started = std::time::Instant::now();
