@@ -138,8 +138,10 @@ pub struct StorageSettings {
     /// How long a delivery task handed to a worker stays reserved for it before another
     /// worker may take it again.
     pub lease_secs: u64,
-    /// sled page-cache budget in bytes.
+    /// sled page-cache budget in bytes (the index).
     pub cache_capacity_bytes: u64,
+    /// Size of one commit-log segment file, preallocated when it is created.
+    pub segment_bytes: u64,
 }
 
 impl Default for StorageSettings {
@@ -154,6 +156,7 @@ impl Default for StorageSettings {
             write_timeout_ms: 5_000,
             lease_secs: 30,
             cache_capacity_bytes: 64 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -32,6 +32,7 @@ use hookgate::clock::{Clock, ManualClock};
 use hookgate::config::StorageSettings;
 use hookgate::envelope::{format_millis, Envelope};
 use hookgate::metrics::Metrics;
+use hookgate::store::log::LogStore;
 use hookgate::store::sled::SledStore;
 use hookgate::store::{
     AttemptOutcome, AttemptRecord, Commit, Committed, DedupKey, DueTask, EventPage, EventQuery,
@@ -102,6 +103,22 @@ contract_suite!(sled, |dir, clock| {
             dedup_ttl_secs: DEDUP_TTL_SECS,
             lease_secs: LEASE_SECS,
             cache_capacity_bytes: 16 * 1024 * 1024,
+            ..StorageSettings::default()
+        },
+        clock,
+        Arc::new(Metrics::new()),
+    )
+});
+
+// Small segments, so the cases also cross segment boundaries.
+contract_suite!(commit_log, |dir, clock| {
+    LogStore::open(
+        &StorageSettings {
+            path: dir.to_str().expect("UTF-8 temp dir").into(),
+            dedup_ttl_secs: DEDUP_TTL_SECS,
+            lease_secs: LEASE_SECS,
+            cache_capacity_bytes: 16 * 1024 * 1024,
+            segment_bytes: 8 * 1024,
             ..StorageSettings::default()
         },
         clock,

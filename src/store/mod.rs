@@ -15,6 +15,7 @@
 //! - a store that cannot make progress answers [`StoreError`] within its deadline, never hangs.
 
 pub mod contract;
+pub mod log;
 pub mod sled;
 
 use serde::{Deserialize, Serialize};
