@@ -18,7 +18,7 @@ use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
 use crate::provider::registry::Registry;
 use crate::routes::{self, admin, health, webhook, AppState};
-use crate::store::sled::SledStore;
+use crate::store::log::LogStore;
 use crate::store::Store;
 use crate::telemetry::LogBudget;
 
@@ -41,7 +41,7 @@ const REJECTION_LOG_BURST: u32 = 100;
 pub struct Dependencies {
     /// Time source; default the system clock.
     pub clock: Option<Arc<dyn Clock>>,
-    /// Event store; default a [`SledStore`] at `storage.path`.
+    /// Event store; default a [`LogStore`] at `storage.path`.
     pub store: Option<Arc<dyn Store>>,
     /// In-process sync handlers, delivered to like configured sinks.
     pub handlers: Vec<HandlerRoute>,
@@ -110,7 +110,7 @@ impl Application {
         let port = listener.local_addr().map_err(StartupError::Server)?.port();
         let store: Arc<dyn Store> = match deps.store {
             Some(store) => store,
-            None => Arc::new(SledStore::open(
+            None => Arc::new(LogStore::open(
                 &settings.storage,
                 clock.clone(),
                 metrics.clone(),

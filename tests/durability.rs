@@ -11,7 +11,7 @@ use std::sync::Arc;
 use common::*;
 use hookgate::config::StorageSettings;
 use hookgate::envelope::Envelope;
-use hookgate::store::sled::SledStore;
+use hookgate::store::log::LogStore;
 use hookgate::store::{
     AttemptRecord, Commit, DedupKey, Due, DueTask, EventBrowser, EventPage, EventQuery,
     IngestStore, Maintenance, NewReceipt, Receipt, StoreError, StoreFuture, TaskQueue, TaskRecord,
@@ -335,7 +335,7 @@ async fn sigterm_stops_the_gateway_within_its_bound_keeping_what_was_acknowledge
 /// A real sled store whose "disk" holds every sync until released: the gateway in front of it
 /// must not acknowledge, hand out or hang while it is held.
 struct HeldDisk {
-    store: Arc<SledStore>,
+    store: Arc<LogStore>,
     release: std::sync::mpsc::Sender<()>,
     _dir: tempfile::TempDir,
 }
@@ -349,7 +349,7 @@ impl HeldDisk {
             ..StorageSettings::default()
         };
         let store = Arc::new(
-            SledStore::open(
+            LogStore::open(
                 &settings,
                 Arc::new(hookgate::clock::SystemClock),
                 Arc::new(hookgate::metrics::Metrics::new()),

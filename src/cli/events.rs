@@ -14,7 +14,7 @@ use crate::admin::{self, ListQuery};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, LoadedSettings};
 use crate::metrics::Metrics;
-use crate::store::sled::SledStore;
+use crate::store::log::LogStore;
 use crate::store::Maintenance;
 
 #[derive(Debug, Args)]
@@ -79,7 +79,7 @@ enum Backend {
         base: String,
         token: String,
     },
-    Store(Arc<SledStore>),
+    Store(Arc<LogStore>),
 }
 
 async fn backend(loaded: &LoadedSettings) -> anyhow::Result<Backend> {
@@ -102,7 +102,7 @@ async fn backend(loaded: &LoadedSettings) -> anyhow::Result<Backend> {
             });
         }
     }
-    let store = SledStore::open(
+    let store = LogStore::open(
         &settings.storage,
         Arc::new(SystemClock),
         Arc::new(Metrics::new()),

@@ -44,6 +44,19 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// List, show and redeliver stored events and dead letters.
     Events(events::EventsArgs),
+    /// Maintain the embedded store (the gateway must be stopped).
+    Storage {
+        #[command(subcommand)]
+        action: StorageCommand,
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "HOOKGATE_CONFIG", global = true)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StorageCommand {
+    /// Delete the index (event-ID table, queues, browse indexes) and rebuild it from the log.
+    RebuildIndex,
 }
 
 /// Runs the parsed command.
@@ -54,7 +67,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sign(args) => sign::run(args),
         Command::Replay(args) => current_thread()?.block_on(replay::run(args)),
         Command::Events(args) => current_thread()?.block_on(events::run(args)),
+        Command::Storage { action, config } => storage(action, config),
     }
+}
+
+fn storage(action: StorageCommand, path: PathBuf) -> anyhow::Result<()> {
+    let loaded = config::load(&path)?;
+    let _log_writer = telemetry::init(&loaded.settings.log);
+    match action {
+        StorageCommand::RebuildIndex => {
+            let records = crate::store::log::LogStore::rebuild_index(&loaded.settings.storage)?;
+            println!(
+                "Rebuilt the index of {} from its log: {records} records applied.",
+                loaded.settings.storage.path.as_str()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
