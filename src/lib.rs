@@ -19,7 +19,7 @@
 //! - [`provider`]: provider definitions (`providers/*.toml`) compiled into kinds and instances.
 //! - [`envelope`]: the provider-neutral envelope, canonical actions, ids.
 //! - [`store`]: the backend-neutral contract ([`store::contract`]: ingest, task queue, event
-//!   browser, maintenance) and the embedded backend ([`store::sled`]).
+//!   browser, maintenance) and the embedded backend ([`store::log`]).
 //! - [`dispatch`]: sink routes (a sink with its filter and retry policy), the dispatcher that
 //!   plans tasks and runs one worker per sink, retries, dead letters, per-object order.
 //! - `error`: the one error type at the HTTP boundary, with stable codes; `admin`: the

@@ -33,7 +33,6 @@ use hookgate::config::StorageSettings;
 use hookgate::envelope::{format_millis, Envelope};
 use hookgate::metrics::Metrics;
 use hookgate::store::log::LogStore;
-use hookgate::store::sled::SledStore;
 use hookgate::store::{
     AttemptOutcome, AttemptRecord, Commit, Committed, DedupKey, DueTask, EventPage, EventQuery,
     EventStatus, NewEnvelope, NewReceipt, Receipt, ReceiptStatus, Store, StoreError, StoreFuture,
@@ -95,20 +94,6 @@ macro_rules! contract_suite {
 // ---------------------------------------------------------------------------------------------
 // Backends
 // ---------------------------------------------------------------------------------------------
-
-contract_suite!(sled, |dir, clock| {
-    SledStore::open(
-        &StorageSettings {
-            path: dir.to_str().expect("UTF-8 temp dir").into(),
-            dedup_ttl_secs: DEDUP_TTL_SECS,
-            lease_secs: LEASE_SECS,
-            cache_capacity_bytes: 16 * 1024 * 1024,
-            ..StorageSettings::default()
-        },
-        clock,
-        Arc::new(Metrics::new()),
-    )
-});
 
 // Small segments, so the cases also cross segment boundaries.
 contract_suite!(commit_log, |dir, clock| {

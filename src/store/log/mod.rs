@@ -150,7 +150,10 @@ fn sink_index(prefix: u8, sink: &str, id: &[u8; 16]) -> Vec<u8> {
 
 /// `A ++ envelope id ++ sink \0 ++ attempt number`.
 fn attempt_index(id: &[u8; 16], sink: &str, number: u32) -> Vec<u8> {
-    prefixed(P_ATTEMPT, &[id, sink.as_bytes(), &[0], &number.to_be_bytes()])
+    prefixed(
+        P_ATTEMPT,
+        &[id, sink.as_bytes(), &[0], &number.to_be_bytes()],
+    )
 }
 
 fn segment_index(segment: u64, receipt: &[u8; 16]) -> Vec<u8> {
@@ -304,7 +307,8 @@ impl RecentClaims {
     }
 
     fn forget_expired(&mut self, now: u64) {
-        self.claims.retain(|_, (_, expires_at, _)| *expires_at > now);
+        self.claims
+            .retain(|_, (_, expires_at, _)| *expires_at > now);
     }
 }
 
@@ -424,8 +428,12 @@ fn sync_tree(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Reads the segments, verifies them and cuts a torn last write; refuses anything else.
-fn recover(log_dir: &Path, applied: Option<u64>) -> Result<(Recovered, Vec<segment::Scan>), StoreError> {
-    let refuse = |message: String| StoreError::Failed(format!("the store refuses to open: {message}"));
+fn recover(
+    log_dir: &Path,
+    applied: Option<u64>,
+) -> Result<(Recovered, Vec<segment::Scan>), StoreError> {
+    let refuse =
+        |message: String| StoreError::Failed(format!("the store refuses to open: {message}"));
     let mut numbers = Vec::new();
     for entry in std::fs::read_dir(log_dir).map_err(io_err)? {
         let entry = entry.map_err(io_err)?;
@@ -468,10 +476,7 @@ fn recover(log_dir: &Path, applied: Option<u64>) -> Result<(Recovered, Vec<segme
         let bytes = std::fs::read(&path).map_err(|e| StoreError::Io(format!("{name}: {e}")))?;
         let scan = segment::scan(&bytes).map_err(|reason| refuse(format!("{name}: {reason}")))?;
         if scan.number != number {
-            return Err(refuse(format!(
-                "{name} says it is segment {}",
-                scan.number
-            )));
+            return Err(refuse(format!("{name} says it is segment {}", scan.number)));
         }
         if let Some(last) = last_lsn {
             if scan.after_lsn != last {
@@ -654,11 +659,7 @@ impl LogStore {
         let replayed = shared.replay(&scans, applied.unwrap_or(0))?;
         let active = match recovered.active {
             Some(active) => active,
-            None => shared.create_segment(
-                scans.last().map_or(0, |s| s.number + 1),
-                last_lsn,
-                0,
-            )?,
+            None => shared.create_segment(scans.last().map_or(0, |s| s.number + 1), last_lsn, 0)?,
         };
         let (to_applier, applier_rx) = mpsc::sync_channel(APPLY_QUEUE);
         let writer_shared = shared.clone();
@@ -752,8 +753,7 @@ impl Shared {
         let weight = payload.len() + JOB_OVERHEAD_BYTES;
         let queued = {
             let mut intake = lock(&self.intake);
-            self
-                .enqueue(&mut intake, payload, weight, Vec::new(), None)
+            self.enqueue(&mut intake, payload, weight, Vec::new(), None)
         };
         match queued {
             Ok(seq) => self.clone().durable(seq).boxed(),
@@ -768,8 +768,7 @@ impl Shared {
         let (reply, answer) = oneshot::channel();
         let queued = {
             let mut intake = lock(&self.intake);
-            self
-                .enqueue(&mut intake, payload, weight, Vec::new(), Some(reply))
+            self.enqueue(&mut intake, payload, weight, Vec::new(), Some(reply))
         };
         let shared = self.clone();
         async move {
@@ -984,7 +983,8 @@ impl Shared {
             return Ok(None);
         };
         let receipt = Pointer::get(&v).ok_or_else(|| io_err("a damaged index entry"))?;
-        let body = Pointer::get(&v[Pointer::SIZE..]).ok_or_else(|| io_err("a damaged index entry"))?;
+        let body =
+            Pointer::get(&v[Pointer::SIZE..]).ok_or_else(|| io_err("a damaged index entry"))?;
         Ok(Some((receipt, body)))
     }
 
@@ -1000,7 +1000,12 @@ impl Shared {
         Ok(EventSummary { receipt, tasks })
     }
 
-    fn create_segment(&self, number: u64, after_lsn: u64, least: u64) -> Result<Active, StoreError> {
+    fn create_segment(
+        &self,
+        number: u64,
+        after_lsn: u64,
+        least: u64,
+    ) -> Result<Active, StoreError> {
         let size = self.segment_bytes.max(least + segment::HEADER as u64 + 64);
         let file = segment::create(&self.log_dir, number, after_lsn, size)
             .map_err(|e| StoreError::Io(format!("cannot create log segment {number}: {e}")))?;
@@ -1143,7 +1148,8 @@ impl Shared {
                 Entry::Probe | Entry::Seal => {}
                 Entry::Truncated { first_segment } => {
                     for item in self.index.range(
-                        vec![P_SEGMENT_CLAIMS]..prefixed(P_SEGMENT_CLAIMS, &[&first_segment.to_be_bytes()]),
+                        vec![P_SEGMENT_CLAIMS]
+                            ..prefixed(P_SEGMENT_CLAIMS, &[&first_segment.to_be_bytes()]),
                     ) {
                         batch.del(item.map_err(io_err)?.0.to_vec());
                     }
@@ -1232,7 +1238,11 @@ impl Shared {
         self.index.apply_batch(batch.batch).map_err(io_err)
     }
 
-    fn apply_counted(&self, batch: &mut IndexBatch, entry: &Entry<'_>) -> Result<usize, StoreError> {
+    fn apply_counted(
+        &self,
+        batch: &mut IndexBatch,
+        entry: &Entry<'_>,
+    ) -> Result<usize, StoreError> {
         match entry {
             Entry::Redeliver {
                 envelope,
@@ -1301,10 +1311,19 @@ impl Shared {
             }
         };
         let summary = self.summary(receipt)?;
-        if summary.tasks.iter().any(|t| t.status == TaskStatus::Pending) {
+        if summary
+            .tasks
+            .iter()
+            .any(|t| t.status == TaskStatus::Pending)
+        {
             return Ok(false);
         }
-        for id in summary.receipt.envelope_ids.iter().filter_map(|id| id_key(id)) {
+        for id in summary
+            .receipt
+            .envelope_ids
+            .iter()
+            .filter_map(|id| id_key(id))
+        {
             batch.del(envelope_index(&id));
             for prefix in [P_TASK, P_ATTEMPT] {
                 for entry in self.index.scan_prefix(prefixed(prefix, &[&id])).keys() {
@@ -1365,7 +1384,8 @@ impl Shared {
                 active.file.write_all_at(&buf, active.end).map_err(io_err)?;
                 active.file.sync_data().map_err(io_err)?;
                 buf.clear();
-                *active = self.create_segment(active.number + 1, active.last_lsn, len + seal_len)?;
+                *active =
+                    self.create_segment(active.number + 1, active.last_lsn, len + seal_len)?;
             }
             positions.push(Position {
                 segment: active.number,
@@ -1490,8 +1510,9 @@ fn run_applier(shared: &Shared, receiver: &Receiver<Synced>) {
         match shared.apply(&items) {
             Ok(applied) => {
                 drop(items);
-                shared.applied.send_replace(last);
+                // Claims move to the recent cache (they are in sled now), then readers may go.
                 shared.settle(&mut jobs, true);
+                shared.applied.send_replace(last);
                 let mut counts = applied.counts.into_iter();
                 for job in &mut jobs {
                     if let Some(reply) = job.reply.take() {
@@ -1504,7 +1525,9 @@ fn run_applier(shared: &Shared, receiver: &Receiver<Synced>) {
             }
             Err(e) => {
                 drop(items);
-                shared.fail(&StoreError::Io(format!("the index could not apply the log: {e}")));
+                shared.fail(&StoreError::Io(format!(
+                    "the index could not apply the log: {e}"
+                )));
                 shared.settle(&mut jobs, false);
             }
         }
@@ -1641,8 +1664,10 @@ impl IngestStore for LogStore {
                 });
                 let payload = entry.encode();
                 let weight = payload.len() + JOB_OVERHEAD_BYTES;
-                let claimed: Vec<(Vec<u8>, String)> =
-                    claims.iter().map(|(k, id, _)| (k.clone(), id.clone())).collect();
+                let claimed: Vec<(Vec<u8>, String)> = claims
+                    .iter()
+                    .map(|(k, id, _)| (k.clone(), id.clone()))
+                    .collect();
                 let seq = shared.enqueue(&mut intake, payload, weight, claims, None)?;
                 for (key, id) in claimed {
                     intake.inflight.insert(key, (id, seq));
@@ -1888,7 +1913,10 @@ impl EventBrowser for LogStore {
                 return Ok(None);
             };
             let body = shared.read_log(body).map_err(StoreError::Io)?;
-            Ok(Some((shared.receipt_at(receipt)?, bytes::Bytes::from(body))))
+            Ok(Some((
+                shared.receipt_at(receipt)?,
+                bytes::Bytes::from(body),
+            )))
         })
     }
 
@@ -2061,3 +2089,6 @@ impl Drop for LogStore {
         self.close();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -76,7 +76,10 @@ pub fn decode_frame(bytes: &[u8]) -> Frame<'_> {
     }
     let len = u32_at(bytes, 0) as usize;
     if len == 0 {
-        return if bytes[..FRAME_HEADER.min(bytes.len())].iter().all(|b| *b == 0) {
+        return if bytes[..FRAME_HEADER.min(bytes.len())]
+            .iter()
+            .all(|b| *b == 0)
+        {
             Frame::End
         } else {
             Frame::Invalid("a zero length with data after it")
@@ -345,9 +348,7 @@ impl Entry<'_> {
                     now_ms,
                 }
             }
-            TAG_EXPIRE => Entry::Expire {
-                now_secs: r.u64()?,
-            },
+            TAG_EXPIRE => Entry::Expire { now_secs: r.u64()? },
             TAG_PURGE => {
                 let mut keys = Vec::new();
                 for _ in 0..r.count()? {

@@ -44,7 +44,9 @@ pub fn encode_header(number: u64, after_lsn: u64) -> [u8; HEADER] {
 
 /// (segment number, lsn before its first record).
 pub fn decode_header(bytes: &[u8]) -> Result<(u64, u64), &'static str> {
-    let h = bytes.get(..HEADER).ok_or("the segment header is cut short")?;
+    let h = bytes
+        .get(..HEADER)
+        .ok_or("the segment header is cut short")?;
     if &h[..8] != MAGIC {
         return Err("not a hookgate log segment (bad magic)");
     }
