@@ -553,14 +553,17 @@ fn recover(
     if let Some(expected) = truncated_to {
         if first > expected {
             return Err(refuse(format!(
-                "the log should start at {} but its first segment is {}: segments were deleted",
+                "segment {} is missing from {}: the log should start there, but its first segment is {}",
                 segment::file_name(expected),
+                log_dir.display(),
                 segment::file_name(first)
             )));
         }
     } else if first > 0 {
         return Err(refuse(format!(
-            "the log's first segment is {} but nothing says earlier ones were retired: segments were deleted",
+            "segment {} is missing from {}: the log starts at {} and no record says earlier segments were retired",
+            segment::file_name(0),
+            log_dir.display(),
             segment::file_name(first)
         )));
     }

@@ -44,7 +44,8 @@ pub fn encode_frame(out: &mut Vec<u8>, lsn: u64, batch: u64, payload: &[u8]) {
 /// What is at an offset of a segment.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
-    /// A whole, checksummed record; `next` is the offset after it (relative to the input).
+    /// A whole, checksummed record; `next` is the offset after it and its padding (relative to
+    /// the input; past its end when only padding is missing).
     Record {
         lsn: u64,
         batch: u64,
@@ -101,7 +102,9 @@ pub fn decode_frame(bytes: &[u8]) -> Frame<'_> {
         lsn: u64_at(bytes, 8),
         batch: u64_at(bytes, 16),
         payload: &bytes[FRAME_HEADER..FRAME_HEADER + len],
-        next: aligned(FRAME_HEADER + len).min(bytes.len()),
+        // Aligned even when the padding is cut off: the record is whole, and the next one
+        // goes at the aligned offset.
+        next: aligned(FRAME_HEADER + len),
     }
 }
 
