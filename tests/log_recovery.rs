@@ -463,3 +463,15 @@ async fn serve_refuses_a_damaged_store_and_rebuild_index_restores_a_lost_one() {
     let store = open(&store_dir).unwrap();
     assert_eq!(known(&store, 12).await.len(), 12);
 }
+
+/// A crash while a segment is being created leaves at most an unfinished `.seg.new` file,
+/// which the next start removes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_segment_file_is_removed_and_the_store_opens() {
+    let dir = filled(3).await;
+    let next = segments(dir.path()).len() as u64;
+    std::fs::write(segment::temp_path(&dir.path().join("log"), next), [0u8; 7]).unwrap();
+    let store = open(dir.path()).unwrap();
+    assert_eq!(known(&store, 3).await.len(), 3);
+    assert!(!segment::temp_path(&dir.path().join("log"), next).exists());
+}

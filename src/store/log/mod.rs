@@ -437,8 +437,14 @@ fn recover(
     let mut numbers = Vec::new();
     for entry in std::fs::read_dir(log_dir).map_err(io_err)? {
         let entry = entry.map_err(io_err)?;
-        if let Some(n) = entry.file_name().to_str().and_then(segment::number_of) {
+        let name = entry.file_name();
+        let name = name.to_str().unwrap_or_default();
+        if let Some(n) = segment::number_of(name) {
             numbers.push(n);
+        } else if name.ends_with(".seg.new") {
+            // A segment whose creation a crash interrupted: it never held a record.
+            warn!(file = %entry.path().display(), "Removing an unfinished segment file.");
+            std::fs::remove_file(entry.path()).map_err(io_err)?;
         }
     }
     numbers.sort_unstable();
@@ -620,6 +626,9 @@ impl LogStore {
             .cache_capacity(settings.cache_capacity_bytes)
             .flush_every_ms(Some(1_000));
         let db = open_sled(&config, &index_dir)?;
+        // sled writes its `conf` without syncing it; the index is rebuildable, but a lost conf
+        // is a warning at every start after a power cut.
+        sync_tree(&index_dir).map_err(io_err)?;
         let index = db.open_tree(INDEX_TREE).map_err(io_err)?;
         let applied = index
             .get(META_APPLIED)

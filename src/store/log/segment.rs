@@ -200,15 +200,22 @@ pub fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>>
     Ok(buf)
 }
 
+/// A segment being created: written and synced under this name, then renamed into place, so
+/// a crash mid-creation never leaves a segment without its header.
+pub fn temp_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:020}.seg.new"))
+}
+
 /// Creates a segment file of `size` bytes with its header, allocated on disk, and makes it and
 /// its directory entry durable.
 pub fn create(dir: &Path, number: u64, after_lsn: u64, size: u64) -> std::io::Result<File> {
-    let path = path(dir, number);
+    let temp = temp_path(dir, number);
+    let _ = std::fs::remove_file(&temp);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(&path)?;
+        .open(&temp)?;
     // Allocating the blocks now keeps each group commit's fdatasync from also writing the
     // file's allocation metadata; a file system without fallocate gets a sparse file.
     if rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size).is_err() {
@@ -216,6 +223,7 @@ pub fn create(dir: &Path, number: u64, after_lsn: u64, size: u64) -> std::io::Re
     }
     file.write_all_at(&encode_header(number, after_lsn), 0)?;
     file.sync_all()?;
+    std::fs::rename(&temp, path(dir, number))?;
     sync_dir(dir)?;
     Ok(file)
 }
