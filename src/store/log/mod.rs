@@ -64,7 +64,7 @@ const P_TASK: u8 = b'T';
 const P_PENDING: u8 = b'P';
 const P_DEAD: u8 = b'Z';
 const P_ATTEMPT: u8 = b'A';
-/// Live receipts per segment: `S ++ segment ++ receipt key`.
+/// Live receipts per segment: `S ++ segment` → how many (u64).
 const P_SEGMENT: u8 = b'S';
 /// Latest claim expiry per segment: `K ++ segment` → Unix seconds.
 const P_SEGMENT_CLAIMS: u8 = b'K';
@@ -156,8 +156,88 @@ fn attempt_index(id: &[u8; 16], sink: &str, number: u32) -> Vec<u8> {
     )
 }
 
-fn segment_index(segment: u64, receipt: &[u8; 16]) -> Vec<u8> {
-    prefixed(P_SEGMENT, &[&segment.to_be_bytes(), receipt])
+fn segment_index(prefix: u8, segment: u64) -> Vec<u8> {
+    prefixed(prefix, &[&segment.to_be_bytes()])
+}
+
+fn u64_value(value: Option<sled::IVec>) -> u64 {
+    value
+        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0)
+}
+
+/// A task as the index keeps it (its envelope id and sink are in the key): status u8,
+/// attempts u32, round attempts u32, created i64, round started i64, next attempt (u8 flag +
+/// i64), last error (u32 length, `u32::MAX` for none, + bytes), then the lane.
+fn encode_task(task: &TaskRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(48 + task.lane.len());
+    v.push(match task.status {
+        TaskStatus::Pending => 0,
+        TaskStatus::Delivered => 1,
+        TaskStatus::Dead => 2,
+    });
+    v.extend_from_slice(&task.attempts.to_be_bytes());
+    v.extend_from_slice(&task.round_attempts.to_be_bytes());
+    v.extend_from_slice(&task.created_at_ms.to_be_bytes());
+    v.extend_from_slice(&task.round_started_ms.to_be_bytes());
+    v.push(u8::from(task.next_attempt_ms.is_some()));
+    v.extend_from_slice(&task.next_attempt_ms.unwrap_or(0).to_be_bytes());
+    match &task.last_error {
+        Some(e) => {
+            let bytes = &e.as_bytes()[..e.len().min(u32::MAX as usize - 1)];
+            v.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            v.extend_from_slice(bytes);
+        }
+        None => v.extend_from_slice(&u32::MAX.to_be_bytes()),
+    }
+    v.extend_from_slice(&task.lane);
+    v
+}
+
+/// Decodes [`encode_task`] given the key's envelope id and sink.
+fn decode_task(id: &[u8; 16], sink: &str, v: &[u8]) -> Result<TaskRecord, StoreError> {
+    let bad = || StoreError::Io("a damaged task entry in the index".into());
+    let mut at = 0usize;
+    // `n == usize::MAX`: the rest.
+    let mut take = |n: usize| -> Result<&[u8], StoreError> {
+        let end = if n == usize::MAX { v.len() } else { at + n };
+        let part = v.get(at..end).ok_or_else(bad)?;
+        at = end;
+        Ok(part)
+    };
+    let status = match take(1)?[0] {
+        0 => TaskStatus::Pending,
+        1 => TaskStatus::Delivered,
+        2 => TaskStatus::Dead,
+        _ => return Err(bad()),
+    };
+    let u32_of = |b: &[u8]| u32::from_be_bytes(b.try_into().unwrap_or_default());
+    let i64_of = |b: &[u8]| i64::from_be_bytes(b.try_into().unwrap_or_default());
+    let attempts = u32_of(take(4)?);
+    let round_attempts = u32_of(take(4)?);
+    let created_at_ms = i64_of(take(8)?);
+    let round_started_ms = i64_of(take(8)?);
+    let has_next = take(1)?[0] == 1;
+    let next = i64_of(take(8)?);
+    let error_len = u32_of(take(4)?);
+    let last_error = if error_len == u32::MAX {
+        None
+    } else {
+        Some(String::from_utf8_lossy(take(error_len as usize)?).into_owned())
+    };
+    let lane = take(usize::MAX)?.to_vec();
+    Ok(TaskRecord {
+        sink: sink.to_owned(),
+        envelope_id: id_from_key(id).ok_or_else(bad)?,
+        status,
+        attempts,
+        round_attempts,
+        created_at_ms,
+        round_started_ms,
+        next_attempt_ms: has_next.then_some(next),
+        last_error,
+        lane,
+    })
 }
 
 fn pending_value(next_attempt_ms: i64, lane: &[u8]) -> Vec<u8> {
@@ -939,7 +1019,7 @@ impl Shared {
         self.index
             .get(task_index(id, sink))
             .map_err(io_err)?
-            .map(|v| decode(&v))
+            .map(|v| decode_task(id, sink, &v))
             .transpose()
     }
 
@@ -962,9 +1042,14 @@ impl Shared {
     }
 
     fn tasks_of(&self, id: &[u8; 16]) -> Result<Vec<TaskRecord>, StoreError> {
+        let prefix = prefixed(P_TASK, &[id]);
         self.index
-            .scan_prefix(prefixed(P_TASK, &[id]))
-            .map(|item| decode(&item.map_err(io_err)?.1))
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (key, value) = item.map_err(io_err)?;
+                let sink = std::str::from_utf8(&key[prefix.len()..]).map_err(io_err)?;
+                decode_task(id, sink, &value)
+            })
             .collect()
     }
 
@@ -1091,6 +1176,8 @@ struct IndexBatch {
     batch: sled::Batch,
     /// Latest claim expiry per segment in this batch.
     segment_claims: HashMap<u64, u64>,
+    /// Change in live receipts per segment in this batch.
+    live: HashMap<u64, i64>,
 }
 
 impl IndexBatch {
@@ -1103,7 +1190,7 @@ impl IndexBatch {
     }
 
     fn task(&mut self, id: &[u8; 16], task: &TaskRecord) -> Result<(), StoreError> {
-        self.put(task_index(id, &task.sink), encode(task)?);
+        self.put(task_index(id, &task.sink), encode_task(task));
         let pending = sink_index(P_PENDING, &task.sink, id);
         let dead = sink_index(P_DEAD, &task.sink, id);
         match task.status {
@@ -1146,7 +1233,7 @@ impl Shared {
                     Pointer::within(item.at, item.payload, receipt).put(&mut value);
                     Pointer::within(item.at, item.payload, body).put(&mut value);
                     batch.put(receipt_index(&key), value);
-                    batch.put(segment_index(item.at.segment, &key), Vec::new());
+                    *batch.live.entry(item.at.segment).or_insert(0) += 1;
                 }
                 Entry::Attempts(done) => {
                     for (task, attempt) in done {
@@ -1159,11 +1246,11 @@ impl Shared {
                 }
                 Entry::Probe | Entry::Seal => {}
                 Entry::Truncated { first_segment } => {
-                    for item in self.index.range(
-                        vec![P_SEGMENT_CLAIMS]
-                            ..prefixed(P_SEGMENT_CLAIMS, &[&first_segment.to_be_bytes()]),
-                    ) {
-                        batch.del(item.map_err(io_err)?.0.to_vec());
+                    for prefix in [P_SEGMENT_CLAIMS, P_SEGMENT] {
+                        let retired = vec![prefix]..segment_index(prefix, first_segment);
+                        for item in self.index.range(retired) {
+                            batch.del(item.map_err(io_err)?.0.to_vec());
+                        }
                     }
                 }
                 counted @ (Entry::Redeliver { .. } | Entry::Expire { .. } | Entry::Purge(_)) => {
@@ -1230,21 +1317,22 @@ impl Shared {
         Pointer::within(at, payload, commit.receipt).put(&mut value);
         Pointer::within(at, payload, commit.body).put(&mut value);
         batch.put(receipt_index(&commit.receipt_key), value);
-        batch.put(segment_index(at.segment, &commit.receipt_key), Vec::new());
+        *batch.live.entry(at.segment).or_insert(0) += 1;
         Ok(())
     }
 
     /// Writes a batch with the applied lsn, atomically.
     fn commit_batch(&self, mut batch: IndexBatch, lsn: u64) -> Result<(), StoreError> {
         for (segment, latest) in std::mem::take(&mut batch.segment_claims) {
-            let key = prefixed(P_SEGMENT_CLAIMS, &[&segment.to_be_bytes()]);
-            let known = self
-                .index
-                .get(&key)
-                .map_err(io_err)?
-                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-                .unwrap_or(0);
+            let key = segment_index(P_SEGMENT_CLAIMS, segment);
+            let known = u64_value(self.index.get(&key).map_err(io_err)?);
             batch.put(key, latest.max(known).to_be_bytes().to_vec());
+        }
+        for (segment, delta) in std::mem::take(&mut batch.live) {
+            let key = segment_index(P_SEGMENT, segment);
+            let known = u64_value(self.index.get(&key).map_err(io_err)?);
+            let live = known.saturating_add_signed(delta);
+            batch.put(key, live.to_be_bytes().to_vec());
         }
         batch.put(META_APPLIED.to_vec(), lsn.to_be_bytes().to_vec());
         self.index.apply_batch(batch.batch).map_err(io_err)
@@ -1318,7 +1406,7 @@ impl Shared {
             Err(e) => {
                 warn!(error = %e, "A receipt to purge cannot be read; deleting its index entry.");
                 batch.del(receipt_index(key));
-                batch.del(segment_index(at.segment, key));
+                *batch.live.entry(at.segment).or_insert(0) -= 1;
                 return Ok(true);
             }
         };
@@ -1349,7 +1437,7 @@ impl Shared {
             }
         }
         batch.del(receipt_index(key));
-        batch.del(segment_index(at.segment, key));
+        *batch.live.entry(at.segment).or_insert(0) -= 1;
         Ok(true)
     }
 
@@ -1435,18 +1523,13 @@ impl Shared {
             .collect();
         let mut retire = Vec::new();
         for number in numbers {
-            let live = self
-                .index
-                .scan_prefix(prefixed(P_SEGMENT, &[&number.to_be_bytes()]))
-                .next()
-                .is_some();
-            let claims_until = self
-                .index
-                .get(prefixed(P_SEGMENT_CLAIMS, &[&number.to_be_bytes()]))
-                .map_err(io_err)?
-                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-                .unwrap_or(0);
-            if live || claims_until > now {
+            let get = |prefix| {
+                let value = self.index.get(segment_index(prefix, number));
+                value.map(u64_value).map_err(io_err)
+            };
+            let live = get(P_SEGMENT)?;
+            let claims_until = get(P_SEGMENT_CLAIMS)?;
+            if live > 0 || claims_until > now {
                 break;
             }
             retire.push(number);

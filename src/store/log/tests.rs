@@ -280,3 +280,39 @@ async fn the_write_queue_is_bounded_in_bytes() {
     store.tasks(ulid(3)).await.unwrap();
     assert!(store.commit(event(&ulid(2), "e2", &big)).await.is_ok());
 }
+
+#[test]
+fn tasks_round_trip_through_their_compact_index_form() {
+    let id = id_key(&ulid(7)).unwrap();
+    for (status, next, error, lane) in [
+        (TaskStatus::Pending, Some(5), None, b"post:1".to_vec()),
+        (
+            TaskStatus::Dead,
+            None,
+            Some("HTTP 500: ünïcode".to_owned()),
+            Vec::new(),
+        ),
+        (
+            TaskStatus::Delivered,
+            None,
+            Some(String::new()),
+            b"x".to_vec(),
+        ),
+    ] {
+        let task = TaskRecord {
+            sink: "app".into(),
+            envelope_id: ulid(7),
+            status,
+            attempts: 3,
+            round_attempts: 2,
+            created_at_ms: -1,
+            round_started_ms: i64::MAX,
+            next_attempt_ms: next,
+            last_error: error,
+            lane,
+        };
+        assert_eq!(decode_task(&id, "app", &encode_task(&task)).unwrap(), task);
+    }
+    assert!(decode_task(&id, "app", &[9]).is_err());
+    assert!(decode_task(&id, "app", &[0, 1]).is_err());
+}
