@@ -59,7 +59,6 @@ use crate::metrics::Metrics;
 const P_RECEIPT: u8 = b'D';
 const P_ENVELOPE: u8 = b'E';
 const P_CLAIM: u8 = b'C';
-const P_EXPIRY: u8 = b'X';
 const P_TASK: u8 = b'T';
 const P_PENDING: u8 = b'P';
 const P_DEAD: u8 = b'Z';
@@ -69,6 +68,10 @@ const P_SEGMENT: u8 = b'S';
 /// Latest claim expiry per segment: `K ++ segment` → Unix seconds.
 const P_SEGMENT_CLAIMS: u8 = b'K';
 const META_APPLIED: &[u8] = b"M/applied";
+/// Where the claim sweep goes on reading the log: segment u64 ++ offset u64.
+const META_SWEPT: &[u8] = b"M/swept";
+/// Records the claim sweep reads per run at most (it goes on at the next run).
+const SWEEP_LIMIT: usize = 200_000;
 const INDEX_TREE: &str = "index";
 const LOG_DIR: &str = "log";
 const INDEX_DIR: &str = "index";
@@ -127,10 +130,6 @@ fn envelope_index(id: &[u8; 16]) -> Vec<u8> {
 
 fn claim_index(dedup_key: &[u8]) -> Vec<u8> {
     prefixed(P_CLAIM, &[dedup_key])
-}
-
-fn expiry_index(expires_at: u64, dedup_key: &[u8]) -> Vec<u8> {
-    prefixed(P_EXPIRY, &[&expires_at.to_be_bytes(), dedup_key])
 }
 
 /// `T ++ envelope id ++ sink`: an envelope's tasks are one prefix scan.
@@ -1259,7 +1258,7 @@ impl Shared {
                         self.commit_batch(std::mem::take(&mut batch), lsn)?;
                     }
                     let mut own = IndexBatch::default();
-                    let count = self.apply_counted(&mut own, &counted)?;
+                    let count = self.apply_counted(&mut own, &counted, item.lsn)?;
                     applied.woke |= matches!(counted, Entry::Redeliver { .. }) && count > 0;
                     self.commit_batch(own, item.lsn)?;
                     applied.counts.push(count);
@@ -1286,7 +1285,6 @@ impl Shared {
                 id: (*id).to_owned(),
             };
             batch.put(claim_index(key), claim.encode());
-            batch.put(expiry_index(commit.expires_at, key), Vec::new());
         }
         if !commit.claims.is_empty() {
             let latest = batch.segment_claims.entry(at.segment).or_insert(0);
@@ -1342,6 +1340,7 @@ impl Shared {
         &self,
         batch: &mut IndexBatch,
         entry: &Entry<'_>,
+        lsn: u64,
     ) -> Result<usize, StoreError> {
         match entry {
             Entry::Redeliver {
@@ -1363,26 +1362,7 @@ impl Shared {
                 }
                 Ok(count)
             }
-            Entry::Expire { now_secs } => {
-                let end = prefixed(P_EXPIRY, &[&now_secs.saturating_add(1).to_be_bytes()]);
-                let mut expired = 0;
-                for item in self.index.range(vec![P_EXPIRY]..end) {
-                    let (key, _) = item.map_err(io_err)?;
-                    let (expires, dedup_key) = key[1..].split_at(8.min(key.len() - 1));
-                    let expires_at = u64::from_be_bytes(expires.try_into().unwrap_or_default());
-                    let current = self.index.get(claim_index(dedup_key)).map_err(io_err)?;
-                    // A newer claim for the same ID (re-claimed after expiry) stays.
-                    if current
-                        .and_then(|c| Claim::decode(&c))
-                        .is_some_and(|c| c.expires_at == expires_at)
-                    {
-                        batch.del(claim_index(dedup_key));
-                        expired += 1;
-                    }
-                    batch.del(key.to_vec());
-                }
-                Ok(expired)
-            }
+            Entry::Expire { now_secs } => self.sweep_claims(batch, *now_secs, lsn),
             Entry::Purge(keys) => {
                 let mut purged = 0;
                 for key in keys {
@@ -1394,6 +1374,88 @@ impl Shared {
             }
             _ => Ok(0),
         }
+    }
+
+    /// Forgets expired claims by reading the log's commit records in order from where the last
+    /// sweep stopped (claims expire in commit order, so the event-ID table needs no expiry
+    /// index): each claim whose table entry still has that record's expiry is deleted. Stops
+    /// at the first record whose claims are live, at `before` (the sweep's own record), or
+    /// after [`SWEEP_LIMIT`] records. Deterministic, so replay repeats it exactly.
+    fn sweep_claims(
+        &self,
+        batch: &mut IndexBatch,
+        now_secs: u64,
+        before: u64,
+    ) -> Result<usize, StoreError> {
+        let first = {
+            let files = self.segments.read().unwrap_or_else(|e| e.into_inner());
+            files.keys().next().copied().unwrap_or(0)
+        };
+        let (mut number, mut offset) = match self.index.get(META_SWEPT).map_err(io_err)? {
+            Some(v) if v.len() == 16 => (
+                u64::from_be_bytes(v[..8].try_into().expect("8")),
+                u64::from_be_bytes(v[8..].try_into().expect("8")),
+            ),
+            _ => (first, segment::HEADER as u64),
+        };
+        if number < first {
+            (number, offset) = (first, segment::HEADER as u64);
+        }
+        let mut expired = 0;
+        let mut reader = segment::Reader::default();
+        for _ in 0..SWEEP_LIMIT {
+            let Some(file) = self.segment_file(number) else {
+                break;
+            };
+            let Some((lsn, payload, next)) = reader.frame(&file, number, offset).map_err(io_err)?
+            else {
+                break; // the end of what is written
+            };
+            if lsn >= before {
+                break;
+            }
+            match Entry::decode(&payload).map_err(io_err)? {
+                Entry::Seal => {
+                    (number, offset) = (number + 1, segment::HEADER as u64);
+                    continue;
+                }
+                Entry::Commit(commit) if !commit.claims.is_empty() => {
+                    if commit.expires_at > now_secs {
+                        break;
+                    }
+                    for (key, _) in &commit.claims {
+                        let current = self.index.get(claim_index(key)).map_err(io_err)?;
+                        // A newer claim for the same ID (claimed again after expiry) stays.
+                        if current
+                            .and_then(|c| Claim::decode(&c))
+                            .is_some_and(|c| c.expires_at == commit.expires_at)
+                        {
+                            batch.del(claim_index(key));
+                            expired += 1;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            offset = next;
+        }
+        let mut cursor = number.to_be_bytes().to_vec();
+        cursor.extend_from_slice(&offset.to_be_bytes());
+        batch.put(META_SWEPT.to_vec(), cursor);
+        Ok(expired)
+    }
+
+    fn segment_file(&self, number: u64) -> Option<Arc<File>> {
+        let files = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        files.get(&number).cloned()
+    }
+
+    /// The segment the claim sweep has reached: segments before it hold no live claim.
+    fn swept_segment(&self) -> Result<u64, StoreError> {
+        Ok(match self.index.get(META_SWEPT).map_err(io_err)? {
+            Some(v) if v.len() == 16 => u64::from_be_bytes(v[..8].try_into().expect("8")),
+            _ => 0,
+        })
     }
 
     /// Deletes a receipt from the index if every task of it is finished.
@@ -1521,8 +1583,9 @@ impl Shared {
             .copied()
             .filter(|n| *n < active)
             .collect();
+        let swept = self.swept_segment()?;
         let mut retire = Vec::new();
-        for number in numbers {
+        for number in numbers.into_iter().filter(|n| *n < swept) {
             let get = |prefix| {
                 let value = self.index.get(segment_index(prefix, number));
                 value.map(u64_value).map_err(io_err)

@@ -193,6 +193,68 @@ fn invalid(bytes: &[u8], at: usize, reason: &'static str, last_lsn: u64) -> Stop
     }
 }
 
+/// Reads frames one after another from segment files, a chunk at a time.
+#[derive(Default)]
+pub struct Reader {
+    segment: u64,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+const READ_CHUNK: usize = 1 << 20;
+
+impl Reader {
+    /// The whole record at `offset` of `segment` (lsn, payload, offset after it), or `None`
+    /// at the end of what is written (zeros, a torn frame, the end of the file).
+    pub fn frame(
+        &mut self,
+        file: &File,
+        segment: u64,
+        offset: u64,
+    ) -> std::io::Result<Option<(u64, Vec<u8>, u64)>> {
+        // At most: a read, a re-read from the frame, a read large enough for it.
+        for _ in 0..3 {
+            let within = self.segment == segment
+                && offset >= self.start
+                && offset < self.start + self.buf.len() as u64;
+            if within {
+                let at = (offset - self.start) as usize;
+                match decode_frame(&self.buf[at..]) {
+                    Frame::Record {
+                        lsn, payload, next, ..
+                    } => return Ok(Some((lsn, payload.to_vec(), offset + next as u64))),
+                    Frame::End => return Ok(None),
+                    Frame::Invalid(_) => {
+                        // Cut by the chunk's end, or really the end: read from here, enough
+                        // for the whole frame, once.
+                        let len = self
+                            .buf
+                            .get(at..at + 4)
+                            .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4")) as usize);
+                        if self.start == offset && self.buf.len() >= FRAME_HEADER + len {
+                            return Ok(None);
+                        }
+                        self.fill(file, segment, offset, READ_CHUNK.max(FRAME_HEADER + len))?;
+                        continue;
+                    }
+                }
+            }
+            self.fill(file, segment, offset, READ_CHUNK)?;
+        }
+        Ok(None)
+    }
+
+    fn fill(&mut self, file: &File, segment: u64, offset: u64, len: usize) -> std::io::Result<()> {
+        let size = file.metadata()?.len();
+        let len = len.min(size.saturating_sub(offset) as usize);
+        self.buf = vec![0u8; len];
+        file.read_exact_at(&mut self.buf, offset)?;
+        self.segment = segment;
+        self.start = offset;
+        Ok(())
+    }
+}
+
 /// Reads `len` bytes at `offset` of an open segment.
 pub fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
@@ -309,5 +371,41 @@ mod tests {
         assert_eq!((found.records.len(), found.stop), (1, Stop::Sealed));
         let gap = segment(&[(1, 1, Entry::Probe), (3, 3, Entry::Probe)]);
         assert!(matches!(scan(&gap).unwrap().stop, Stop::Invalid { .. }));
+    }
+
+    #[test]
+    fn the_reader_reads_frames_across_chunks_and_larger_than_a_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![7u8; READ_CHUNK + READ_CHUNK / 2];
+        let mut bytes = encode_header(0, 0).to_vec();
+        let mut lsn = 0;
+        for size in [10, READ_CHUNK - 40, big.len(), 3] {
+            lsn += 1;
+            let body = &big[..size];
+            encode_frame(
+                &mut bytes,
+                lsn,
+                lsn,
+                &Entry::Unprocessable {
+                    key: [0; 16],
+                    receipt: b"{}",
+                    body,
+                }
+                .encode(),
+            );
+        }
+        bytes.resize(bytes.len() + 100, 0);
+        let path = dir.path().join(file_name(0));
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        let mut reader = Reader::default();
+        let mut offset = HEADER as u64;
+        let mut seen = Vec::new();
+        while let Some((lsn, payload, next)) = reader.frame(&file, 0, offset).unwrap() {
+            assert!(Entry::decode(&payload).is_ok());
+            seen.push(lsn);
+            offset = next;
+        }
+        assert_eq!(seen, vec![1, 2, 3, 4]);
     }
 }
