@@ -45,13 +45,27 @@ fn gateway_id(n: u64) -> String {
     ulid::Ulid::from_parts(T0 as u64 * 1000 + n, u128::from(n)).to_string()
 }
 
+/// Letters that do not compress (records must fill segments in these tests).
+fn noise(n: u64, len: usize) -> String {
+    let mut seed = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(b'a' + (seed % 26) as u8)
+        })
+        .collect()
+}
+
 fn event(n: u64) -> NewReceipt {
     let id = gateway_id(n);
     let event_id = format!("evt_{n}");
+    let filler = noise(n, 600);
     let envelope: Envelope = serde_json::from_value(serde_json::json!({
         "id": id, "provider": "demo", "kind": "generic", "event_id": event_id,
         "type": "post.created", "action": "created", "object": "post", "object_id": null,
-        "current": {"n": n}, "previous": null, "occurred_at": null,
+        "current": {"n": n, "filler": filler}, "previous": null, "occurred_at": null,
         "received_at": "2023-11-14T22:13:20.000Z", "meta": {}
     }))
     .unwrap();
@@ -70,7 +84,7 @@ fn event(n: u64) -> NewReceipt {
             types: vec![],
             event_ids: vec![],
         },
-        body: format!(r#"{{"id":"{event_id}","n":{n}}}"#)
+        body: format!(r#"{{"id":"{event_id}","n":{n},"filler":"{filler}"}}"#)
             .into_bytes()
             .into(),
         events: vec![NewEnvelope {
@@ -334,7 +348,10 @@ async fn a_lost_index_is_rebuilt_from_the_log_with_every_event_and_task() {
     assert_eq!(store.pending_count("audit".into()).await.unwrap(), 12);
     let (receipt, body) = store.receipt(gateway_id(3)).await.unwrap().unwrap();
     assert_eq!(receipt.event_ids, vec!["evt_3".to_owned()]);
-    assert_eq!(&body[..], br#"{"id":"evt_3","n":3}"#);
+    assert_eq!(
+        body,
+        format!(r#"{{"id":"evt_3","n":3,"filler":"{}"}}"#, noise(3, 600)).as_bytes()
+    );
     let envelope = store.envelope(gateway_id(3)).await.unwrap().unwrap();
     assert_eq!(envelope.event_id, "evt_3");
     store.close();

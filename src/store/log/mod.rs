@@ -44,7 +44,9 @@ use futures_util::FutureExt;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use self::record::{aligned, encode_frame, CommitEntry, Entry, EventEntry, FRAME_HEADER};
+use self::record::{
+    aligned, encode_frame, open_payload, seal_payload, CommitEntry, Entry, EventEntry, FRAME_HEADER,
+};
 use super::{
     AttemptRecord, Commit, Committed, DedupKey, Due, DueTask, EventBrowser, EventPage, EventQuery,
     EventSummary, IngestStore, Maintenance, NewReceipt, Receipt, StoreError, StoreFuture,
@@ -261,22 +263,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Where bytes are in the log: segment, offset, length (20 bytes in the index).
+/// Where bytes are in the log (28 bytes in the index): the stored payload of a record
+/// (segment, offset, stored length) and the part within it once opened (decompressed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pointer {
     segment: u64,
     offset: u64,
+    stored: u32,
+    inner: u32,
     len: u32,
 }
 
 impl Pointer {
-    const SIZE: usize = 20;
+    const SIZE: usize = 28;
 
-    fn within(at: Position, payload: &[u8], part: &[u8]) -> Self {
-        let inner = part.as_ptr() as usize - payload.as_ptr() as usize;
+    /// `part` lies within `raw`, the opened payload of the record at `at`.
+    fn within(at: Position, raw: &[u8], part: &[u8]) -> Self {
+        let inner = part.as_ptr() as usize - raw.as_ptr() as usize;
         Self {
             segment: at.segment,
-            offset: at.payload + inner as u64,
+            offset: at.payload,
+            stored: at.stored,
+            inner: u32::try_from(inner).unwrap_or(u32::MAX),
             len: u32::try_from(part.len()).unwrap_or(u32::MAX),
         }
     }
@@ -284,24 +292,30 @@ impl Pointer {
     fn put(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.segment.to_be_bytes());
         out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(&self.stored.to_be_bytes());
+        out.extend_from_slice(&self.inner.to_be_bytes());
         out.extend_from_slice(&self.len.to_be_bytes());
     }
 
     fn get(bytes: &[u8]) -> Option<Self> {
         let b = bytes.get(..Self::SIZE)?;
+        let u32_at = |at: usize| b[at..at + 4].try_into().ok().map(u32::from_be_bytes);
         Some(Self {
             segment: u64::from_be_bytes(b[..8].try_into().ok()?),
             offset: u64::from_be_bytes(b[8..16].try_into().ok()?),
-            len: u32::from_be_bytes(b[16..20].try_into().ok()?),
+            stored: u32_at(16)?,
+            inner: u32_at(20)?,
+            len: u32_at(24)?,
         })
     }
 }
 
-/// Where a record's payload is.
+/// Where a record's stored payload is, and its length.
 #[derive(Debug, Clone, Copy)]
 struct Position {
     segment: u64,
     payload: u64,
+    stored: u32,
 }
 
 /// A claim in the event-ID table: when it expires and which envelope made it.
@@ -840,7 +854,7 @@ impl LogStore {
 impl Shared {
     /// Queues a record under the intake lock; the future resolves once it is durable.
     fn submit(self: &Arc<Self>, entry: &Entry<'_>) -> StoreFuture<()> {
-        let payload = entry.encode();
+        let payload = seal_payload(entry.encode());
         let weight = payload.len() + JOB_OVERHEAD_BYTES;
         let queued = {
             let mut intake = lock(&self.intake);
@@ -854,7 +868,7 @@ impl Shared {
 
     /// Queues a record that answers a count once applied.
     fn submit_counted(self: &Arc<Self>, entry: &Entry<'_>) -> StoreFuture<usize> {
-        let payload = entry.encode();
+        let payload = seal_payload(entry.encode());
         let weight = payload.len() + JOB_OVERHEAD_BYTES;
         let (reply, answer) = oneshot::channel();
         let queued = {
@@ -1010,8 +1024,13 @@ impl Shared {
             .get(&at.segment)
             .cloned()
             .ok_or_else(|| format!("log segment {} is missing", at.segment))?;
-        segment::read_at(&file, at.offset, at.len as usize)
-            .map_err(|e| format!("cannot read log segment {}: {e}", at.segment))
+        let stored = segment::read_at(&file, at.offset, at.stored as usize)
+            .map_err(|e| format!("cannot read log segment {}: {e}", at.segment))?;
+        let raw = open_payload(&stored).map_err(|e| e.to_string())?;
+        let (start, end) = (at.inner as usize, at.inner as usize + at.len as usize);
+        raw.get(start..end)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| format!("a log position past its record in segment {}", at.segment))
     }
 
     fn task_record(&self, id: &[u8; 16], sink: &str) -> Result<Option<TaskRecord>, StoreError> {
@@ -1138,6 +1157,7 @@ impl Shared {
                         at: Position {
                             segment: scan.number,
                             payload: r.payload as u64,
+                            stored: r.len as u32,
                         },
                         payload: &bytes[r.payload..r.payload + r.len],
                     })
@@ -1221,16 +1241,17 @@ impl Shared {
         let mut batch = IndexBatch::default();
         let mut last = None;
         for item in items {
-            let entry = Entry::decode(item.payload).map_err(io_err)?;
+            let raw = open_payload(item.payload).map_err(io_err)?;
+            let entry = Entry::decode(&raw).map_err(io_err)?;
             match entry {
                 Entry::Commit(commit) => {
                     applied.woke |= commit.events.iter().any(|e| !e.sinks.is_empty());
-                    Self::apply_commit(&mut batch, item.at, item.payload, &commit)?;
+                    Self::apply_commit(&mut batch, item.at, &raw, &commit)?;
                 }
                 Entry::Unprocessable { key, receipt, body } => {
                     let mut value = Vec::with_capacity(2 * Pointer::SIZE);
-                    Pointer::within(item.at, item.payload, receipt).put(&mut value);
-                    Pointer::within(item.at, item.payload, body).put(&mut value);
+                    Pointer::within(item.at, &raw, receipt).put(&mut value);
+                    Pointer::within(item.at, &raw, body).put(&mut value);
                     batch.put(receipt_index(&key), value);
                     *batch.live.entry(item.at.segment).or_insert(0) += 1;
                 }
@@ -1414,7 +1435,8 @@ impl Shared {
             if lsn >= before {
                 break;
             }
-            match Entry::decode(&payload).map_err(io_err)? {
+            let raw = open_payload(&payload).map_err(io_err)?;
+            match Entry::decode(&raw).map_err(io_err)? {
                 Entry::Seal => {
                     (number, offset) = (number + 1, segment::HEADER as u64);
                     continue;
@@ -1552,6 +1574,7 @@ impl Shared {
             positions.push(Position {
                 segment: active.number,
                 payload: active.end + buf.len() as u64 + FRAME_HEADER as u64,
+                stored: u32::try_from(job.payload.len()).unwrap_or(u32::MAX),
             });
             encode_frame(&mut buf, job.seq, first, &job.payload);
             active.last_lsn = job.seq;
@@ -1820,7 +1843,7 @@ impl IngestStore for LogStore {
                         .collect(),
                     events,
                 });
-                let payload = entry.encode();
+                let payload = seal_payload(entry.encode());
                 let weight = payload.len() + JOB_OVERHEAD_BYTES;
                 let claimed: Vec<(Vec<u8>, String)> = claims
                     .iter()

@@ -109,7 +109,7 @@ pub fn decode_frame(bytes: &[u8]) -> Frame<'_> {
 }
 
 /// A payload that does not decode although its checksum matched (a bug or a foreign file).
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[error("undecodable log entry: {0}")]
 pub struct DecodeError(pub &'static str);
 
@@ -122,6 +122,52 @@ const TAG_EXPIRE: u8 = 6;
 const TAG_PURGE: u8 = 7;
 const TAG_SEAL: u8 = 8;
 const TAG_TRUNCATED: u8 = 9;
+/// A payload compressed with LZ4: the tag, the decoded length (u32), the LZ4 block.
+const TAG_COMPRESSED: u8 = 0xC0;
+/// Payloads shorter than this are stored as they are.
+const COMPRESS_FROM: usize = 512;
+
+/// The payload to store for an encoded entry: LZ4-compressed when that saves a tenth or more
+/// (bodies and envelopes repeat each other's content, and JSON compresses well).
+pub fn seal_payload(raw: Vec<u8>) -> Vec<u8> {
+    if raw.len() < COMPRESS_FROM {
+        return raw;
+    }
+    let packed = lz4_flex::block::compress(&raw);
+    if packed.len() + 5 > raw.len() / 10 * 9 {
+        return raw;
+    }
+    let mut out = Vec::with_capacity(packed.len() + 5);
+    out.push(TAG_COMPRESSED);
+    out.extend_from_slice(
+        &u32::try_from(raw.len())
+            .expect("payload fits a frame")
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(&packed);
+    out
+}
+
+/// The encoded entry in a stored payload (decompressed if it was compressed). Never panics,
+/// and never allocates more than [`MAX_PAYLOAD`], whatever the input.
+pub fn open_payload(payload: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> {
+    if payload.first() != Some(&TAG_COMPRESSED) {
+        return Ok(std::borrow::Cow::Borrowed(payload));
+    }
+    let len = payload
+        .get(1..5)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4")) as usize)
+        .ok_or(DecodeError("a compressed payload is cut short"))?;
+    if len > MAX_PAYLOAD {
+        return Err(DecodeError("a compressed payload larger than any record"));
+    }
+    let raw = lz4_flex::block::decompress(&payload[5..], len)
+        .map_err(|_| DecodeError("a compressed payload does not decompress"))?;
+    if raw.len() != len {
+        return Err(DecodeError("a compressed payload of the wrong length"));
+    }
+    Ok(std::borrow::Cow::Owned(raw))
+}
 
 /// One event of a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -517,5 +563,30 @@ mod tests {
         }
         assert!(Entry::decode(&[42]).is_err());
         assert!(Entry::decode(&[TAG_PURGE, 255, 255, 255, 255]).is_err());
+    }
+
+    #[test]
+    fn large_payloads_are_compressed_and_open_to_the_same_bytes() {
+        let body = br#"{"object":"customer","email":"a@example.com","name":"A"}"#.repeat(40);
+        let entry = Entry::Unprocessable {
+            key: [3; 16],
+            receipt: br#"{"id":"x"}"#,
+            body: &body,
+        };
+        let raw = entry.encode();
+        let stored = seal_payload(raw.clone());
+        assert!(
+            stored.len() < raw.len() / 2,
+            "{} of {}",
+            stored.len(),
+            raw.len()
+        );
+        assert_eq!(&*open_payload(&stored).unwrap(), &raw[..]);
+        let small = Entry::Probe.encode();
+        assert_eq!(seal_payload(small.clone()), small);
+        for cut in 0..stored.len() {
+            let _ = open_payload(&stored[..cut]);
+        }
+        assert!(open_payload(&[TAG_COMPRESSED, 255, 255, 255, 255, 0]).is_err());
     }
 }

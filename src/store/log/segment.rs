@@ -11,7 +11,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::record::{decode_frame, Entry, Frame, FRAME_HEADER};
+use super::record::{decode_frame, open_payload, Entry, Frame, FRAME_HEADER};
 
 pub const HEADER: usize = 32;
 const MAGIC: &[u8; 8] = b"HGLOG001";
@@ -127,7 +127,11 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, &'static str> {
                 payload,
                 next,
             } => {
-                let entry = Entry::decode(payload);
+                let opened = open_payload(payload);
+                let entry = match &opened {
+                    Ok(raw) => Entry::decode(raw),
+                    Err(e) => Err(e.clone()),
+                };
                 let sealed = matches!(entry, Ok(Entry::Seal));
                 // Lsns rise by one; a seal repeats the last one.
                 let expected = if sealed { last_lsn } else { last_lsn + 1 };
@@ -402,7 +406,7 @@ mod tests {
         let mut offset = HEADER as u64;
         let mut seen = Vec::new();
         while let Some((lsn, payload, next)) = reader.frame(&file, 0, offset).unwrap() {
-            assert!(Entry::decode(&payload).is_ok());
+            assert!(Entry::decode(&open_payload(&payload).unwrap()).is_ok());
             seen.push(lsn);
             offset = next;
         }
