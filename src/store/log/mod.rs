@@ -87,8 +87,6 @@ const PURGE_SCAN_FACTOR: usize = 4;
 const RECENT_CLAIMS: usize = 16_384;
 /// Bytes a job is charged besides its payload.
 const JOB_OVERHEAD_BYTES: usize = 256;
-/// Batches synced but not yet applied before the writer waits for the applier.
-const APPLY_QUEUE: usize = 64;
 /// Records applied per sled batch during recovery.
 const REPLAY_BATCH: usize = 2_048;
 
@@ -766,7 +764,10 @@ impl LogStore {
             Some(active) => active,
             None => shared.create_segment(scans.last().map_or(0, |s| s.number + 1), last_lsn, 0)?,
         };
-        let (to_applier, applier_rx) = mpsc::sync_channel(APPLY_QUEUE);
+        // Synced batches wait for the applier here. What they hold stays in the write budget
+        // (`queue_max_bytes`) until applied, which is what bounds the lag, so the writer never
+        // waits for the applier before it is reached.
+        let (to_applier, applier_rx) = mpsc::sync_channel(settings.queue_capacity.max(1));
         let writer_shared = shared.clone();
         let max_batch = settings.max_batch.max(1);
         let writer = std::thread::Builder::new()

@@ -134,8 +134,12 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, &'static str> {
                 };
                 let sealed = matches!(entry, Ok(Entry::Seal));
                 // Lsns rise by one; a seal repeats the last one.
-                let expected = if sealed { last_lsn } else { last_lsn + 1 };
-                if lsn != expected {
+                let expected = if sealed {
+                    Some(last_lsn)
+                } else {
+                    last_lsn.checked_add(1)
+                };
+                if Some(lsn) != expected {
                     scan.stop = Stop::Invalid {
                         offset: at,
                         reason: "a record out of sequence",
@@ -183,7 +187,7 @@ fn invalid(bytes: &[u8], at: usize, reason: &'static str, last_lsn: u64) -> Stop
     while probe + FRAME_HEADER <= bytes.len() {
         if let Frame::Record { lsn, batch, .. } = decode_frame(&bytes[probe..]) {
             // The torn write began at most at the record after the last whole one.
-            if lsn > last_lsn && batch > last_lsn + 1 {
+            if lsn > last_lsn && batch > last_lsn.saturating_add(1) {
                 later_write_at = Some(probe);
                 break;
             }
@@ -411,5 +415,15 @@ mod tests {
             offset = next;
         }
         assert_eq!(seen, vec![1, 2, 3, 4]);
+    }
+
+    /// Found by fuzzing: a header claiming the largest lsn must not overflow the scan.
+    #[test]
+    fn a_segment_after_the_largest_lsn_scans_without_overflow() {
+        let mut bytes = encode_header(0, u64::MAX).to_vec();
+        encode_frame(&mut bytes, 0, u64::MAX, &Entry::Probe.encode());
+        let found = scan(&bytes).unwrap();
+        assert!(found.records.is_empty());
+        assert!(matches!(found.stop, Stop::Invalid { .. }));
     }
 }
