@@ -430,6 +430,8 @@ struct Active {
     end: u64,
     /// The lsn of the last record in it (or before it).
     last_lsn: u64,
+    /// The next segment, being prepared in the background once this one is half full.
+    spare: Option<JoinHandle<std::io::Result<File>>>,
 }
 
 struct Shared {
@@ -642,6 +644,7 @@ fn recover(
                 size: (bytes.len() as u64).max(scan.end as u64),
                 end: scan.end as u64,
                 last_lsn: last_lsn.unwrap_or(0),
+                spare: None,
             });
         }
         scans.push(scan);
@@ -762,7 +765,12 @@ impl LogStore {
         let replayed = shared.replay(&scans, applied.unwrap_or(0))?;
         let active = match recovered.active {
             Some(active) => active,
-            None => shared.create_segment(scans.last().map_or(0, |s| s.number + 1), last_lsn, 0)?,
+            None => shared.create_segment(
+                scans.last().map_or(0, |s| s.number + 1),
+                last_lsn,
+                0,
+                None,
+            )?,
         };
         // Synced batches wait for the applier here. What they hold stays in the write budget
         // (`queue_max_bytes`) until applied, which is what bounds the lag, so the writer never
@@ -1121,10 +1129,23 @@ impl Shared {
         number: u64,
         after_lsn: u64,
         least: u64,
+        spare: Option<JoinHandle<std::io::Result<File>>>,
     ) -> Result<Active, StoreError> {
-        let size = self.segment_bytes.max(least + segment::HEADER as u64 + 64);
-        let file = segment::create(&self.log_dir, number, after_lsn, size)
-            .map_err(|e| StoreError::Io(format!("cannot create log segment {number}: {e}")))?;
+        let needed = least + segment::HEADER as u64 + 64;
+        let size = self.segment_bytes.max(needed);
+        let prepared = match spare.map(JoinHandle::join) {
+            Some(Ok(Ok(file))) if self.segment_bytes >= needed => Some(file),
+            Some(Ok(Err(e))) => {
+                warn!(error = %e, "Could not prepare the next log segment; creating it now.");
+                None
+            }
+            _ => None,
+        };
+        let file = match prepared {
+            Some(file) => segment::install(&self.log_dir, file, number, after_lsn),
+            None => segment::create(&self.log_dir, number, after_lsn, size),
+        }
+        .map_err(|e| StoreError::Io(format!("cannot create log segment {number}: {e}")))?;
         let file = Arc::new(file);
         self.segments
             .write()
@@ -1137,7 +1158,21 @@ impl Shared {
             size,
             end: segment::HEADER as u64,
             last_lsn: after_lsn,
+            spare: None,
         })
+    }
+
+    /// Starts preparing the segment after the active one once it is half full.
+    fn prepare_spare(&self, active: &mut Active) {
+        if active.spare.is_some() || active.end < active.size / 2 {
+            return;
+        }
+        let dir = self.log_dir.clone();
+        let (number, size) = (active.number + 1, self.segment_bytes);
+        active.spare = std::thread::Builder::new()
+            .name("hookgate-log-spare".into())
+            .spawn(move || segment::prepare(&dir, number, size))
+            .ok();
     }
 
     /// Replays the records after `applied` into the index (recovery). Returns how many.
@@ -1569,8 +1604,12 @@ impl Shared {
                 active.file.write_all_at(&buf, active.end).map_err(io_err)?;
                 active.file.sync_data().map_err(io_err)?;
                 buf.clear();
-                *active =
-                    self.create_segment(active.number + 1, active.last_lsn, len + seal_len)?;
+                *active = self.create_segment(
+                    active.number + 1,
+                    active.last_lsn,
+                    len + seal_len,
+                    active.spare.take(),
+                )?;
             }
             positions.push(Position {
                 segment: active.number,
@@ -1591,6 +1630,7 @@ impl Shared {
             .fsync_seconds
             .observe(started.elapsed().as_secs_f64());
         active.end += buf.len() as u64;
+        self.prepare_spare(active);
         Ok(positions)
     }
 
@@ -1659,6 +1699,10 @@ fn run_writer(
                 shared.settle(&mut jobs, false);
             }
         }
+    }
+    // A segment still being prepared is finished first, so no stray write outlives the store.
+    if let Some(spare) = active.spare.take() {
+        let _ = spare.join();
     }
     debug!("Log writer stopped.");
 }

@@ -276,8 +276,40 @@ pub fn temp_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:020}.seg.new"))
 }
 
+/// Prepares segment `number` ahead of time, off the commit path: a temporary file of `size`
+/// zero bytes, written (not only allocated: on ext4 an allocated block is "unwritten", and the
+/// first fdatasync after writing it must commit the conversion to the journal) and synced.
+pub fn prepare(dir: &Path, number: u64, size: u64) -> std::io::Result<File> {
+    let temp = temp_path(dir, number);
+    let _ = std::fs::remove_file(&temp);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&temp)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < size {
+        let n = zeros.len().min((size - at) as usize);
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// Puts a prepared segment in place: its header written and synced, then the file renamed to
+/// its name and the directory synced.
+pub fn install(dir: &Path, file: File, number: u64, after_lsn: u64) -> std::io::Result<File> {
+    file.write_all_at(&encode_header(number, after_lsn), 0)?;
+    file.sync_data()?;
+    std::fs::rename(temp_path(dir, number), path(dir, number))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
 /// Creates a segment file of `size` bytes with its header, allocated on disk, and makes it and
-/// its directory entry durable.
+/// its directory entry durable (when no prepared segment is at hand).
 pub fn create(dir: &Path, number: u64, after_lsn: u64, size: u64) -> std::io::Result<File> {
     let temp = temp_path(dir, number);
     let _ = std::fs::remove_file(&temp);
@@ -286,8 +318,8 @@ pub fn create(dir: &Path, number: u64, after_lsn: u64, size: u64) -> std::io::Re
         .write(true)
         .create_new(true)
         .open(&temp)?;
-    // Allocating the blocks now keeps each group commit's fdatasync from also writing the
-    // file's allocation metadata; a file system without fallocate gets a sparse file.
+    // Allocated now (a file system without fallocate gets a sparse file); the writer prepares
+    // the next segment fully written in the background, see `prepare`.
     if rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size).is_err() {
         file.set_len(size)?;
     }
