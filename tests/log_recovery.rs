@@ -492,3 +492,74 @@ async fn an_unfinished_segment_file_is_removed_and_the_store_opens() {
     assert_eq!(known(&store, 3).await.len(), 3);
     assert!(!segment::temp_path(&dir.path().join("log"), next).exists());
 }
+
+/// A receipt still being delivered keeps its old segment only until retention copies it
+/// forward; then the segment is deleted, and the delivery goes on, after a reopen and after a
+/// rebuild of the index from what is left of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_copies_pending_deliveries_forward_and_deletes_their_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_unix(T0));
+    let store = open_at(dir.path(), clock.clone()).unwrap();
+    for n in 0..12 {
+        store.commit(event(n)).await.unwrap();
+    }
+    // Events 0 and 1 (the oldest segment) stay pending; the rest are delivered.
+    let mut done = Vec::new();
+    for n in 2..12 {
+        let mut task = store.tasks(gateway_id(n)).await.unwrap().remove(0);
+        task.status = TaskStatus::Delivered;
+        task.next_attempt_ms = None;
+        done.push((
+            task,
+            AttemptRecord {
+                number: 1,
+                at: "t".into(),
+                outcome: AttemptOutcome::Delivered,
+                http_status: Some(200),
+                exit_code: None,
+                error: None,
+                duration_ms: 1,
+            },
+        ));
+    }
+    store.record_attempts(done).await.unwrap();
+    let first = segments(dir.path())[0].clone();
+    clock.advance_secs(7_200);
+    store.expire_claims(T0 as u64 + 7_200).await.unwrap();
+    let cutoff = (T0 + 10) * 1000;
+    for _ in 0..6 {
+        store.purge_before(cutoff, 100).await.unwrap();
+    }
+    assert!(!first.exists(), "the oldest segment was not retired");
+    for n in [0, 1] {
+        assert!(store.envelope(gateway_id(n)).await.unwrap().is_some());
+        assert!(store.receipt(gateway_id(n)).await.unwrap().is_some());
+    }
+    assert_eq!(store.pending_count("audit".into()).await.unwrap(), 2);
+    store.close();
+    drop(store);
+    for rebuild in [false, true] {
+        if rebuild {
+            std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+        }
+        let store = open_at(dir.path(), clock.clone()).unwrap();
+        let due = store
+            .take_due("audit".into(), i64::MAX / 2, 10)
+            .await
+            .unwrap();
+        let mut ids: Vec<String> = due
+            .tasks
+            .iter()
+            .map(|t| t.task.envelope_id.clone())
+            .collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            vec![gateway_id(0), gateway_id(1)],
+            "rebuild: {rebuild}"
+        );
+        assert!(due.tasks.iter().all(|t| t.envelope.is_ok()));
+        store.close();
+    }
+}

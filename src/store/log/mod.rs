@@ -45,7 +45,8 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use self::record::{
-    aligned, encode_frame, open_payload, seal_payload, CommitEntry, Entry, EventEntry, FRAME_HEADER,
+    aligned, encode_frame, open_payload, seal_payload, CarryEntry, CommitEntry, Entry, EventEntry,
+    FRAME_HEADER,
 };
 use super::{
     AttemptRecord, Commit, Committed, DedupKey, Due, DueTask, EventBrowser, EventPage, EventQuery,
@@ -1301,6 +1302,7 @@ impl Shared {
                     }
                 }
                 Entry::Probe | Entry::Seal => {}
+                Entry::Carry(carry) => self.apply_carry(&mut batch, item.at, &raw, &carry)?,
                 Entry::Truncated { first_segment } => {
                     for prefix in [P_SEGMENT_CLAIMS, P_SEGMENT] {
                         let retired = vec![prefix]..segment_index(prefix, first_segment);
@@ -1374,6 +1376,111 @@ impl Shared {
         batch.put(receipt_index(&commit.receipt_key), value);
         *batch.live.entry(at.segment).or_insert(0) += 1;
         Ok(())
+    }
+
+    /// A receipt copied forward: its positions move to the new record. When the index does not
+    /// have it (a rebuild from a log whose original record was retired), it is recreated with
+    /// the carried task states.
+    fn apply_carry(
+        &self,
+        batch: &mut IndexBatch,
+        at: Position,
+        raw: &[u8],
+        carry: &CarryEntry<'_>,
+    ) -> Result<(), StoreError> {
+        let known = self.receipt_pointers(&carry.receipt_key)?;
+        if let Some((old, _)) = known {
+            *batch.live.entry(old.segment).or_insert(0) -= 1;
+        }
+        let mut value = Vec::with_capacity(2 * Pointer::SIZE);
+        Pointer::within(at, raw, carry.receipt).put(&mut value);
+        Pointer::within(at, raw, carry.body).put(&mut value);
+        batch.put(receipt_index(&carry.receipt_key), value);
+        *batch.live.entry(at.segment).or_insert(0) += 1;
+        for (key, envelope, tasks) in &carry.envelopes {
+            let mut pointer = Vec::with_capacity(Pointer::SIZE);
+            Pointer::within(at, raw, envelope).put(&mut pointer);
+            batch.put(envelope_index(key), pointer);
+            if known.is_none() {
+                for (sink, state) in tasks {
+                    batch.task(key, &decode_task(key, sink, state)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies forward the receipts still live in segment `number` (at most `limit`), if all of
+    /// them were received before `cutoff_ms`: what keeps an old segment alive is then only
+    /// deliveries still pending. Returns the carry records to write (none: not yet).
+    fn carry_out(
+        &self,
+        number: u64,
+        cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut records = Vec::new();
+        for item in self
+            .index
+            .scan_prefix([P_RECEIPT])
+            .take(limit.saturating_mul(PURGE_SCAN_FACTOR))
+        {
+            let (key, value) = item.map_err(io_err)?;
+            let (Ok(id), Some(receipt_at), Some(body_at)) = (
+                <[u8; 16]>::try_from(&key[1..]),
+                Pointer::get(&value),
+                value.get(Pointer::SIZE..).and_then(Pointer::get),
+            ) else {
+                continue;
+            };
+            if receipt_at.segment != number {
+                continue;
+            }
+            if time_key(cutoff_ms) <= id {
+                return Ok(Vec::new()); // a receipt of it is still within retention
+            }
+            let receipt_json = self.read_log(receipt_at).map_err(StoreError::Io)?;
+            let body = self.read_log(body_at).map_err(StoreError::Io)?;
+            let receipt: Receipt = decode(&receipt_json)?;
+            let mut envelopes = Vec::new();
+            for envelope_id in receipt.envelope_ids.iter().filter_map(|e| id_key(e)) {
+                let Some(v) = self
+                    .index
+                    .get(envelope_index(&envelope_id))
+                    .map_err(io_err)?
+                else {
+                    continue;
+                };
+                let at = Pointer::get(&v).ok_or_else(|| io_err("a damaged index entry"))?;
+                let json = self.read_log(at).map_err(StoreError::Io)?;
+                let tasks: Vec<(String, Vec<u8>)> = self
+                    .tasks_of(&envelope_id)?
+                    .iter()
+                    .map(|t| (t.sink.clone(), encode_task(t)))
+                    .collect();
+                envelopes.push((envelope_id, json, tasks));
+            }
+            let entry = Entry::Carry(CarryEntry {
+                receipt_key: id,
+                receipt: &receipt_json,
+                body: &body,
+                envelopes: envelopes
+                    .iter()
+                    .map(|(k, json, tasks)| {
+                        let tasks = tasks
+                            .iter()
+                            .map(|(sink, state)| (sink.as_str(), state.as_slice()))
+                            .collect();
+                        (*k, json.as_slice(), tasks)
+                    })
+                    .collect(),
+            });
+            records.push(entry.encode());
+            if records.len() >= limit {
+                break;
+            }
+        }
+        Ok(records)
     }
 
     /// Writes a batch with the applied lsn, atomically.
@@ -1636,7 +1743,7 @@ impl Shared {
 
     /// Retires the oldest segments that hold nothing needed any more: every receipt in them
     /// purged and every claim they made expired. Returns how many files were deleted.
-    fn retire_segments(&self) -> Result<Vec<u64>, StoreError> {
+    fn retire_segments(&self) -> Result<(Vec<u64>, Option<u64>), StoreError> {
         let now = self.now_secs();
         let active = self.active_segment.load(Ordering::SeqCst);
         let numbers: Vec<u64> = self
@@ -1649,6 +1756,7 @@ impl Shared {
             .collect();
         let swept = self.swept_segment()?;
         let mut retire = Vec::new();
+        let mut held_by_receipts = None;
         for number in numbers.into_iter().filter(|n| *n < swept) {
             let get = |prefix| {
                 let value = self.index.get(segment_index(prefix, number));
@@ -1656,12 +1764,16 @@ impl Shared {
             };
             let live = get(P_SEGMENT)?;
             let claims_until = get(P_SEGMENT_CLAIMS)?;
-            if live > 0 || claims_until > now {
+            if claims_until > now {
+                break;
+            }
+            if live > 0 {
+                held_by_receipts = Some(number);
                 break;
             }
             retire.push(number);
         }
-        Ok(retire)
+        Ok((retire, held_by_receipts))
     }
 }
 
@@ -2255,7 +2367,7 @@ impl Maintenance for LogStore {
             } else {
                 shared.submit_counted(&Entry::Purge(keys)).await?
             };
-            shared.retire().await?;
+            shared.retire(cutoff_ms, limit).await?;
             Ok(purged)
         }
         .boxed()
@@ -2275,12 +2387,38 @@ impl Maintenance for LogStore {
 impl Shared {
     /// Deletes the segments [`Shared::retire_segments`] finds, after a durable truncation
     /// record and a durable index (so recovery never needs what is deleted).
-    async fn retire(self: Arc<Self>) -> Result<(), StoreError> {
+    async fn retire(self: Arc<Self>, cutoff_ms: i64, limit: usize) -> Result<(), StoreError> {
         let shared = self.clone();
-        let retire = tokio::task::spawn_blocking(move || shared.retire_segments())
+        let (retire, held) = tokio::task::spawn_blocking(move || shared.retire_segments())
             .await
             .map_err(io_err)??;
         let Some(last) = retire.last().copied() else {
+            // The oldest segment is kept only by old deliveries still pending: copy them
+            // forward, so a later run can delete it.
+            if let Some(number) = held {
+                let shared = self.clone();
+                let records = tokio::task::spawn_blocking(move || {
+                    shared.carry_out(number, cutoff_ms, limit.max(1))
+                })
+                .await
+                .map_err(io_err)??;
+                let carried = records.len();
+                for payload in records {
+                    let payload = seal_payload(payload);
+                    let weight = payload.len() + JOB_OVERHEAD_BYTES;
+                    let seq = {
+                        let mut intake = lock(&self.intake);
+                        self.enqueue(&mut intake, payload, weight, Vec::new(), None)?
+                    };
+                    self.clone().durable(seq).await?;
+                }
+                if carried > 0 {
+                    info!(
+                        segment = number,
+                        carried, "Copied pending deliveries forward."
+                    );
+                }
+            }
             return Ok(());
         };
         self.submit(&Entry::Truncated {

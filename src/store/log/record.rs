@@ -122,6 +122,7 @@ const TAG_EXPIRE: u8 = 6;
 const TAG_PURGE: u8 = 7;
 const TAG_SEAL: u8 = 8;
 const TAG_TRUNCATED: u8 = 9;
+const TAG_CARRY: u8 = 10;
 /// A payload compressed with LZ4: the tag, the decoded length (u32), the LZ4 block.
 const TAG_COMPRESSED: u8 = 0xC0;
 /// Payloads shorter than this are stored as they are.
@@ -225,7 +226,23 @@ pub enum Entry<'a> {
     Truncated {
         first_segment: u64,
     },
+    /// A receipt still being delivered, copied forward out of a segment retention retires:
+    /// its receipt, body and envelopes, and its tasks' states (binary, as the index keeps them,
+    /// with their sinks) for a rebuild that no longer has the original record.
+    Carry(CarryEntry<'a>),
 }
+
+/// See [`Entry::Carry`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarryEntry<'a> {
+    pub receipt_key: [u8; 16],
+    pub receipt: &'a [u8],
+    pub body: &'a [u8],
+    pub envelopes: Vec<CarriedEnvelope<'a>>,
+}
+
+/// (envelope key, envelope JSON, [(sink, task state)]).
+pub type CarriedEnvelope<'a> = ([u8; 16], &'a [u8], Vec<(&'a str, &'a [u8])>);
 
 /// Builds a payload.
 #[derive(Default)]
@@ -327,6 +344,19 @@ impl Entry<'_> {
             Entry::Truncated { first_segment } => {
                 w.u8(TAG_TRUNCATED).u64(*first_segment);
             }
+            Entry::Carry(c) => {
+                w.u8(TAG_CARRY)
+                    .key(&c.receipt_key)
+                    .bytes(c.receipt)
+                    .bytes(c.body)
+                    .count(c.envelopes.len());
+                for (key, envelope, tasks) in &c.envelopes {
+                    w.key(key).bytes(envelope).count(tasks.len());
+                    for (sink, state) in tasks {
+                        w.bytes(sink.as_bytes()).bytes(state);
+                    }
+                }
+            }
         }
         w.0
     }
@@ -409,6 +439,27 @@ impl Entry<'_> {
             TAG_TRUNCATED => Entry::Truncated {
                 first_segment: r.u64()?,
             },
+            TAG_CARRY => {
+                let receipt_key = r.key()?;
+                let receipt = r.bytes()?;
+                let body = r.bytes()?;
+                let mut envelopes = Vec::new();
+                for _ in 0..r.count()? {
+                    let key = r.key()?;
+                    let envelope = r.bytes()?;
+                    let mut tasks = Vec::new();
+                    for _ in 0..r.count()? {
+                        tasks.push((r.str()?, r.bytes()?));
+                    }
+                    envelopes.push((key, envelope, tasks));
+                }
+                Entry::Carry(CarryEntry {
+                    receipt_key,
+                    receipt,
+                    body,
+                    envelopes,
+                })
+            }
             _ => return Err(DecodeError("an unknown entry tag")),
         };
         if !r.0.is_empty() {
@@ -508,6 +559,12 @@ mod tests {
             Entry::Purge(vec![[5; 16]]),
             Entry::Seal,
             Entry::Truncated { first_segment: 9 },
+            Entry::Carry(CarryEntry {
+                receipt_key: [6; 16],
+                receipt: b"{}",
+                body: b"b",
+                envelopes: vec![([7; 16], b"{}", vec![("app", b"state")])],
+            }),
         ];
         let mut log = Vec::new();
         for (n, e) in entries.iter().enumerate() {
