@@ -109,6 +109,27 @@ fn key(n: u64) -> DedupKey {
     }
 }
 
+/// Records a delivered first attempt for each of these events.
+async fn deliver(store: &LogStore, events: std::ops::Range<u64>) {
+    let mut done = Vec::new();
+    for n in events {
+        let mut task = store.tasks(gateway_id(n)).await.unwrap().remove(0);
+        task.status = TaskStatus::Delivered;
+        task.next_attempt_ms = None;
+        let attempt = AttemptRecord {
+            number: 1,
+            at: "t".into(),
+            outcome: AttemptOutcome::Delivered,
+            http_status: Some(200),
+            exit_code: None,
+            error: None,
+            duration_ms: 1,
+        };
+        done.push((task, attempt));
+    }
+    store.record_attempts(done).await.unwrap();
+}
+
 /// A store of `count` events, one record each, closed.
 async fn filled(count: u64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -383,25 +404,7 @@ async fn retention_deletes_whole_segments_of_finished_expired_events() {
         store.commit(event(n)).await.unwrap();
     }
     // Deliver the first eight.
-    let mut done = Vec::new();
-    for n in 0..8 {
-        let mut task = store.tasks(gateway_id(n)).await.unwrap().remove(0);
-        task.status = TaskStatus::Delivered;
-        task.next_attempt_ms = None;
-        done.push((
-            task,
-            AttemptRecord {
-                number: 1,
-                at: "t".into(),
-                outcome: AttemptOutcome::Delivered,
-                http_status: Some(200),
-                exit_code: None,
-                error: None,
-                duration_ms: 1,
-            },
-        ));
-    }
-    store.record_attempts(done).await.unwrap();
+    deliver(&store, 0..8).await;
     let before = segments(dir.path()).len();
     // Claims live for an hour: until they expire nothing may go.
     let cutoff = (T0 + 10) * 1000;
@@ -505,25 +508,7 @@ async fn retention_copies_pending_deliveries_forward_and_deletes_their_segment()
         store.commit(event(n)).await.unwrap();
     }
     // Events 0 and 1 (the oldest segment) stay pending; the rest are delivered.
-    let mut done = Vec::new();
-    for n in 2..12 {
-        let mut task = store.tasks(gateway_id(n)).await.unwrap().remove(0);
-        task.status = TaskStatus::Delivered;
-        task.next_attempt_ms = None;
-        done.push((
-            task,
-            AttemptRecord {
-                number: 1,
-                at: "t".into(),
-                outcome: AttemptOutcome::Delivered,
-                http_status: Some(200),
-                exit_code: None,
-                error: None,
-                duration_ms: 1,
-            },
-        ));
-    }
-    store.record_attempts(done).await.unwrap();
+    deliver(&store, 2..12).await;
     let first = segments(dir.path())[0].clone();
     clock.advance_secs(7_200);
     store.expire_claims(T0 as u64 + 7_200).await.unwrap();

@@ -276,17 +276,22 @@ pub fn temp_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:020}.seg.new"))
 }
 
+/// A fresh temporary file for segment `number` (an old one left by a crash is replaced).
+fn open_temp(dir: &Path, number: u64) -> std::io::Result<File> {
+    let temp = temp_path(dir, number);
+    let _ = std::fs::remove_file(&temp);
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+}
+
 /// Prepares segment `number` ahead of time, off the commit path: a temporary file of `size`
 /// zero bytes, written (not only allocated: on ext4 an allocated block is "unwritten", and the
 /// first fdatasync after writing it must commit the conversion to the journal) and synced.
 pub fn prepare(dir: &Path, number: u64, size: u64) -> std::io::Result<File> {
-    let temp = temp_path(dir, number);
-    let _ = std::fs::remove_file(&temp);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&temp)?;
+    let file = open_temp(dir, number)?;
     let zeros = vec![0u8; 1 << 20];
     let mut at = 0u64;
     while at < size {
@@ -311,13 +316,7 @@ pub fn install(dir: &Path, file: File, number: u64, after_lsn: u64) -> std::io::
 /// Creates a segment file of `size` bytes with its header, allocated on disk, and makes it and
 /// its directory entry durable (when no prepared segment is at hand).
 pub fn create(dir: &Path, number: u64, after_lsn: u64, size: u64) -> std::io::Result<File> {
-    let temp = temp_path(dir, number);
-    let _ = std::fs::remove_file(&temp);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&temp)?;
+    let file = open_temp(dir, number)?;
     // Allocated now (a file system without fallocate gets a sparse file); the writer prepares
     // the next segment fully written in the background, see `prepare`.
     if rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size).is_err() {
@@ -325,7 +324,7 @@ pub fn create(dir: &Path, number: u64, after_lsn: u64, size: u64) -> std::io::Re
     }
     file.write_all_at(&encode_header(number, after_lsn), 0)?;
     file.sync_all()?;
-    std::fs::rename(&temp, path(dir, number))?;
+    std::fs::rename(temp_path(dir, number), path(dir, number))?;
     sync_dir(dir)?;
     Ok(file)
 }
