@@ -118,7 +118,7 @@ impl Default for ServerSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
-    /// sled directory, created if missing.
+    /// Data directory (created if missing): `log/`, the commit log, and `index/`, the sled index.
     pub path: Expanded,
     /// How long event IDs are remembered for duplicate detection.
     pub dedup_ttl_secs: u64,
@@ -127,8 +127,9 @@ pub struct StorageSettings {
     pub retention_secs: u64,
     /// Pending writes before new deliveries are refused with 503.
     pub queue_capacity: usize,
-    /// Bytes (bodies and envelopes) the pending writes may hold before new deliveries are
-    /// refused with 503.
+    /// Bytes the pending writes may hold (counted until the index has applied them, so this
+    /// also bounds the in-memory claims not yet in sled) before new deliveries are refused
+    /// with 503.
     pub queue_max_bytes: u64,
     /// Most writes committed by one fsync.
     pub max_batch: usize,

@@ -73,7 +73,7 @@ pub struct Application {
 }
 
 impl Application {
-    /// Builds the gateway with the system clock and the configured sled store.
+    /// Builds the gateway with the system clock and the configured embedded store.
     pub async fn build(loaded: LoadedSettings) -> Result<Self, StartupError> {
         Self::build_with(loaded, Dependencies::default()).await
     }

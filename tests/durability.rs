@@ -332,7 +332,7 @@ async fn sigterm_stops_the_gateway_within_its_bound_keeping_what_was_acknowledge
     gateway.child.wait().unwrap();
 }
 
-/// A real sled store whose "disk" holds every sync until released: the gateway in front of it
+/// A real commit-log store whose "disk" holds every sync until released: the gateway in front of it
 /// must not acknowledge, hand out or hang while it is held.
 struct HeldDisk {
     store: Arc<LogStore>,

@@ -64,7 +64,7 @@ path = "{sink}"
 pub struct SpawnOptions {
     /// Start the clock here instead of at the real time.
     pub clock_unix: Option<i64>,
-    /// Replace the sled store.
+    /// Replace the embedded store.
     pub store: Option<Arc<dyn Store>>,
     /// Extra lines for `[server]`.
     pub server_extra: String,
