@@ -363,8 +363,9 @@ struct Intake {
     sender: Option<SyncSender<Job>>,
     /// The last sequence number handed out.
     seq: u64,
-    /// Claims queued or synced but not yet applied: dedup key → (gateway id, lsn).
-    inflight: HashMap<Vec<u8>, (String, u64)>,
+    /// Claims queued or synced but not yet applied: dedup key → (gateway id, lsn, expiry in
+    /// Unix seconds).
+    inflight: HashMap<Vec<u8>, (String, u64, u64)>,
     /// Claims applied lately, so a provider's prompt retry is answered without a sled read.
     recent: RecentClaims,
 }
@@ -992,8 +993,13 @@ impl Shared {
     /// A live claim for `key` in memory: in flight (with its lsn), or recently applied (lsn 0:
     /// nothing to wait for).
     fn claim_in_memory(intake: &Intake, key: &[u8], now: u64) -> Option<(String, u64)> {
-        if let Some(found) = intake.inflight.get(key) {
-            return Some(found.clone());
+        // An expired claim is no claim, even while it waits for the index.
+        if let Some((id, seq, _)) = intake
+            .inflight
+            .get(key)
+            .filter(|(_, _, expires_at)| *expires_at > now)
+        {
+            return Some((id.clone(), *seq));
         }
         intake.recent.get(key, now).map(|id| (id.to_owned(), 0))
     }
@@ -1677,7 +1683,7 @@ impl Shared {
                 if intake
                     .inflight
                     .get(&key)
-                    .is_some_and(|(_, seq)| *seq == job.seq)
+                    .is_some_and(|(_, seq, _)| *seq == job.seq)
                 {
                     intake.inflight.remove(&key);
                 }
@@ -2002,13 +2008,10 @@ impl IngestStore for LogStore {
                 });
                 let payload = seal_payload(entry.encode());
                 let weight = payload.len() + JOB_OVERHEAD_BYTES;
-                let claimed: Vec<(Vec<u8>, String)> = claims
-                    .iter()
-                    .map(|(k, id, _)| (k.clone(), id.clone()))
-                    .collect();
+                let claimed = claims.clone();
                 let seq = shared.enqueue(&mut intake, payload, weight, claims, None)?;
-                for (key, id) in claimed {
-                    intake.inflight.insert(key, (id, seq));
+                for (key, id, expires_at) in claimed {
+                    intake.inflight.insert(key, (id, seq, expires_at));
                 }
                 wait_for = wait_for.max(seq);
             }

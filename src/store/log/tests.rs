@@ -325,3 +325,35 @@ fn tasks_round_trip_through_their_compact_index_form() {
     assert!(decode_task(&id, "app", &[9]).is_err());
     assert!(decode_task(&id, "app", &[0, 1]).is_err());
 }
+
+/// Found by CI: a claim still waiting for the index must expire like any other, or a
+/// redelivery after the TTL is answered `duplicate` while the applier lags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_claim_not_yet_in_the_index_is_no_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_unix(1_000));
+    let store = LogStore::open(
+        &settings(dir.path()),
+        clock.clone(),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    store.commit(event(&ulid(1), "e1", b"{}")).await.unwrap();
+    // Hold the claim in flight, as a lagging applier would.
+    {
+        let mut intake = lock(&store.shared.intake);
+        let claim = (ulid(1), 1, 1_000 + 100);
+        intake.inflight.insert(key("e1").to_bytes(), claim);
+        intake.recent = RecentClaims::default();
+    }
+    assert_eq!(
+        store.find_duplicate(key("e1")).await.unwrap(),
+        Some(ulid(1))
+    );
+    clock.advance_secs(101);
+    assert_eq!(store.find_duplicate(key("e1")).await.unwrap(), None);
+    assert_eq!(
+        store.commit(event(&ulid(2), "e1", b"{}")).await.unwrap(),
+        Commit::Stored(vec![Committed::Accepted])
+    );
+}
