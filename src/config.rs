@@ -114,12 +114,32 @@ impl Default for ServerSettings {
     }
 }
 
+/// Which store the gateway runs on (`storage.backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageBackend {
+    /// The embedded commit log and sled index under `storage.path`: one node, no server.
+    #[default]
+    Embedded,
+    /// A PostgreSQL database at `storage.url`, shared by any number of replicas.
+    Postgres,
+}
+
 /// `[storage]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
-    /// Data directory (created if missing): `log/`, the commit log, and `index/`, the sled index.
+    /// `embedded` (default) or `postgres`.
+    pub backend: StorageBackend,
+    /// Data directory of the embedded store (created if missing): `log/`, the commit log, and
+    /// `index/`, the sled index. Not used by `postgres`.
     pub path: Expanded,
+    /// `postgres://user:pass@host:port/db` (TLS from `sslmode`); a secret: never logged.
+    pub url: Option<Secret>,
+    /// Connections each replica keeps to PostgreSQL.
+    pub pool_size: u32,
+    /// Longest wait for a PostgreSQL connection (connecting, or a free one from the pool).
+    pub connect_timeout_ms: u64,
     /// How long event IDs are remembered for duplicate detection.
     pub dedup_ttl_secs: u64,
     /// How long stored deliveries, envelopes and attempt records are kept once every delivery
@@ -148,7 +168,11 @@ pub struct StorageSettings {
 impl Default for StorageSettings {
     fn default() -> Self {
         Self {
+            backend: StorageBackend::Embedded,
             path: Expanded::from("./data"),
+            url: None,
+            pool_size: 16,
+            connect_timeout_ms: 2_000,
             dedup_ttl_secs: 7 * 24 * 3600,
             retention_secs: 30 * 24 * 3600,
             queue_capacity: 8192,
@@ -485,8 +509,46 @@ fn validate(settings: &Settings, file: &str) -> Result<SocketAddr, ConfigError> 
         return Err(err("server.workers", "must be greater than 0".into()));
     }
     let storage = &settings.storage;
-    if storage.path.as_str().is_empty() {
-        return Err(err("storage.path", "must not be empty".into()));
+    match storage.backend {
+        StorageBackend::Embedded => {
+            if storage.path.as_str().is_empty() {
+                return Err(err("storage.path", "must not be empty".into()));
+            }
+            if storage.url.is_some() {
+                return Err(err(
+                    "storage.url",
+                    "is used only with `backend = \"postgres\"`; the embedded store keeps its \
+                     data under `storage.path`"
+                        .into(),
+                ));
+            }
+        }
+        StorageBackend::Postgres => {
+            let url = storage.url.as_ref().map(Secret::expose_str).unwrap_or("");
+            if url.is_empty() {
+                return Err(err(
+                    "storage.url",
+                    "is required with `backend = \"postgres\"` \
+                     (postgres://user:pass@host:port/db)"
+                        .into(),
+                ));
+            }
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(err(
+                    "storage.url",
+                    "must start with postgres:// or postgresql://".into(),
+                ));
+            }
+            if storage.pool_size == 0 {
+                return Err(err("storage.pool_size", "must be greater than 0".into()));
+            }
+            if storage.connect_timeout_ms == 0 {
+                return Err(err(
+                    "storage.connect_timeout_ms",
+                    "must be greater than 0".into(),
+                ));
+            }
+        }
     }
     for (key, value) in [
         ("storage.dedup_ttl_secs", storage.dedup_ttl_secs),

@@ -18,7 +18,9 @@ use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
 use crate::provider::registry::Registry;
 use crate::routes::{self, admin, health, webhook, AppState};
+use crate::config::StorageBackend;
 use crate::store::log::LogStore;
+use crate::store::postgres::PgStore;
 use crate::store::Store;
 use crate::telemetry::LogBudget;
 
@@ -110,11 +112,16 @@ impl Application {
         let port = listener.local_addr().map_err(StartupError::Server)?.port();
         let store: Arc<dyn Store> = match deps.store {
             Some(store) => store,
-            None => Arc::new(LogStore::open(
-                &settings.storage,
-                clock.clone(),
-                metrics.clone(),
-            )?),
+            None => match settings.storage.backend {
+                StorageBackend::Embedded => Arc::new(LogStore::open(
+                    &settings.storage,
+                    clock.clone(),
+                    metrics.clone(),
+                )?),
+                StorageBackend::Postgres => {
+                    Arc::new(PgStore::connect(&settings.storage, clock.clone()).await?)
+                }
+            },
         };
         let dispatcher = Arc::new(Dispatcher::new(
             routes,

@@ -29,7 +29,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use hookgate::clock::{Clock, ManualClock};
-use hookgate::config::StorageSettings;
+use hookgate::config::{StorageBackend, StorageSettings};
+use hookgate::secret::Secret;
+use hookgate::store::postgres::PgStore;
 use hookgate::envelope::{format_millis, Envelope};
 use hookgate::metrics::Metrics;
 use hookgate::store::log::LogStore;
@@ -40,6 +42,9 @@ use hookgate::store::{
 };
 use tokio::sync::watch;
 use ulid::Ulid;
+
+#[path = "common/postgres.rs"]
+mod pg;
 
 /// One test per case for a backend: `contract_suite!(name, |dir, clock| <open expression>)`.
 /// The expression may `.await` and yields `Result<impl Store, StoreError>`; `dir` is a
@@ -109,6 +114,24 @@ contract_suite!(commit_log, |dir, clock| {
         clock,
         Arc::new(Metrics::new()),
     )
+});
+
+// One database per case on the test server (`scripts/with-postgres.sh`), named after the
+// case's directory, so reopening reconnects to the same data.
+contract_suite!(postgres, |dir, clock| {
+    let url = pg::ensure_database(&pg::name_for(&dir)).await;
+    PgStore::connect(
+        &StorageSettings {
+            backend: StorageBackend::Postgres,
+            url: Some(Secret::new(url)),
+            dedup_ttl_secs: DEDUP_TTL_SECS,
+            lease_secs: LEASE_SECS,
+            pool_size: 4,
+            ..StorageSettings::default()
+        },
+        clock,
+    )
+    .await
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@
 //! [`contract`] is what a backend must do, split by its consumers: [`IngestStore`] (the request
 //! path), [`TaskQueue`] (the delivery workers), [`EventBrowser`] (admin API, CLI, dashboard) and
 //! [`Maintenance`] (claim expiry, retention). [`Store`] is all four. [`log::LogStore`] is the
-//! embedded backend (a commit log, with sled as the event-ID table and index); every backend
-//! passes the one contract suite in `tests/store_contract.rs`.
+//! embedded backend (a commit log, with sled as the event-ID table and index);
+//! [`postgres::PgStore`] the shared one for several replicas. Every backend passes the one
+//! contract suite in `tests/store_contract.rs`.
 //!
 //! The rules every backend keeps:
 //! - a commit resolves `Ok` only once the receipt, its claims, envelopes and tasks are durable,
@@ -17,6 +18,7 @@
 
 pub mod contract;
 pub mod log;
+pub mod postgres;
 
 use serde::{Deserialize, Serialize};
 

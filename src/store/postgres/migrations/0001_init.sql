@@ -1,0 +1,63 @@
+-- hookgate schema, version 1. Ids are ULIDs in "C" collation, so they sort by arrival.
+-- Bytes that may hold anything a provider sent (keys, ids, JSON) are bytea.
+
+-- The idempotency table: one claim per (instance, event id) and per used replay guard.
+CREATE TABLE hookgate_claims (
+    key        bytea  PRIMARY KEY,   -- instance \0 event id
+    gateway_id text   NOT NULL,      -- the stored envelope (or receipt, for a replay guard)
+    expires_at bigint NOT NULL       -- Unix seconds; an expired claim is no claim
+);
+CREATE INDEX hookgate_claims_expiry ON hookgate_claims (expires_at);
+
+-- Receipts: verified requests as kept (no credential headers), with their exact body.
+CREATE TABLE hookgate_receipts (
+    id         text COLLATE "C" PRIMARY KEY,
+    provider   text   NOT NULL,
+    status     text   NOT NULL,      -- accepted | unprocessable
+    search_ids bytea[] NOT NULL,     -- the provider event ids it carries, for search
+    receipt    bytea  NOT NULL,      -- JSON
+    body       bytea  NOT NULL
+);
+CREATE INDEX hookgate_receipts_provider ON hookgate_receipts (provider, id);
+CREATE INDEX hookgate_receipts_search ON hookgate_receipts USING gin (search_ids);
+
+CREATE TABLE hookgate_envelopes (
+    id         text COLLATE "C" PRIMARY KEY,
+    receipt_id text COLLATE "C" NOT NULL,
+    envelope   bytea NOT NULL        -- JSON, as delivered
+);
+CREATE INDEX hookgate_envelopes_receipt ON hookgate_envelopes (receipt_id);
+
+-- One delivery task per (envelope, sink). status: 0 pending, 1 delivered, 2 dead.
+-- A pending task is leased to a worker (of any replica) until leased_until.
+CREATE TABLE hookgate_tasks (
+    envelope_id      text COLLATE "C" NOT NULL,
+    sink             text COLLATE "C" NOT NULL,
+    receipt_id       text COLLATE "C" NOT NULL,
+    status           smallint NOT NULL,
+    attempts         integer  NOT NULL,
+    round_attempts   integer  NOT NULL,
+    created_at_ms    bigint   NOT NULL,
+    round_started_ms bigint   NOT NULL,
+    next_attempt_ms  bigint,
+    last_error       text,
+    lane             bytea    NOT NULL,   -- ordering lane; empty: no order
+    leased_until     bigint,              -- Unix ms
+    PRIMARY KEY (envelope_id, sink)
+);
+CREATE INDEX hookgate_tasks_pending ON hookgate_tasks (sink, envelope_id) WHERE status = 0;
+CREATE INDEX hookgate_tasks_lanes ON hookgate_tasks (sink, lane, envelope_id)
+    WHERE status = 0 AND lane <> '\x'::bytea;
+CREATE INDEX hookgate_tasks_due ON hookgate_tasks (sink, next_attempt_ms) WHERE status = 0;
+CREATE INDEX hookgate_tasks_leased ON hookgate_tasks (sink, leased_until)
+    WHERE status = 0 AND leased_until IS NOT NULL;
+CREATE INDEX hookgate_tasks_dead ON hookgate_tasks (envelope_id, sink) WHERE status = 2;
+CREATE INDEX hookgate_tasks_receipt ON hookgate_tasks (receipt_id);
+
+CREATE TABLE hookgate_attempts (
+    envelope_id text COLLATE "C" NOT NULL,
+    sink        text COLLATE "C" NOT NULL,
+    number      integer NOT NULL,
+    attempt     bytea   NOT NULL,   -- JSON
+    PRIMARY KEY (envelope_id, sink, number)
+);
