@@ -12,13 +12,13 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::clock::{Clock, SystemClock};
+use crate::config::StorageBackend;
 use crate::config::{ConfigError, LoadedSettings};
 use crate::dispatch::{self, Dispatcher, HandlerRoute};
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
 use crate::provider::registry::Registry;
 use crate::routes::{self, admin, health, webhook, AppState};
-use crate::config::StorageBackend;
 use crate::store::log::LogStore;
 use crate::store::postgres::PgStore;
 use crate::store::Store;

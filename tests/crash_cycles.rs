@@ -9,14 +9,13 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{config_text, generic_body, generic_headers, GENERIC_SECRET};
+use common::binary::{client, send, Answer, Gateway};
+use common::config_text;
 use serde_json::Value;
 
 const INSTANCE: &str = r#"
@@ -35,124 +34,20 @@ const MAX_PER_SENDER: usize = 2_000;
 /// delivery that was in flight at the SIGKILL again only once its lease has ended; a short lease
 /// keeps that wait within `DELIVERY_TIMEOUT` whichever backend is behind the binary.
 const LEASE_SECS: u64 = 2;
-/// How long a started gateway may take to log "Listening.".
-const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the restarted gateway may take to deliver every acknowledged envelope.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The gateway binary as a child process; killed (SIGKILL) when dropped.
-struct Gateway {
-    child: Child,
-    port: u16,
-}
-
-impl Gateway {
-    /// Starts the binary on `dir` (config, store and sink all live there) and waits until it
-    /// has logged the port it listens on.
-    fn start(dir: &Path) -> Self {
-        let config = config_text(dir, "", INSTANCE)
-            .replace("level = \"warn\"", "level = \"info\"\nformat = \"json\"")
-            .replace(
-                "[storage]\n",
-                &format!("[storage]\nlease_secs = {LEASE_SECS}\n"),
-            );
-        let path = dir.join("config.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (port_tx, port_rx) = std::sync::mpsc::channel::<Result<u16, String>>();
-        // Reads the log until the port shows, then keeps draining it so the child never blocks
-        // on a full pipe.
-        std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
-            for line in lines.by_ref() {
-                let port = serde_json::from_str::<Value>(&line)
-                    .ok()
-                    .filter(|log| log["fields"]["message"] == "Listening.")
-                    .and_then(|log| log["fields"]["port"].as_u64());
-                if let Some(port) = port {
-                    let _ = port_tx.send(Ok(port as u16));
-                    break;
-                }
-                seen.push(line);
-            }
-            let _ = port_tx.send(Err(seen.join("\n")));
-            for _ in lines {}
-        });
-        let port = match port_rx.recv_timeout(START_TIMEOUT) {
-            Ok(Ok(port)) => port,
-            Ok(Err(log)) => {
-                let _ = child.wait();
-                panic!("the gateway exited before listening:\n{log}");
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the gateway did not listen within {START_TIMEOUT:?}");
-            }
-        };
-        Self { child, port }
-    }
-
-    /// `kill -9` this child and reap it.
-    fn sigkill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL on Unix
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The answer to one signed generic event.
-#[derive(Debug, PartialEq)]
-enum Answer {
-    /// 2xx with this `status` (`accepted`, `duplicate`).
-    Status(String),
-    /// Any other HTTP status.
-    Http(u16),
-    /// No answer: connection refused or reset, timeout, unreadable body.
-    Failed,
-}
-
-/// Posts the signed generic event `id` about object `object_id`.
-async fn send(client: &reqwest::Client, port: u16, id: &str, object_id: &str) -> Answer {
-    let body = generic_body(id, "post.created", object_id);
-    let now = chrono::Utc::now().timestamp();
-    let mut request = client.post(format!("http://127.0.0.1:{port}/webhooks/demo"));
-    for (k, v) in generic_headers(GENERIC_SECRET, id, now, body.as_bytes()) {
-        request = request.header(k, v);
-    }
-    let Ok(response) = request.body(body).send().await else {
-        return Answer::Failed;
-    };
-    if !response.status().is_success() {
-        return Answer::Http(response.status().as_u16());
-    }
-    match response.json::<Value>().await {
-        Ok(answer) => Answer::Status(answer["status"].as_str().unwrap_or_default().to_owned()),
-        Err(_) => Answer::Failed,
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
+/// The gateway binary on `dir` (config, store and sink all live there).
+fn start_gateway(dir: &Path) -> Gateway {
+    let config = config_text(dir, "", INSTANCE)
+        .replace("level = \"warn\"", "level = \"info\"\nformat = \"json\"")
+        .replace(
+            "[storage]\n",
+            &format!("[storage]\nlease_secs = {LEASE_SECS}\n"),
+        );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    Gateway::start(&path)
 }
 
 /// An event that was answered `accepted`: its ID and the object it is about.
@@ -236,7 +131,7 @@ async fn twenty_sigkill_restart_cycles_under_load_lose_no_acknowledged_event() {
     for cycle in 0..CYCLES {
         let gateway = tokio::task::spawn_blocking({
             let dir = dir.path().to_owned();
-            move || Gateway::start(&dir)
+            move || start_gateway(&dir)
         })
         .await
         .unwrap();
@@ -258,7 +153,7 @@ async fn twenty_sigkill_restart_cycles_under_load_lose_no_acknowledged_event() {
     let last_start = Instant::now();
     let gateway = tokio::task::spawn_blocking({
         let dir = dir.path().to_owned();
-        move || Gateway::start(&dir)
+        move || start_gateway(&dir)
     })
     .await
     .unwrap();

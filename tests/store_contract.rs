@@ -30,11 +30,11 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use hookgate::clock::{Clock, ManualClock};
 use hookgate::config::{StorageBackend, StorageSettings};
-use hookgate::secret::Secret;
-use hookgate::store::postgres::PgStore;
 use hookgate::envelope::{format_millis, Envelope};
 use hookgate::metrics::Metrics;
+use hookgate::secret::Secret;
 use hookgate::store::log::LogStore;
+use hookgate::store::postgres::PgStore;
 use hookgate::store::{
     AttemptOutcome, AttemptRecord, Commit, Committed, DedupKey, DueTask, EventPage, EventQuery,
     EventStatus, NewEnvelope, NewReceipt, Receipt, ReceiptStatus, Store, StoreError, StoreFuture,

@@ -1,6 +1,9 @@
 //! Spawns the real gateway on port 0 with a temporary store, and signs requests for it.
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod postgres;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -21,7 +21,10 @@ pub fn server_url() -> String {
 pub fn database_url(name: &str) -> String {
     let server = server_url();
     let (base, rest) = server.rsplit_once('/').expect("a URL with a database");
-    let query = rest.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+    let query = rest
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
     format!("{base}/{name}{query}")
 }
 
@@ -37,11 +40,12 @@ pub async fn ensure_database(name: &str) -> String {
     let mut admin = sqlx::PgConnection::connect(&server_url())
         .await
         .expect("connect to the test PostgreSQL server");
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut admin)
-        .await
-        .expect("list databases");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut admin)
+            .await
+            .expect("list databases");
     if !exists {
         // The name is ours (hg_ + hex or a test's literal): safe to splice.
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))

@@ -34,9 +34,8 @@ use tracing::{info, warn};
 use ulid::Ulid;
 
 use super::{
-    AttemptRecord, Commit, Committed, DedupKey, Due, DueTask, EventPage, EventQuery,
-    EventStatus, EventSummary, NewReceipt, Receipt, StoreError, StoreFuture,
-    TaskRecord, TaskStatus,
+    AttemptRecord, Commit, Committed, DedupKey, Due, DueTask, EventPage, EventQuery, EventStatus,
+    EventSummary, NewReceipt, Receipt, StoreError, StoreFuture, TaskRecord, TaskStatus,
 };
 use crate::clock::Clock;
 use crate::config::StorageSettings;
@@ -863,7 +862,12 @@ impl TaskQueue for PgStore {
                 started.push(task.round_started_ms);
                 next.push(task.next_attempt_ms.unwrap_or(0));
                 has_next.push(task.next_attempt_ms.is_some());
-                errors.push(task.last_error.as_deref().map(text_safe).unwrap_or_default());
+                errors.push(
+                    task.last_error
+                        .as_deref()
+                        .map(text_safe)
+                        .unwrap_or_default(),
+                );
                 has_error.push(task.last_error.is_some());
                 numbers.push(i32::try_from(attempt.number).unwrap_or(i32::MAX));
                 records.push(encode(attempt)?);
@@ -939,12 +943,13 @@ impl TaskQueue for PgStore {
 
     fn pending_count(&self, sink: String) -> StoreFuture<usize> {
         self.run(move |shared| async move {
-            let n: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM hookgate_tasks WHERE sink = $1 AND status = 0")
-                    .bind(&sink)
-                    .fetch_one(&shared.pool)
-                    .await
-                    .map_err(db_err)?;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM hookgate_tasks WHERE sink = $1 AND status = 0",
+            )
+            .bind(&sink)
+            .fetch_one(&shared.pool)
+            .await
+            .map_err(db_err)?;
             Ok(usize::try_from(n).unwrap_or(0))
         })
     }
@@ -1040,7 +1045,8 @@ impl EventBrowser for PgStore {
             let mut cursor = upper;
             let mut scanned = 0;
             loop {
-                let chunk = BROWSE_CHUNK.min(i64::try_from(BROWSE_SCAN_LIMIT - scanned).unwrap_or(0));
+                let chunk =
+                    BROWSE_CHUNK.min(i64::try_from(BROWSE_SCAN_LIMIT - scanned).unwrap_or(0));
                 let mut q = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql.clone()));
                 if let Some(p) = &query.provider {
                     q = q.bind(p.clone());
