@@ -199,3 +199,109 @@ fn a_broken_provider_definition_names_its_file_and_key() {
         "{text}"
     );
 }
+
+#[test]
+fn storage_backend_settings_are_checked() {
+    assert_rejected(
+        "[storage]\nbackend = \"postgres\"\n",
+        &[],
+        &["storage.url", "required"],
+    );
+    assert_rejected(
+        "[storage]\nbackend = \"postgres\"\nurl = \"mysql://x@h/db\"\n",
+        &[],
+        &["storage.url", "postgres://"],
+    );
+    assert_rejected(
+        "[storage]\nurl = \"postgres://x@h/db\"\n",
+        &[],
+        &["storage.url", "backend = \"postgres\""],
+    );
+    assert_rejected(
+        "[storage]\nbackend = \"postgres\"\nurl = \"postgres://x@h/db\"\npool_size = 0\n",
+        &[],
+        &["storage.pool_size"],
+    );
+    assert_rejected("[storage]\nbackend = \"sqlite\"\n", &[], &["backend"]);
+    // The URL comes from the environment like any secret.
+    let (ok, text) = check(
+        "[storage]\nbackend = \"postgres\"\nurl = \"${HG_TEST_DB_URL}\"\n",
+        &[("HG_TEST_DB_URL", "postgres://u:pw@127.0.0.1:1/db")],
+    );
+    assert!(ok, "{text}");
+}
+
+/// `check --storage` against the test server and an address where nothing listens.
+#[test]
+fn check_storage_says_whether_the_database_is_reachable_and_migrated() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let url = runtime.block_on(common::postgres::fresh_database("check_storage"));
+    // A password in the URL is never printed (trust auth ignores it).
+    let with_password = url.replacen("postgres://hookgate@", "postgres://hookgate:s3cr3t-pw@", 1);
+    let storage = |url: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "providers_dir = \"{}\"\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n\
+                 connect_timeout_ms = 1000\n",
+                providers_dir().display()
+            ),
+        )
+        .unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .args(["check", "--storage", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            !text.contains("s3cr3t-pw"),
+            "the password was printed: {text}"
+        );
+        (output.status.success(), text)
+    };
+
+    let (ok, text) = storage(&with_password);
+    assert!(ok, "{text}");
+    assert!(text.contains("is reachable, not migrated yet"), "{text}");
+
+    // What `serve` does at start: migrate.
+    runtime.block_on(async {
+        let settings = hookgate::config::StorageSettings {
+            backend: hookgate::config::StorageBackend::Postgres,
+            url: Some(hookgate::secret::Secret::new(url.clone())),
+            ..Default::default()
+        };
+        let store = hookgate::store::postgres::PgStore::connect(
+            &settings,
+            std::sync::Arc::new(hookgate::clock::SystemClock),
+        )
+        .await
+        .unwrap();
+        hookgate::store::Maintenance::close(&store);
+    });
+    let (ok, text) = storage(&with_password);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("is reachable, migrated (schema version 1)"),
+        "{text}"
+    );
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (ok, text) = storage(&format!(
+        "postgres://hookgate:s3cr3t-pw@127.0.0.1:{port}/db"
+    ));
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("cannot connect to hookgate@127.0.0.1"),
+        "{text}"
+    );
+}

@@ -465,3 +465,51 @@ async fn a_database_outage_is_answered_503_and_the_replicas_recover_by_themselve
     drop(replicas);
     sink.handle.stop(false).await;
 }
+
+fn pg_settings(url: &str) -> hookgate::config::StorageSettings {
+    hookgate::config::StorageSettings {
+        backend: hookgate::config::StorageBackend::Postgres,
+        url: Some(hookgate::secret::Secret::new(url)),
+        pool_size: 2,
+        ..Default::default()
+    }
+}
+
+async fn pg_connect(
+    url: &str,
+) -> Result<hookgate::store::postgres::PgStore, hookgate::store::StoreError> {
+    hookgate::store::postgres::PgStore::connect(
+        &pg_settings(url),
+        Arc::new(hookgate::clock::SystemClock),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_starting_at_once_migrate_the_database_once() {
+    let _serial = SERIAL.lock().await;
+    let url = common::postgres::fresh_database("replicas_migrate").await;
+    let starts = (0..6).map(|_| pg_connect(&url));
+    for started in futures_util::future::join_all(starts).await {
+        hookgate::store::Maintenance::close(&started.expect("every replica starts"));
+    }
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let versions: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM hookgate_schema ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(versions, [hookgate::store::postgres::SCHEMA_VERSION]);
+
+    // A database migrated by a newer hookgate is refused, not downgraded.
+    sqlx::query("INSERT INTO hookgate_schema (version, name) VALUES (99, 'future')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let refused = pg_connect(&url)
+        .await
+        .expect_err("a newer schema is refused");
+    assert!(refused.to_string().contains("version 99"), "{refused}");
+}

@@ -37,6 +37,10 @@ pub enum Command {
     Check {
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "HOOKGATE_CONFIG")]
         config: PathBuf,
+        /// Also check the store: with `postgres`, connect and say whether the database is
+        /// reachable and migrated (nothing is changed).
+        #[arg(long)]
+        storage: bool,
     },
     /// Print the headers a provider would send for a body (and a ready curl command).
     Sign(sign::SignArgs),
@@ -63,7 +67,7 @@ pub enum StorageCommand {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Check { config } => check(config),
+        Command::Check { config, storage } => check(config, storage),
         Command::Sign(args) => sign::run(args),
         Command::Replay(args) => current_thread()?.block_on(replay::run(args)),
         Command::Events(args) => current_thread()?.block_on(events::run(args)),
@@ -107,7 +111,7 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     })
 }
 
-fn check(path: PathBuf) -> anyhow::Result<()> {
+fn check(path: PathBuf, storage: bool) -> anyhow::Result<()> {
     let loaded = config::load(&path)?;
     let registry = Registry::build(&loaded)?;
     crate::dispatch::build_routes(&loaded, Vec::new())?;
@@ -129,6 +133,53 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
             "warning: providers.{} uses the public demo secret; replace it before going live",
             instance.name
         );
+    }
+    if storage {
+        check_storage(&loaded.settings.storage)?;
+    }
+    Ok(())
+}
+
+/// `check --storage`: reachability and schema, without changing anything.
+fn check_storage(settings: &config::StorageSettings) -> anyhow::Result<()> {
+    use crate::store::postgres::{self, SCHEMA_VERSION};
+    match settings.backend {
+        config::StorageBackend::Embedded => {
+            let path = std::path::Path::new(settings.path.as_str());
+            let state = if path.join("log").is_dir() {
+                "holds a store"
+            } else if path.exists() {
+                "exists, no store yet (created at the first start)"
+            } else {
+                "does not exist yet (created at the first start)"
+            };
+            println!("storage: embedded at {}: {state}", path.display());
+        }
+        config::StorageBackend::Postgres => {
+            let status = current_thread()?
+                .block_on(postgres::schema_status(settings))
+                .map_err(|e| anyhow::anyhow!("storage: {e}"))?;
+            let migrated = match status.version {
+                v if v == SCHEMA_VERSION => format!("migrated (schema version {v})"),
+                v if v > SCHEMA_VERSION => anyhow::bail!(
+                    "storage: {} has schema version {v}, newer than this hookgate \
+                     ({SCHEMA_VERSION}): run a newer hookgate",
+                    status.target
+                ),
+                0 => format!(
+                    "not migrated yet (schema version {SCHEMA_VERSION} is applied by \
+                     `hookgate serve` at start)"
+                ),
+                v => format!(
+                    "at schema version {v} of {SCHEMA_VERSION} (`hookgate serve` applies the \
+                     rest at start)"
+                ),
+            };
+            println!(
+                "storage: PostgreSQL {} at {} is reachable, {migrated}",
+                status.server, status.target
+            );
+        }
     }
     Ok(())
 }

@@ -77,6 +77,8 @@ pub struct SchemaStatus {
     pub version: i32,
     /// The server's version string.
     pub server: String,
+    /// `user@host:port/database`, without the password.
+    pub target: String,
 }
 
 /// The PostgreSQL store. Cheap to share; every replica opens its own.
@@ -219,12 +221,20 @@ fn pool_options(settings: &StorageSettings) -> PgPoolOptions {
 
 /// Connects once (no migrations): for `hookgate check --storage`.
 pub async fn schema_status(settings: &StorageSettings) -> Result<SchemaStatus, StoreError> {
+    let options = connect_options(settings)?;
+    let target = format!(
+        "{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or(options.get_username())
+    );
     let pool = pool_options(settings)
         .min_connections(0)
         .max_connections(1)
-        .connect_with(connect_options(settings)?)
+        .connect_with(options)
         .await
-        .map_err(db_err)?;
+        .map_err(|e| StoreError::Io(format!("cannot connect to {target}: {}", db_err(e))))?;
     let server: String = sqlx::query_scalar("SHOW server_version")
         .fetch_one(&pool)
         .await
@@ -243,7 +253,11 @@ pub async fn schema_status(settings: &StorageSettings) -> Result<SchemaStatus, S
         0
     };
     pool.close().await;
-    Ok(SchemaStatus { version, server })
+    Ok(SchemaStatus {
+        version,
+        server,
+        target,
+    })
 }
 
 /// Applies the missing migrations, one transaction each, under an advisory lock so that
