@@ -681,7 +681,6 @@ async fn the_events_command_lists_shows_and_redelivers_offline_and_online() {
     let answer = post(&app, "evt_cli", "post.created", "p1").await;
     let id = answer["id"].as_str().unwrap().to_owned();
     wait_until(|| !receiver.seen().is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let config_path = app.dir.path().join("config.toml");
     let run = |args: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
@@ -707,14 +706,29 @@ async fn the_events_command_lists_shows_and_redelivers_offline_and_online() {
         ),
     )
     .unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
-        .args(["events", "--config"])
-        .arg(&online)
-        .args(["list", "--status", "dead"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{text}");
+    // The 400 makes the task a dead letter once its attempt is recorded: wait for that, not
+    // for a fixed time.
+    let list_dead = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .args(["events", "--config"])
+            .arg(&online)
+            .args(["list", "--status", "dead"])
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (ok, text) = loop {
+        let (ok, text) = list_dead();
+        if (ok && text.contains("app:dead(1)")) || Instant::now() > deadline {
+            break (ok, text);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(ok, "{text}");
     assert!(text.contains(&id) && text.contains("app:dead(1)"), "{text}");
 
     // Offline: the gateway is stopped and the command opens the store itself.
