@@ -18,6 +18,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ use serde_json::Value;
 /// The tests share one database server and one of them stops it: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+const ADMIN_TOKEN: &str = "replicas-admin-token";
 /// `storage.lease_secs`: how long a dead replica's tasks wait before another takes them.
 const LEASE_SECS: u64 = 2;
 /// How long every acknowledged event may take to reach the sink after the load.
@@ -38,11 +40,14 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(40);
 struct Sink {
     url: String,
     seen: Arc<Mutex<Vec<Value>>>,
+    refuse: Arc<std::sync::atomic::AtomicUsize>,
     handle: actix_web::dev::ServerHandle,
 }
 
 struct SinkState {
     seen: Arc<Mutex<Vec<Value>>>,
+    /// Deliveries still to refuse with 400 (a dead letter at once).
+    refuse: Arc<std::sync::atomic::AtomicUsize>,
     /// How long the sink takes to answer (keeps deliveries in flight when a replica dies).
     delay: Duration,
 }
@@ -52,7 +57,15 @@ async fn receive(state: web::Data<SinkState>, body: web::Bytes) -> HttpResponse 
         Ok(envelope) => {
             state.seen.lock().unwrap().push(envelope);
             tokio::time::sleep(state.delay).await;
-            HttpResponse::Ok().body("{}")
+            let refuse = state
+                .refuse
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if refuse {
+                HttpResponse::BadRequest().body("{}")
+            } else {
+                HttpResponse::Ok().body("{}")
+            }
         }
         Err(_) => HttpResponse::BadRequest().finish(),
     }
@@ -60,8 +73,10 @@ async fn receive(state: web::Data<SinkState>, body: web::Bytes) -> HttpResponse 
 
 async fn sink(delay: Duration) -> Sink {
     let seen = Arc::new(Mutex::new(Vec::new()));
+    let refuse = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let data = web::Data::new(SinkState {
         seen: seen.clone(),
+        refuse: refuse.clone(),
         delay,
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -80,6 +95,7 @@ async fn sink(delay: Duration) -> Sink {
     Sink {
         url: format!("http://127.0.0.1:{port}/hooks"),
         seen,
+        refuse,
         handle,
     }
 }
@@ -135,6 +151,8 @@ write_timeout_ms = 2000
 [log]
 level = "info"
 format = "json"
+[admin]
+token = "{ADMIN_TOKEN}"
 
 [providers.demo]
 kind = "generic"
@@ -512,4 +530,139 @@ async fn replicas_starting_at_once_migrate_the_database_once() {
         .await
         .expect_err("a newer schema is refused");
     assert!(refused.to_string().contains("version 99"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_and_redelivery_work_across_replicas() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = common::postgres::fresh_database("replicas_dead").await;
+    let sink = sink(Duration::ZERO).await;
+    sink.refuse.store(1, Ordering::SeqCst);
+    let config = write_config(dir.path(), &database, &sink);
+    let replicas = start(&config, 3).await;
+    let client = client();
+    let admin = |replica: usize, path: &str| {
+        format!("http://127.0.0.1:{}/admin{path}", replicas[replica].port)
+    };
+
+    let (status, answer) = post(&client, replicas[0].port, "evt_dead_letter").await;
+    assert_eq!((status, answer["status"].as_str()), (200, Some("accepted")));
+    let id = answer["id"].as_str().unwrap().to_owned();
+
+    // Dead at the first 400; another replica lists it.
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    let dead = loop {
+        let dead: Value = client
+            .get(admin(2, "/dead-letters?sink=app"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if dead["dead_letters"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty())
+            || Instant::now() > deadline
+        {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        dead["dead_letters"].as_array().map(Vec::len),
+        Some(1),
+        "{dead}"
+    );
+    assert_eq!(
+        dead["dead_letters"][0]["envelope_id"],
+        id.as_str(),
+        "{dead}"
+    );
+
+    // The CLI reads the same database (no gateway at the config's port 0: it connects itself).
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["events", "--config"])
+        .arg(&config)
+        .args(["list", "--status", "dead"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(text.contains(&id) && text.contains("app:dead(1)"), "{text}");
+
+    // Redelivered through a third replica: some replica's worker delivers it.
+    let redelivered = client
+        .post(admin(1, &format!("/events/{id}/redeliver")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        redelivered.status().is_success(),
+        "{}",
+        redelivered.status()
+    );
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    while sink.counts().get("evt_dead_letter").copied().unwrap_or(0) < 2
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sink.counts()["evt_dead_letter"],
+        2,
+        "refused once, delivered once"
+    );
+    let tasks: Value = client
+        .get(admin(0, &format!("/events/{id}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(tasks.to_string().contains("\"delivered\""), "{tasks}");
+    drop(replicas);
+    sink.handle.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_that_does_not_answer_is_a_503_within_the_deadline_not_a_hang() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = common::postgres::fresh_database("replicas_slow").await;
+    let sink = sink(Duration::ZERO).await;
+    let replicas = start(&write_config(dir.path(), &database, &sink), 1).await;
+    let client = client();
+    // Another session holds the idempotency table: every commit waits for it.
+    let mut blocker = <sqlx::PgConnection as sqlx::Connection>::connect(&database)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE hookgate_claims IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    // `client` gives up after 5 s; the gateway's deadline (write_timeout_ms) is 2 s.
+    let (status, answer) = post(&client, replicas[0].port, "evt_slow").await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "storage_unavailable", "{answer}");
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    // The provider's retry goes through.
+    let (status, answer) = post(&client, replicas[0].port, "evt_slow").await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("accepted")),
+        "{answer}"
+    );
+    drop(replicas);
+    sink.handle.stop(false).await;
 }

@@ -12,10 +12,12 @@ use serde_json::Value;
 
 use crate::admin::{self, ListQuery};
 use crate::clock::{Clock, SystemClock};
+use crate::config::StorageBackend;
 use crate::config::{self, LoadedSettings};
 use crate::metrics::Metrics;
 use crate::store::log::LogStore;
-use crate::store::Maintenance;
+use crate::store::postgres::PgStore;
+use crate::store::Store;
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
@@ -79,7 +81,7 @@ enum Backend {
         base: String,
         token: String,
     },
-    Store(Arc<LogStore>),
+    Store(Arc<dyn Store>),
 }
 
 async fn backend(loaded: &LoadedSettings) -> anyhow::Result<Backend> {
@@ -102,18 +104,29 @@ async fn backend(loaded: &LoadedSettings) -> anyhow::Result<Backend> {
             });
         }
     }
-    let store = LogStore::open(
-        &settings.storage,
-        Arc::new(SystemClock),
-        Arc::new(Metrics::new()),
-    )
-    .map_err(|e| {
-        anyhow!(
-            "{e}\n(if the gateway is running, set [admin] token in {} so this command can use its API)",
-            loaded.file_name()
-        )
-    })?;
-    Ok(Backend::Store(Arc::new(store)))
+    // PostgreSQL is shared: the command connects to it like one more replica.
+    let store: Arc<dyn Store> = match settings.storage.backend {
+        StorageBackend::Postgres => Arc::new(
+            PgStore::connect(&settings.storage, Arc::new(SystemClock))
+                .await
+                .map_err(|e| anyhow!("{e}"))?,
+        ),
+        StorageBackend::Embedded => Arc::new(
+            LogStore::open(
+                &settings.storage,
+                Arc::new(SystemClock),
+                Arc::new(Metrics::new()),
+            )
+            .map_err(|e| {
+                anyhow!(
+                    "{e}\n(if the gateway is running, set [admin] token in {} so this command \
+                     can use its API)",
+                    loaded.file_name()
+                )
+            })?,
+        ),
+    };
+    Ok(Backend::Store(store))
 }
 
 impl Backend {
