@@ -131,21 +131,25 @@ impl Ingestor {
         }))
     }
 
-    /// Stages 10–12 (and sync delivery) for the events of one delivery.
+    /// Stages 10–12 (and sync delivery) for the events of one delivery. `checked`: an event
+    /// ID [`Self::known`] just found unclaimed (not looked up again).
     pub async fn ingest(
         &self,
         delivery: &Verified<'_>,
         plan: Events<'_>,
+        checked: Option<&str>,
     ) -> Result<Ingested, IngestError> {
         let instance = &delivery.instance;
         // 10. the duplicate check (the commit claims atomically; this only skips work)
         let mut known = Vec::with_capacity(plan.events.len());
         for (_, event_id) in &plan.events {
-            known.push(
+            known.push(if checked == Some(event_id.as_str()) {
+                None
+            } else {
                 self.store
                     .find_duplicate(Self::key(instance, event_id))
-                    .await?,
-            );
+                    .await?
+            });
         }
         let first_event_id = plan.events.first().map(|(_, id)| id.clone());
         if !known.is_empty() && known.iter().all(Option::is_some) {

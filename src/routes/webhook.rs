@@ -173,10 +173,16 @@ async fn handle(
     let verified = signature::verify(received, received_at.timestamp())?;
     let kind = &verified.instance.kind;
     // 10 first, when the event ID is in a header: a duplicate needs no parsing at all.
+    let mut checked = None;
     if let Some(event_id) = plan::header_event_id(kind, headers) {
-        if let Some(known) = state.ingestor.known(&verified.instance, event_id).await? {
+        if let Some(known) = state
+            .ingestor
+            .known(&verified.instance, event_id.clone())
+            .await?
+        {
             return Ok(acknowledge(state, name, &known));
         }
+        checked = Some(event_id);
     }
     // 8. parse
     let value = parse::parse(&verified)?;
@@ -202,7 +208,10 @@ async fn handle(
             if let Some((_, first)) = events.events.first() {
                 tracing::Span::current().record("event_id", first.as_str());
             }
-            let ingested = state.ingestor.ingest(&verified, events).await?;
+            let ingested = state
+                .ingestor
+                .ingest(&verified, events, checked.as_deref())
+                .await?;
             Ok(acknowledge(state, name, &ingested))
         }
     }

@@ -555,8 +555,109 @@ enum Decision {
     Duplicate(String),
 }
 
-/// The ingest transaction. Returns the outcome and whether tasks became pending.
+/// The search ids of a receipt: its own event id and its events'.
+fn search_ids(receipt: &Receipt) -> Vec<Vec<u8>> {
+    let mut search: Vec<Vec<u8>> = receipt
+        .event_id
+        .iter()
+        .chain(&receipt.event_ids)
+        .map(|e| e.as_bytes().to_vec())
+        .collect();
+    search.sort();
+    search.dedup();
+    search
+}
+
+/// The ingest commit. Returns the outcome and whether tasks became pending.
 async fn commit(shared: &Shared, new: NewReceipt) -> Result<(Commit, bool), StoreError> {
+    if new.events.len() == 1 && new.replay_guard.is_none() {
+        commit_one(shared, new).await
+    } else {
+        commit_many(shared, new).await
+    }
+}
+
+/// One event, no replay guard (most deliveries): one statement, so one round trip and the
+/// implicit transaction of that statement. The claim decides whether the rest is inserted.
+async fn commit_one(shared: &Shared, new: NewReceipt) -> Result<(Commit, bool), StoreError> {
+    let now = shared.now_secs();
+    let now_ms = shared.clock.now().timestamp_millis();
+    let expires_at = now.saturating_add(i64::try_from(shared.dedup_ttl_secs).unwrap_or(i64::MAX));
+    let event = &new.events[0];
+    let key = event.dedup.to_bytes();
+    let mut receipt = new.receipt.clone();
+    receipt.envelope_ids = vec![event.envelope.id.clone()];
+    receipt.types = vec![event.envelope.event_type.clone()];
+    receipt.event_ids = vec![event.envelope.event_id.clone()];
+    let row = sqlx::query(
+        "WITH c AS (
+             INSERT INTO hookgate_claims (key, gateway_id, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE
+                 SET gateway_id = EXCLUDED.gateway_id, expires_at = EXCLUDED.expires_at
+                 WHERE hookgate_claims.expires_at <= $4
+             RETURNING key
+         ), r AS (
+             INSERT INTO hookgate_receipts (id, provider, status, search_ids, receipt, body)
+             SELECT $5, $6, 'accepted', $7, $8, $9 WHERE EXISTS (SELECT 1 FROM c)
+         ), e AS (
+             INSERT INTO hookgate_envelopes (id, receipt_id, envelope)
+             SELECT $2, $5, $10 WHERE EXISTS (SELECT 1 FROM c)
+         ), t AS (
+             INSERT INTO hookgate_tasks (envelope_id, sink, receipt_id, status, attempts,
+                 round_attempts, created_at_ms, round_started_ms, next_attempt_ms, last_error,
+                 lane, lane_key)
+             SELECT $2, s, $5, 0, 0, 0, $11, $11, $12, NULL, $13,
+                 CASE WHEN $13 = '\\x'::bytea THEN NULL
+                      ELSE convert_to(s, 'UTF8') || '\\x00'::bytea || $13 END
+             FROM UNNEST($14::text[]) AS x(s) WHERE EXISTS (SELECT 1 FROM c)
+         )
+         SELECT EXISTS (SELECT 1 FROM c) AS fresh,
+                (SELECT gateway_id FROM hookgate_claims WHERE key = $1 AND expires_at > $4)
+                    AS holder",
+    )
+    .bind(&key)
+    .bind(&event.envelope.id)
+    .bind(expires_at)
+    .bind(now)
+    .bind(&receipt.id)
+    .bind(&receipt.provider)
+    .bind(search_ids(&receipt))
+    .bind(encode(&receipt)?)
+    .bind(new.body.to_vec())
+    .bind(event.json.to_vec())
+    .bind(now_ms)
+    .bind(event.not_before_ms)
+    .bind(&event.lane)
+    .bind(&event.sinks)
+    .fetch_one(&shared.pool)
+    .await
+    .map_err(db_err)?;
+    if row.try_get::<bool, _>("fresh").map_err(db_err)? {
+        return Ok((
+            Commit::Stored(vec![Committed::Accepted]),
+            !event.sinks.is_empty(),
+        ));
+    }
+    // The statement's snapshot predates a claim committed while it waited on that key: read
+    // the holder again.
+    let holder = match row.try_get::<Option<String>, _>("holder").map_err(db_err)? {
+        Some(id) => Some(id),
+        None => sqlx::query_scalar("SELECT gateway_id FROM hookgate_claims WHERE key = $1")
+            .bind(&key)
+            .fetch_optional(&shared.pool)
+            .await
+            .map_err(db_err)?,
+    };
+    match holder {
+        Some(id) => Ok((Commit::Stored(vec![Committed::Duplicate { id }]), false)),
+        None => Err(StoreError::Io(
+            "a claim changed during the commit; try again".into(),
+        )),
+    }
+}
+
+/// Several events (a batch) or a replay guard: one transaction of a few statements.
+async fn commit_many(shared: &Shared, new: NewReceipt) -> Result<(Commit, bool), StoreError> {
     let now = shared.now_secs();
     let now_ms = shared.clock.now().timestamp_millis();
     let expires_at = now.saturating_add(i64::try_from(shared.dedup_ttl_secs).unwrap_or(i64::MAX));
@@ -680,14 +781,7 @@ async fn commit(shared: &Shared, new: NewReceipt) -> Result<(Commit, bool), Stor
         .iter()
         .map(|i| new.events[*i].envelope.event_id.clone())
         .collect();
-    let mut search: Vec<Vec<u8>> = receipt
-        .event_id
-        .iter()
-        .chain(&receipt.event_ids)
-        .map(|e| e.as_bytes().to_vec())
-        .collect();
-    search.sort();
-    search.dedup();
+    let search = search_ids(&receipt);
     let (mut task_ids, mut task_sinks, mut task_due, mut task_lanes) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in &fresh {
@@ -709,8 +803,11 @@ async fn commit(shared: &Shared, new: NewReceipt) -> Result<(Commit, bool), Stor
              SELECT i, $1, j FROM UNNEST($6::text[], $7::bytea[]) AS x(i, j)
          )
          INSERT INTO hookgate_tasks (envelope_id, sink, receipt_id, status, attempts,
-             round_attempts, created_at_ms, round_started_ms, next_attempt_ms, last_error, lane)
-         SELECT i, s, $1, 0, 0, 0, $8, $8, n, NULL, l
+             round_attempts, created_at_ms, round_started_ms, next_attempt_ms, last_error, lane,
+             lane_key)
+         SELECT i, s, $1, 0, 0, 0, $8, $8, n, NULL, l,
+             CASE WHEN l = '\\x'::bytea THEN NULL
+                  ELSE convert_to(s, 'UTF8') || '\\x00'::bytea || l END
          FROM UNNEST($9::text[], $10::text[], $11::bigint[], $12::bytea[]) AS t(i, s, n, l)",
     )
     .bind(&receipt.id)
@@ -738,9 +835,9 @@ async fn commit(shared: &Shared, new: NewReceipt) -> Result<(Commit, bool), Stor
 }
 
 /// Only the oldest pending task of a lane may be handed out (per-object order).
-const LANE_HEAD: &str = "(c.lane = '\\x'::bytea OR NOT EXISTS (
+const LANE_HEAD: &str = "(c.lane_key IS NULL OR NOT EXISTS (
     SELECT 1 FROM hookgate_tasks o
-    WHERE o.sink = c.sink AND o.status = 0 AND o.lane = c.lane AND o.envelope_id < c.envelope_id))";
+    WHERE o.lane_key = c.lane_key AND o.status = 0 AND o.envelope_id < c.envelope_id))";
 
 impl TaskQueue for PgStore {
     fn take_due(&self, sink: String, now_ms: i64, limit: usize) -> StoreFuture<Due> {
