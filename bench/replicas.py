@@ -9,8 +9,9 @@ PostgreSQL database, next to one hookgate on the embedded store and the bare act
 
 The database is the throw-away cluster of scripts/with-postgres.sh (HOOKGATE_TEST_PG; fsync and
 synchronous_commit on, stock settings otherwise); each run gets a fresh database. With N
-replicas, N wrk processes (one thread each, CONNS/N connections) send disjoint ids, one per
-replica, as a load balancer would spread them. Setups alternate within each repetition; the
+replicas, N wrk processes (CONNS/N connections each) send disjoint ids, one per
+replica, as a load balancer would spread them (two wrk threads in all when they fit, as
+bench/run.sh uses, else one per replica). Setups alternate within each repetition; the
 report gives medians and every repetition: acknowledged events/s (sum over the wrk processes),
 p99 (the worst of them), the ratio to bare, and the CPU the replicas and PostgreSQL used per
 event. Loopback only. Everything runs on this machine's cores: replicas, PostgreSQL and wrk
@@ -53,6 +54,15 @@ name = "audit"
 kind = "file"
 path = "{sink}"
 """
+
+
+def replicas(setup):
+    return 1 if setup in ("bare", "embedded") else int(setup[2:])
+
+
+def wrk_threads(n):
+    """wrk threads per server: two in all when they fit (as bench/run.sh), at least one each."""
+    return max(1, 2 // n)
 
 
 def log(*a):
@@ -148,9 +158,9 @@ def run(setup, rep, work, files):
         out = os.path.join(work, f"{setup}-{rep}-{i}.wrk")
         req = files[(rep, setup)][i]
         wrks.append((out, subprocess.Popen(
-            ["wrk", "-t1", f"-c{conns}", f"-d{DURATION}", "--latency", "--timeout", "30s",
+            ["wrk", f"-t{wrk_threads(n)}", f"-c{conns}", f"-d{DURATION}", "--latency", "--timeout", "30s",
              "-s", os.path.join(ROOT, "bench", "signed.lua"), f"http://127.0.0.1:{port}/",
-             "--", req, "threads=1"],
+             "--", req, f"threads={wrk_threads(n)}"],
             stdout=open(out, "w"), stderr=subprocess.STDOUT)))
     for _, w in wrks:
         w.wait()
@@ -175,7 +185,7 @@ def run(setup, rep, work, files):
         errors += j["status_errors"] + j["connect"] + j["read"] + j["write"] + j["timeout"]
         rps += (j["requests"] - j["status_errors"]) / secs
         p99 = max(p99, j["p99_us"] / 1e3)
-        wraps += j["wraps"]
+        wraps += j["wraps"] if setup != "bare" else 0  # bare keeps no ids
     requests = rps * secs
     return {
         "rps": rps, "p99": p99, "errors": errors, "wraps": wraps,
@@ -199,12 +209,15 @@ def main():
     files = {}
     for rep in range(REPS):
         for setup in SETUPS:
-            n = 1 if setup in ("bare", "embedded") else int(setup[2:])
-            base = os.path.join(work, f"req-{rep}-{setup}")
-            subprocess.run([sys.executable, os.path.join(ROOT, "bench", "wrkbench.py"), "gen",
-                            "--out", base, "--threads", str(n), "--lines", str(LINES // n),
-                            "--id-prefix", f"r{rep}{setup}"], check=True)
-            files[(rep, setup)] = [f"{base}-t{i}.req" for i in range(n)]
+            n = replicas(setup)
+            files[(rep, setup)] = []
+            for i in range(n):
+                base = os.path.join(work, f"req-{rep}-{setup}-{i}")
+                subprocess.run([sys.executable, os.path.join(ROOT, "bench", "wrkbench.py"),
+                                "gen", "--out", base, "--threads", str(wrk_threads(n)),
+                                "--lines", str(LINES // n // wrk_threads(n)),
+                                "--id-prefix", f"r{rep}{setup}{i}"], check=True)
+                files[(rep, setup)].append(f"{base}-t%d.req")
     results = {s: [] for s in SETUPS}
     for rep in range(REPS):
         for setup in SETUPS:

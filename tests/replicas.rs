@@ -666,3 +666,72 @@ async fn a_database_that_does_not_answer_is_a_503_within_the_deadline_not_a_hang
     drop(replicas);
     sink.handle.stop(false).await;
 }
+
+/// A commit on one replica wakes the workers of another (through `NOTIFY`), well before their
+/// idle poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_on_one_replica_wakes_the_workers_of_another() {
+    use hookgate::store::{DedupKey, IngestStore, NewEnvelope, NewReceipt, Receipt, ReceiptStatus};
+    let _serial = SERIAL.lock().await;
+    let url = common::postgres::fresh_database("replicas_notify").await;
+    let (a, b) = (
+        pg_connect(&url).await.unwrap(),
+        pg_connect(&url).await.unwrap(),
+    );
+    let mut woken = hookgate::store::TaskQueue::wakeups(&b);
+    woken.borrow_and_update();
+    let now = chrono::Utc::now();
+    let id = ulid::Ulid::new().to_string();
+    let envelope = hookgate::envelope::Envelope {
+        id: ulid::Ulid::new().to_string(),
+        provider: "demo".into(),
+        kind: "generic".into(),
+        event_id: "evt_notify".into(),
+        event_type: "post.created".into(),
+        action: "created".into(),
+        object: "post".into(),
+        object_id: Some("p1".into()),
+        current: None,
+        previous: None,
+        occurred_at: None,
+        received_at: hookgate::envelope::format_millis(now),
+        meta: serde_json::Map::new(),
+    };
+    let receipt = NewReceipt {
+        receipt: Receipt {
+            id,
+            provider: "demo".into(),
+            kind: "generic".into(),
+            event_id: Some("evt_notify".into()),
+            received_at: hookgate::envelope::format_millis(now),
+            client_ip: None,
+            headers: Vec::new(),
+            status: ReceiptStatus::Accepted,
+            error: None,
+            envelope_ids: Vec::new(),
+            types: Vec::new(),
+            event_ids: Vec::new(),
+        },
+        body: "{}".into(),
+        events: vec![NewEnvelope {
+            dedup: DedupKey {
+                provider: "demo".into(),
+                event_id: "evt_notify".into(),
+            },
+            json: serde_json::to_vec(&envelope).unwrap().into(),
+            envelope,
+            sinks: vec!["app".into()],
+            lane: Vec::new(),
+            not_before_ms: now.timestamp_millis(),
+        }],
+        replay_guard: None,
+    };
+    a.commit(receipt).await.unwrap();
+    // The workers' idle poll is seconds; the notification arrives within milliseconds.
+    tokio::time::timeout(Duration::from_secs(10), woken.changed())
+        .await
+        .expect("the other replica was woken")
+        .unwrap();
+    hookgate::store::Maintenance::close(&a);
+    hookgate::store::Maintenance::close(&b);
+}

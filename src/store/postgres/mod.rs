@@ -88,6 +88,8 @@ pub struct PgStore {
 
 struct Shared {
     pool: PgPool,
+    /// The one connection that `LISTEN`s.
+    listen_pool: PgPool,
     clock: Arc<dyn Clock>,
     dedup_ttl_secs: u64,
     lease_ms: i64,
@@ -329,13 +331,20 @@ impl PgStore {
         settings: &StorageSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
-        let pool = pool_options(settings)
-            .connect_with(connect_options(settings)?)
-            .await
-            .map_err(|e| match db_err(e) {
-                StoreError::Io(m) => StoreError::Failed(format!("cannot connect: {m}")),
-                other => other,
-            })?;
+        let options = connect_options(settings)?;
+        // LISTEN holds its connection for good: its own, outside the request pool.
+        let listen_pool = pool_options(settings)
+            .min_connections(0)
+            .max_connections(1)
+            .connect_lazy_with(options.clone());
+        let pool =
+            pool_options(settings)
+                .connect_with(options)
+                .await
+                .map_err(|e| match db_err(e) {
+                    StoreError::Io(m) => StoreError::Failed(format!("cannot connect: {m}")),
+                    other => other,
+                })?;
         let synchronous: String = sqlx::query_scalar("SHOW synchronous_commit")
             .fetch_one(&pool)
             .await
@@ -361,6 +370,7 @@ impl PgStore {
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             pool,
+            listen_pool,
             clock,
             dedup_ttl_secs: settings.dedup_ttl_secs,
             lease_ms: i64::try_from(settings.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
@@ -416,7 +426,7 @@ impl Shared {
 async fn listen(shared: std::sync::Weak<Shared>, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let Some(pool) = shared.upgrade().map(|s| s.pool.clone()) else {
+        let Some(pool) = shared.upgrade().map(|s| s.listen_pool.clone()) else {
             return;
         };
         let connected = async {
@@ -873,35 +883,33 @@ impl TaskQueue for PgStore {
             let tasks = taken.iter().map(due_from).collect::<Result<Vec<_>, _>>()?;
             let taken_ids: Vec<String> = tasks.iter().map(|t| t.task.envelope_id.clone()).collect();
             // The queue depth, and when the next lane head not taken now can be taken: its
-            // due time or the end of its lease, whichever is later.
+            // due time or the end of its lease, whichever is later. When the limit was
+            // reached, "now" (the limit may have left due tasks behind).
+            let full = i64::try_from(tasks.len()).unwrap_or(i64::MAX) >= limit;
             let row = sqlx::query(AssertSqlSafe(format!(
                 "SELECT
                    (SELECT count(*) FROM hookgate_tasks WHERE sink = $1 AND status = 0) AS pending,
-                   least(
+                   CASE WHEN $4 THEN $2 ELSE least(
                      (SELECT c.next_attempt_ms FROM hookgate_tasks c
                       WHERE c.sink = $1 AND c.status = 0 AND c.next_attempt_ms > $2
                         AND coalesce(c.leased_until, 0) <= c.next_attempt_ms
                         AND c.envelope_id <> ALL($3) AND {LANE_HEAD}
                       ORDER BY c.next_attempt_ms LIMIT 1),
-                     (SELECT c.leased_until FROM hookgate_tasks c
+                     (SELECT min(c.leased_until) FROM hookgate_tasks c
                       WHERE c.sink = $1 AND c.status = 0 AND c.leased_until > $2
                         AND c.leased_until > coalesce(c.next_attempt_ms, 0)
-                        AND c.envelope_id <> ALL($3) AND {LANE_HEAD}
-                      ORDER BY c.leased_until LIMIT 1)
-                   ) AS next_due"
+                        AND c.envelope_id <> ALL($3) AND {LANE_HEAD})
+                   ) END AS next_due"
             )))
             .bind(&sink)
             .bind(now_ms)
             .bind(&taken_ids)
+            .bind(full)
             .fetch_one(&shared.pool)
             .await
             .map_err(db_err)?;
             let pending: i64 = row.try_get("pending").map_err(db_err)?;
-            let mut next_due_ms: Option<i64> = row.try_get("next_due").map_err(db_err)?;
-            if i64::try_from(tasks.len()).unwrap_or(i64::MAX) >= limit {
-                // The limit may have left due tasks behind.
-                next_due_ms = Some(now_ms);
-            }
+            let next_due_ms: Option<i64> = row.try_get("next_due").map_err(db_err)?;
             Ok(Due {
                 tasks,
                 next_due_ms,
@@ -1372,7 +1380,8 @@ impl Maintenance for PgStore {
         // connections when a runtime is there to do it (dropping the pool also closes them).
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let pool = self.shared.pool.clone();
-            runtime.spawn(async move { pool.close().await });
+            let listen_pool = self.shared.listen_pool.clone();
+            runtime.spawn(async move { tokio::join!(pool.close(), listen_pool.close()) });
         }
     }
 }

@@ -43,17 +43,15 @@ CREATE TABLE hookgate_tasks (
     last_error       text,
     lane             bytea    NOT NULL,   -- ordering lane; empty: no order
     lane_key         bytea,               -- sink \0 lane; NULL without a lane
-    leased_until     bigint,              -- Unix ms
+    leased_until     bigint,              -- Unix ms; in no index, so a lease is a HOT update
     PRIMARY KEY (envelope_id, sink)
-);
+) WITH (fillfactor = 70);
 CREATE INDEX hookgate_tasks_pending ON hookgate_tasks (sink, envelope_id) WHERE status = 0;
 -- The only index on lane_key: "is an older task of this lane pending?" is one index probe,
 -- whatever the planner's statistics say.
 CREATE INDEX hookgate_tasks_lanes ON hookgate_tasks (lane_key, envelope_id)
     WHERE status = 0 AND lane_key IS NOT NULL;
 CREATE INDEX hookgate_tasks_due ON hookgate_tasks (sink, next_attempt_ms) WHERE status = 0;
-CREATE INDEX hookgate_tasks_leased ON hookgate_tasks (sink, leased_until)
-    WHERE status = 0 AND leased_until IS NOT NULL;
 CREATE INDEX hookgate_tasks_dead ON hookgate_tasks (envelope_id, sink) WHERE status = 2;
 CREATE INDEX hookgate_tasks_receipt ON hookgate_tasks (receipt_id);
 
