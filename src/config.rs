@@ -215,6 +215,18 @@ pub struct InstanceSettings {
     /// `async` (default) or `sync`: deliver to the sinks before answering.
     #[serde(default)]
     pub mode: DeliveryMode,
+    /// Most events one delivery may carry (the elements of a batch); a larger batch is
+    /// refused with 413 `too_many_events`. Each event costs a claim, an envelope and a task per
+    /// sink, so this bounds what one request can make the gateway do.
+    #[serde(default = "default_batch_max_events")]
+    pub batch_max_events: usize,
+}
+
+/// Default `batch_max_events`.
+pub const DEFAULT_BATCH_MAX_EVENTS: usize = 1000;
+
+fn default_batch_max_events() -> usize {
+    DEFAULT_BATCH_MAX_EVENTS
 }
 
 /// `rate_limit = { per_second = 50, burst = 100 }`
@@ -511,6 +523,9 @@ fn validate(settings: &Settings, file: &str) -> Result<SocketAddr, ConfigError> 
         }
         if let Some(limit) = instance.body_limit_bytes {
             check_body_limit(limit).map_err(|m| err(&key("body_limit_bytes"), m))?;
+        }
+        if instance.batch_max_events == 0 {
+            return Err(err(&key("batch_max_events"), "must be at least 1".into()));
         }
         if let Some(rate) = instance.rate_limit {
             if !(rate.per_second.is_finite() && rate.per_second > 0.0) {

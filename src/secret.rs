@@ -159,6 +159,22 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether `sent` is this secret, compared as SHA-256 digests in constant time: the time
+    /// taken depends neither on where the values differ nor on the secret's length (comparing
+    /// the raw bytes would stop at once on a length mismatch, telling the sender the length).
+    pub fn matches(&self, sent: &[u8]) -> bool {
+        digest_eq(self.expose(), sent)
+    }
+}
+
+/// `expected == sent` as SHA-256 digests compared in constant time (see [`Secret::matches`]).
+pub fn digest_eq(expected: &[u8], sent: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let expected: [u8; 32] = Sha256::digest(expected).into();
+    let sent: [u8; 32] = Sha256::digest(sent).into();
+    expected.ct_eq(&sent).into()
 }
 
 impl From<Expanded> for Secret {

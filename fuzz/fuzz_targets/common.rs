@@ -3,6 +3,7 @@
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use chrono::{DateTime, Utc};
+use hookgate::config::DEFAULT_BATCH_MAX_EVENTS;
 use hookgate::pipeline::normalise::{self, EnvelopeInfo};
 use hookgate::pipeline::plan::{self, Plan};
 use hookgate::provider::kind::Kind;
@@ -90,7 +91,7 @@ pub fn fixture_headers() -> HeaderMap {
 /// (`pipeline::plan`: handshake, format, batch elements, event IDs), then every envelope.
 pub fn normalise_all(kind: &Kind, value: &Value, headers: &HeaderMap, raw: &[u8]) {
     let _ = plan::header_event_id(kind, headers);
-    match plan::plan(kind, value, headers, raw) {
+    match plan::plan(kind, value, headers, raw, DEFAULT_BATCH_MAX_EVENTS) {
         Plan::Handshake(handshake) => {
             // The reply itself is HTTP, built by routes::webhook; resolve what it would read.
             let root = Context {
@@ -107,7 +108,7 @@ pub fn normalise_all(kind: &Kind, value: &Value, headers: &HeaderMap, raw: &[u8]
                 _ => {}
             }
         }
-        Plan::Unprocessable(_) => {}
+        Plan::Unprocessable(_) | Plan::TooManyEvents { .. } => {}
         Plan::Events(events) => {
             for (element, event_id) in &events.events {
                 let info = EnvelopeInfo {

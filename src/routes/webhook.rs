@@ -181,7 +181,9 @@ async fn handle(
     // 8. parse
     let value = parse::parse(&verified)?;
     // 9–13
-    match plan::plan(kind, &value, headers, &verified.body) {
+    let max_events = verified.instance.batch_max_events;
+    match plan::plan(kind, &value, headers, &verified.body, max_events) {
+        Plan::TooManyEvents { count, limit } => Err(GatewayError::TooManyEvents { count, limit }),
         Plan::Handshake(handshake) => {
             tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
             tracing::debug!(handshake = %handshake.name, "Handshake answered.");
