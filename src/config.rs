@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::secret::{Expanded, Secret};
+use crate::secret::{redact_url, Expanded, Secret};
 
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "config.toml";
@@ -597,7 +597,10 @@ fn validate(settings: &Settings, file: &str) -> Result<SocketAddr, ConfigError> 
             } => {
                 let text = url.as_str();
                 if !(text.starts_with("http://") || text.starts_with("https://")) {
-                    return Err(err(&key("url"), format!("`{text}` is not an http(s) URL")));
+                    return Err(err(
+                        &key("url"),
+                        format!("`{}` is not an http(s) URL", redact_url(text)),
+                    ));
                 }
                 if *timeout_ms == 0 {
                     return Err(err(&key("timeout_ms"), "must be positive".into()));

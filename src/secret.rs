@@ -189,9 +189,55 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A URL as it may be shown (logs, attempt records, the admin API, `hookgate check`): without
+/// its query string, fragment and `user:password@`, which is where tokens live.
+pub fn redact_url(url: &str) -> String {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let url = &url[..end];
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme_end..]
+        .find('/')
+        .map_or(url.len(), |i| scheme_end + i);
+    match url[scheme_end..authority_end].rfind('@') {
+        Some(at) => format!("{}{}", &url[..scheme_end], &url[scheme_end + at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redacted_url_keeps_scheme_host_and_path_only() {
+        for (url, shown) in [
+            (
+                "https://h.example/hooks?token=abc",
+                "https://h.example/hooks",
+            ),
+            (
+                "https://user:pw@h.example:8443/p#frag",
+                "https://h.example:8443/p",
+            ),
+            ("http://a@b@h.example?x", "http://h.example"),
+            ("https://h.example/a@b/c", "https://h.example/a@b/c"),
+            ("not a url?secret", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_secret_matches_only_itself_whatever_the_length_sent() {
+        let secret = Secret::new("s3cret-token");
+        assert!(secret.matches(b"s3cret-token"));
+        for wrong in [&b""[..], b"s3cret", b"s3cret-token2", b"S3cret-token"] {
+            assert!(!secret.matches(wrong));
+        }
+        assert!(digest_eq(b"", b""));
+    }
 
     fn env(name: &str) -> Option<String> {
         match name {

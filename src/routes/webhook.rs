@@ -64,9 +64,15 @@ async fn receive(
     name: String,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
+    // A name that is not configured is whatever the caller put in the path: never logged.
+    let label = if state.registry.get(&name).is_some() {
+        name.as_str()
+    } else {
+        UNKNOWN_PROVIDER_LABEL
+    };
     let span = tracing::debug_span!(
         "webhook",
-        provider = %name,
+        provider = %label,
         event_id = field::Empty,
         outcome = field::Empty,
     );
@@ -109,6 +115,10 @@ fn log_rejection(req: &HttpRequest, state: &AppState, provider: &str, error: &Ga
     match error {
         GatewayError::StorageUnavailable(cause) => {
             warn!(%provider, ?peer, error = %cause, suppressed, "Rejected: storage unavailable.")
+        }
+        // Its message repeats the path the caller sent; the code says enough.
+        GatewayError::UnknownProvider(_) => {
+            info!(%provider, ?peer, code = error.code(), suppressed, "Rejected.")
         }
         _ => info!(%provider, ?peer, code = error.code(), reason = %error, suppressed, "Rejected."),
     }
