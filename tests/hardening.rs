@@ -423,3 +423,702 @@ async fn an_envelope_stored_deeper_than_serde_json_reads_is_delivered_and_an_unr
         "{shown}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Batches and signatures: what one request can cost
+// ---------------------------------------------------------------------------------------------
+
+fn pusher_batch(n: usize) -> String {
+    let events: Vec<Value> = (0..n)
+        .map(|i| json!({"name": "channel_occupied", "channel": format!("c-{i}")}))
+        .collect();
+    json!({"time_ms": 1_705_314_600_000_i64, "events": events}).to_string()
+}
+
+async fn post_pusher(app: &TestApp, instance: &str, body: &str) -> reqwest::Response {
+    let headers = vec![
+        ("Content-Type".to_owned(), "application/json".to_owned()),
+        ("X-Pusher-Key".to_owned(), "key".to_owned()),
+        (
+            "X-Pusher-Signature".to_owned(),
+            hmac_hex("pusher-secret", body.as_bytes()),
+        ),
+    ];
+    app.post(instance, &headers, body.to_owned()).await
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_batch_max_events_is_refused_with_413_and_nothing_is_stored() {
+    let app = spawn(
+        r#"
+[providers.pusher]
+secrets = ["pusher-secret"]
+
+[providers.small]
+kind = "pusher"
+secrets = ["pusher-secret"]
+batch_max_events = 3
+"#,
+    )
+    .await;
+    // The default: 1000.
+    let response = post_pusher(&app, "pusher", &pusher_batch(1001)).await;
+    assert_eq!(response.status(), 413);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "too_many_events", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1001 events; at most 1000"),
+        "{answer}"
+    );
+    let response = post_pusher(&app, "small", &pusher_batch(4)).await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(error_code(response).await, "too_many_events");
+    // At the limit it is accepted.
+    let response = post_pusher(&app, "small", &pusher_batch(3)).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["events"].as_array().unwrap().len(), 3, "{answer}");
+    assert_eq!(app.sink_envelopes(3).await.len(), 3);
+}
+
+const STANDARD_SECRET: &str = "whsec_b+QiJVs4HBGc3+5mM/08ng0iJUKAukZA5C5EuSNmvxY=";
+
+/// `(header name, signed value)` for `body`, and what one extra signature entry looks like.
+fn multi_signature_case(
+    kind: &str,
+    ts: i64,
+    body: &[u8],
+) -> (String, String, String, &'static str) {
+    match kind {
+        "standard-webhooks" | "gitlab" => {
+            let id = format!("msg_{kind}");
+            let (headers, _) = sign(
+                kind,
+                STANDARD_SECRET,
+                body,
+                &[("webhook-id", &id)],
+                ts,
+                None,
+            );
+            let value = headers
+                .iter()
+                .find(|(k, _)| k == "webhook-signature")
+                .unwrap()
+                .1
+                .clone();
+            let junk = format!(
+                "v1,{}",
+                base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+            );
+            ("webhook-signature".into(), value, junk, " ")
+        }
+        "stripe" => {
+            let (headers, _) = sign(kind, "whsec_stripe", body, &[], ts, None);
+            let value = headers
+                .iter()
+                .find(|(k, _)| k == "stripe-signature")
+                .unwrap()
+                .1
+                .clone();
+            (
+                "stripe-signature".into(),
+                value,
+                format!("v1={}", "ab".repeat(32)),
+                ",",
+            )
+        }
+        "paddle" => {
+            let (headers, _) = sign(kind, "pdl_secret", body, &[], ts, None);
+            let value = headers
+                .iter()
+                .find(|(k, _)| k == "paddle-signature")
+                .unwrap()
+                .1
+                .clone();
+            (
+                "paddle-signature".into(),
+                value,
+                format!("h1={}", "ab".repeat(32)),
+                ";",
+            )
+        }
+        other => unreachable!("{other}"),
+    }
+}
+
+#[tokio::test]
+async fn more_than_sixteen_signatures_in_one_header_are_a_malformed_header_for_every_multi_signature_scheme(
+) {
+    let app = spawn(&format!(
+        r#"
+[providers.standard-webhooks]
+secrets = ["{STANDARD_SECRET}"]
+
+[providers.gitlab]
+secrets = ["{STANDARD_SECRET}"]
+
+[providers.stripe]
+secrets = ["whsec_stripe"]
+
+[providers.paddle]
+secrets = ["pdl_secret"]
+"#
+    ))
+    .await;
+    let ts = app.clock_unix();
+    for kind in ["standard-webhooks", "gitlab", "stripe", "paddle"] {
+        let body = match kind {
+            "gitlab" => {
+                r#"{"object_kind":"issue","object_attributes":{"id":1,"action":"open"}}"#.to_owned()
+            }
+            "paddle" => {
+                r#"{"event_id":"evt_p","event_type":"subscription.created","data":{"id":"sub_1"}}"#
+                    .to_owned()
+            }
+            _ => format!(
+                r#"{{"id":"evt_{kind}","type":"invoice.paid","data":{{"object":{{"id":"in_1"}},"id":"in_1"}}}}"#
+            ),
+        };
+        let (name, valid, junk, separator) = multi_signature_case(kind, ts, body.as_bytes());
+        let base = vec![
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+            ("webhook-id".to_owned(), format!("msg_{kind}")),
+            ("webhook-timestamp".to_owned(), ts.to_string()),
+            ("Idempotency-Key".to_owned(), format!("msg_{kind}")),
+        ];
+        let with = |extra: usize| {
+            let mut headers = base.clone();
+            let mut value = vec![junk.clone(); extra];
+            value.push(valid.clone());
+            headers.push((name.clone(), value.join(separator)));
+            headers
+        };
+        // Seventeen signatures (the valid one last): refused before any MAC is computed.
+        let response = app.post(kind, &with(16), body.clone()).await;
+        assert_eq!(response.status(), 401, "{kind}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(
+            answer["error"]["code"], "malformed_signature_header",
+            "{kind}: {answer}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("more than 16"),
+            "{kind}: {answer}"
+        );
+        // Sixteen: the valid one is found wherever it is.
+        let response = app.post(kind, &with(15), body.clone()).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "{kind}: {:?}",
+            response.text().await
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sinks: redirects, leaks, bounded reads, whole lines
+// ---------------------------------------------------------------------------------------------
+
+/// What a test receiver saw: (path and query, headers).
+type Seen = Arc<std::sync::Mutex<Vec<(String, Vec<(String, String)>)>>>;
+
+/// A receiver on its own port; `answer` builds each response.
+async fn receiver(
+    answer: impl Fn(&actix_web::HttpRequest) -> actix_web::HttpResponse + Clone + Send + 'static,
+) -> (String, Seen) {
+    use actix_web::{web, App, HttpRequest, HttpServer};
+    let seen: Seen = Arc::default();
+    let recorded = seen.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(move || {
+        let recorded = recorded.clone();
+        let answer = answer.clone();
+        App::new().default_service(web::to(move |req: HttpRequest, _body: web::Bytes| {
+            let recorded = recorded.clone();
+            let answer = answer.clone();
+            async move {
+                let headers = req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                    .collect();
+                let target = match req.query_string() {
+                    "" => req.path().to_owned(),
+                    q => format!("{}?{q}", req.path()),
+                };
+                recorded.lock().unwrap().push((target, headers));
+                answer(&req)
+            }
+        }))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    (format!("http://127.0.0.1:{port}"), seen)
+}
+
+fn http_sink(url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[admin]
+token = "{ADMIN_TOKEN}"
+
+[providers.demo]
+kind = "generic"
+secrets = ["{GENERIC_SECRET}"]
+
+[[sinks]]
+name = "app"
+kind = "http"
+url = "{url}"
+headers = {{ "X-Api-Key" = "sink-credential" }}
+events = ["demo"]
+retry = {{ max_attempts = 1 }}
+{extra}
+"#
+    )
+}
+
+async fn post_demo(app: &TestApp, event_id: &str, object_id: &str) -> String {
+    let body = generic_body(event_id, "post.created", object_id);
+    let response = app
+        .post_generic("demo", GENERIC_SECRET, event_id, &body)
+        .await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    answer["id"].as_str().unwrap().to_owned()
+}
+
+/// The dead letters of sink `app`, once there are `n` of them (or whatever there is after the
+/// deadline).
+async fn dead_letters(app: &TestApp, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, text) = admin_get_text(app, "/admin/dead-letters?sink=app").await;
+        let body: Value = serde_json::from_str(&text).unwrap_or_default();
+        let found = body["dead_letters"].as_array().cloned().unwrap_or_default();
+        if found.len() >= n || Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every attempt error recorded for a stored event.
+async fn attempt_errors(app: &TestApp, id: &str) -> Vec<String> {
+    let (_, text) = admin_get_text(app, &format!("/admin/events/{id}")).await;
+    let shown: Value = serde_json::from_str(&text).unwrap();
+    shown["envelopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["deliveries"].as_array().unwrap().clone())
+        .flat_map(|d| d["attempts_made"].as_array().unwrap().clone())
+        .filter_map(|a| a["error"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_http_sink_does_not_follow_redirects_nor_send_its_headers_to_another_host() {
+    let (elsewhere, elsewhere_seen) = receiver(|_| actix_web::HttpResponse::Ok().finish()).await;
+    let target = elsewhere.clone();
+    let (sink, sink_seen) = receiver(move |req| {
+        let status = if req.headers().contains_key("x-redirect-307") {
+            307
+        } else {
+            302
+        };
+        actix_web::HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+            .insert_header((
+                "Location",
+                format!("{target}/landing?token=location-secret"),
+            ))
+            .finish()
+    })
+    .await;
+    let app = spawn(&http_sink(&format!("{sink}/hooks"), "")).await;
+    let id = post_demo(&app, "evt_redirect", "p1").await;
+    let dead = dead_letters(&app, 1).await;
+    assert_eq!(
+        dead.len(),
+        1,
+        "the redirect is a failed attempt, not a delivery: {dead:?}"
+    );
+    let errors = attempt_errors(&app, &id).await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("HTTP 302: redirected to "),
+        "{errors:?}"
+    );
+    assert!(
+        errors[0].contains(&format!("{elsewhere}/landing")),
+        "{errors:?}"
+    );
+    assert!(!errors[0].contains("location-secret"), "{errors:?}");
+    // The sink saw the POST with its credential header; the other host saw nothing at all.
+    let seen = sink_seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0]
+        .1
+        .iter()
+        .any(|(k, v)| k == "x-api-key" && v == "sink-credential"));
+    assert!(
+        elsewhere_seen.lock().unwrap().is_empty(),
+        "followed a redirect"
+    );
+}
+
+#[tokio::test]
+async fn a_307_to_another_host_is_a_failed_attempt_and_the_credentials_stay_home() {
+    let (elsewhere, elsewhere_seen) = receiver(|_| actix_web::HttpResponse::Ok().finish()).await;
+    let target = elsewhere.clone();
+    let (sink, _) = receiver(move |_| {
+        actix_web::HttpResponse::TemporaryRedirect()
+            .insert_header(("Location", format!("{target}/steal")))
+            .finish()
+    })
+    .await;
+    let app = spawn(&http_sink(&format!("{sink}/hooks"), "")).await;
+    let id = post_demo(&app, "evt_307", "p1").await;
+    assert_eq!(dead_letters(&app, 1).await.len(), 1);
+    let errors = attempt_errors(&app, &id).await;
+    assert!(
+        errors[0].starts_with("HTTP 307: redirected to "),
+        "{errors:?}"
+    );
+    assert!(
+        elsewhere_seen.lock().unwrap().is_empty(),
+        "the 307 was followed"
+    );
+}
+
+#[tokio::test]
+async fn a_token_in_the_sink_url_never_shows_in_attempt_errors_or_the_cli() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("http://hooks:userinfo-secret@127.0.0.1:{closed}/hooks?token=query-secret");
+    let app = spawn(&http_sink(&url, "")).await;
+    let id = post_demo(&app, "evt_leak", "p1").await;
+    assert_eq!(dead_letters(&app, 1).await.len(), 1);
+    let errors = attempt_errors(&app, &id).await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains(&format!("http://127.0.0.1:{closed}/hooks")),
+        "the error still says where: {errors:?}"
+    );
+    let (_, everything) = admin_get_text(&app, &format!("/admin/events/{id}")).await;
+    let (_, dead) = admin_get_text(&app, "/admin/dead-letters").await;
+    // The CLI, through the running gateway's API (the config's bind is port 0: point the CLI
+    // at the real port).
+    let online = app.dir.path().join("online.toml");
+    std::fs::write(
+        &online,
+        std::fs::read_to_string(app.dir.path().join("config.toml"))
+            .unwrap()
+            .replace(
+                "bind = \"127.0.0.1:0\"",
+                &format!("bind = \"127.0.0.1:{}\"", app.port),
+            ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["events", "show", &id, "--config"])
+        .arg(&online)
+        .env_remove("HOOKGATE_CONFIG")
+        .output()
+        .unwrap();
+    let cli = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{cli}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(cli.contains("127.0.0.1"), "{cli}");
+    for text in [&everything, &dead, &cli] {
+        assert!(!text.contains("query-secret"), "{text}");
+        assert!(!text.contains("userinfo-secret"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn only_the_snippet_of_a_sink_error_body_is_read() {
+    // Sends the first 4 KiB of a 100 MB error body, then nothing more, ever.
+    let (sink, _) = receiver(|_| {
+        let first = futures_util::stream::once(async {
+            Ok::<_, std::io::Error>(actix_web::web::Bytes::from(vec![b'x'; 4096]))
+        });
+        actix_web::HttpResponse::InternalServerError()
+            .no_chunking(100_000_000)
+            .streaming(futures_util::StreamExt::chain(
+                first,
+                futures_util::stream::pending(),
+            ))
+    })
+    .await;
+    let app = spawn(&http_sink(&format!("{sink}/hooks"), "timeout_ms = 600000")).await;
+    let id = post_demo(&app, "evt_snippet", "p1").await;
+    assert_eq!(
+        dead_letters(&app, 1).await.len(),
+        1,
+        "the attempt never ended"
+    );
+    let errors = attempt_errors(&app, &id).await;
+    assert_eq!(errors, [format!("HTTP 500: {}", "x".repeat(512))]);
+}
+
+#[tokio::test]
+async fn a_command_sink_keeps_only_the_last_512_bytes_of_stderr() {
+    let app = spawn(&format!(
+        r#"
+[admin]
+token = "{ADMIN_TOKEN}"
+
+[providers.demo]
+kind = "generic"
+secrets = ["{GENERIC_SECRET}"]
+
+[[sinks]]
+name = "app"
+kind = "command"
+command = ["sh", "-c", "cat > /dev/null; head -c 200000 /dev/zero | tr '\\000' x >&2; printf END >&2; exit 3"]
+events = ["demo"]
+retry = {{ max_attempts = 1 }}
+"#
+    ))
+    .await;
+    let id = post_demo(&app, "evt_stderr", "p1").await;
+    assert_eq!(dead_letters(&app, 1).await.len(), 1);
+    let errors = attempt_errors(&app, &id).await;
+    assert_eq!(errors, [format!("exit 3: {}END", "x".repeat(509))]);
+}
+
+#[tokio::test]
+async fn a_partial_line_left_in_the_sink_file_is_cut_before_the_next_line() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    // What a write cut short by a full disk (or a crash) leaves behind.
+    std::fs::write(
+        dir.path().join("envelopes.jsonl"),
+        b"{\"id\":\"old\"}\n{\"id\":\"torn",
+    )
+    .unwrap();
+    let app = spawn_in(
+        dir,
+        "[providers.demo]\nkind = \"generic\"\nsecrets = [\"test-generic-secret\"]\n",
+        SpawnOptions::default(),
+    )
+    .await;
+    let id = post_demo(&app, "evt_whole", "p1").await;
+    let lines = app.sink_envelopes(2).await;
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["id"], "old");
+    assert_eq!(lines[1]["id"], id.as_str());
+    let text = std::fs::read_to_string(app.sink_path()).unwrap();
+    assert!(text.ends_with('\n') && !text.contains("torn"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The queue-depth metric, the admin API, client addresses
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_queue_depth_metric_reports_the_true_depth_past_the_scan_window() {
+    use hookgate::store::{IngestStore, Maintenance};
+    const PENDING: usize = 10_050;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    {
+        let store = hookgate::store::log::LogStore::open(
+            &hookgate::config::StorageSettings {
+                path: dir.path().join("store").to_str().unwrap().into(),
+                ..Default::default()
+            },
+            Arc::new(hookgate::clock::SystemClock),
+            Arc::new(hookgate::metrics::Metrics::new()),
+        )
+        .unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+        let tomorrow = now + 86_400_000;
+        let template: hookgate::envelope::Envelope = serde_json::from_value(json!({
+            "id": "x", "provider": "demo", "kind": "generic", "event_id": "e", "type": "t.c",
+            "action": "c", "object": "t", "object_id": null, "current": null, "previous": null,
+            "occurred_at": null, "received_at": "2024-01-15T10:30:00.000Z", "meta": {}
+        }))
+        .unwrap();
+        let events = (0..PENDING as u128)
+            .map(|n| {
+                let id = ulid::Ulid::from_parts(now as u64, n + 1).to_string();
+                let envelope = hookgate::envelope::Envelope {
+                    id: id.clone(),
+                    event_id: format!("e{n}"),
+                    ..template.clone()
+                };
+                hookgate::store::NewEnvelope {
+                    dedup: hookgate::store::DedupKey {
+                        provider: "demo".into(),
+                        event_id: format!("e{n}"),
+                    },
+                    json: serde_json::to_vec(&envelope).unwrap().into(),
+                    envelope,
+                    sinks: vec!["audit".into()],
+                    lane: Vec::new(),
+                    // Not due for a day: they stay pending while the metric is read.
+                    not_before_ms: tomorrow,
+                }
+            })
+            .collect();
+        let receipt = hookgate::store::NewReceipt {
+            receipt: hookgate::store::Receipt {
+                id: ulid::Ulid::from_parts(now as u64, 0).to_string(),
+                provider: "demo".into(),
+                kind: "generic".into(),
+                event_id: None,
+                received_at: hookgate::envelope::format_millis(chrono::Utc::now()),
+                client_ip: None,
+                headers: Vec::new(),
+                status: hookgate::store::ReceiptStatus::Accepted,
+                error: None,
+                envelope_ids: Vec::new(),
+                types: Vec::new(),
+                event_ids: Vec::new(),
+            },
+            body: bytes::Bytes::from_static(b"{}"),
+            events,
+            replay_guard: None,
+        };
+        store.commit(receipt).await.unwrap();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .unwrap();
+    }
+    let app = spawn_in(
+        dir,
+        "[providers.demo]\nkind = \"generic\"\nsecrets = [\"test-generic-secret\"]\n",
+        SpawnOptions::default(),
+    )
+    .await;
+    let wanted = format!("hookgate_delivery_queue_depth{{sink=\"audit\"}} {PENDING}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (found, metrics) = loop {
+        let metrics = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(&wanted) || Instant::now() > deadline {
+            break (metrics.contains(&wanted), metrics);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let depth: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("hookgate_delivery_queue_depth"))
+        .collect();
+    assert!(found, "{depth:?}");
+}
+
+#[tokio::test]
+async fn the_admin_api_checks_the_token_before_the_query_and_always_answers_json() {
+    // Disabled: 404 whatever the query says.
+    let app = spawn("").await;
+    let response = app
+        .client
+        .get(app.url("/admin/events?no_such_parameter=1&limit=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(error_code(response).await, "not_found");
+    // Enabled: no token (or a near miss) is 401 before the query is looked at.
+    let app = spawn(&format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n")).await;
+    for token in [
+        None,
+        Some(&ADMIN_TOKEN[..5]),
+        Some("hardening-admin-token-2"),
+    ] {
+        let mut request = app
+            .client
+            .get(app.url("/admin/dead-letters?no_such_parameter=1"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{token:?}");
+        assert_eq!(error_code(response).await, "unauthorized");
+    }
+    // With the token, a bad query is a JSON 400 naming what is wrong.
+    for path in [
+        "/admin/events?no_such_parameter=1",
+        "/admin/events?limit=many",
+        "/admin/dead-letters?limit=-1",
+    ] {
+        let response = app
+            .client
+            .get(app.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "bad_request", "{path}: {answer}");
+    }
+    let response = app
+        .client
+        .post(app.url("/admin/dead-letters/redeliver?sink=x&bogus=1"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(error_code(response).await, "bad_request");
+}
+
+#[tokio::test]
+async fn ipv4_mapped_peers_match_ipv4_trusted_proxies_and_allowlists() {
+    let app = spawn_with(
+        r#"
+[providers.demo]
+kind = "generic"
+secrets = ["test-generic-secret"]
+allow_ips = ["203.0.113.0/24"]
+"#,
+        SpawnOptions {
+            // A dual-stack listener: IPv4 peers arrive as ::ffff:127.0.0.1.
+            bind: Some("[::]:0".into()),
+            server_extra: "trusted_proxies = [\"127.0.0.0/8\"]".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = generic_body("evt_mapped", "post.created", "p1");
+    let mut headers = generic_headers(
+        GENERIC_SECRET,
+        "evt_mapped",
+        app.clock_unix(),
+        body.as_bytes(),
+    );
+    headers.push(("X-Forwarded-For".into(), "203.0.113.9".into()));
+    let response = app.post("demo", &headers, body.clone()).await;
+    let status = response.status();
+    assert_eq!(status, 200, "{:?}", response.text().await);
+    // Not from the allowed network, not through the proxy: refused as before.
+    headers.pop();
+    headers.push(("X-Forwarded-For".into(), "198.51.100.1".into()));
+    let response = app.post("demo", &headers, body).await;
+    assert_eq!(response.status(), 403);
+}
