@@ -1122,3 +1122,288 @@ allow_ips = ["203.0.113.0/24"]
     let response = app.post("demo", &headers, body).await;
     assert_eq!(response.status(), 403);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logs and the terminal: the real binary
+// ---------------------------------------------------------------------------------------------
+
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+fn without_colours(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `hookgate serve` with the pretty log format; its stderr is collected line by line, as bytes.
+struct LoggingGateway {
+    child: std::process::Child,
+    port: u16,
+    log: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl LoggingGateway {
+    fn start(dir: &std::path::Path, extra: &str) -> Self {
+        use std::io::BufRead;
+        let config = config_text(dir, "", extra)
+            .replace("level = \"warn\"", "level = \"info\"\nformat = \"pretty\"");
+        let path = dir.join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let log: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let port = loop {
+            let mut line = Vec::new();
+            if stderr.read_until(b'\n', &mut line).unwrap() == 0 {
+                panic!("the gateway exited before listening");
+            }
+            let text = without_colours(&String::from_utf8_lossy(&line));
+            log.lock().unwrap().push(line);
+            if let Some(port) = text
+                .contains("Listening.")
+                .then(|| text.split("port=").nth(1))
+                .flatten()
+            {
+                break port.trim().parse::<u16>().unwrap();
+            }
+        };
+        let kept = log.clone();
+        std::thread::spawn(move || loop {
+            let mut line = Vec::new();
+            match stderr.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => kept.lock().unwrap().push(line),
+            }
+        });
+        Self { child, port, log }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.log.lock().unwrap().concat()).into_owned()
+    }
+
+    /// Waits until the log holds `n` lines containing `needle`.
+    fn wait_for(&self, needle: &str, n: usize) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.text().matches(needle).count() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for LoggingGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends raw bytes and returns the status code.
+async fn raw_status(port: u16, request: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer)
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+const FORGED: &str = "2026-12-01T00:00:00Z  INFO hookgate::startup: FORGED";
+
+#[tokio::test]
+async fn no_field_of_any_log_line_can_forge_a_line_or_reach_the_terminal() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = LoggingGateway::start(
+        dir.path(),
+        &format!(
+            r#"
+[providers.demo]
+kind = "generic"
+secrets = ["{GENERIC_SECRET}"]
+
+[[sinks]]
+name = "app"
+kind = "http"
+url = "http://hooks:userinfo-secret@127.0.0.1:{closed}/hooks?token=query-secret"
+events = ["demo"]
+retry = {{ max_attempts = 2, initial_backoff_ms = 10, max_backoff_ms = 10 }}
+"#
+        ),
+    );
+    let port = gateway.port;
+    // 1. An unknown instance whose name forges a line (percent-encoded, as a client sends it).
+    let status = raw_status(
+        port,
+        b"POST /webhooks/x%0a2026-12-01T00:00:00.000000Z%20%20INFO%20hookgate:%20Accepted.%1b[31m HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 404);
+    // 2. A signed event whose type carries a newline and an escape sequence (422, logged).
+    let client = reqwest::Client::new();
+    let ts = chrono::Utc::now().timestamp();
+    let body =
+        json!({"id": "evt_log", "type": format!("bad\n{FORGED}\u{1b}[31m\u{9b}")}).to_string();
+    let mut request = client.post(format!("http://127.0.0.1:{port}/webhooks/demo"));
+    for (k, v) in generic_headers(GENERIC_SECRET, "evt_log", ts, body.as_bytes()) {
+        request = request.header(k, v);
+    }
+    assert_eq!(request.body(body).send().await.unwrap().status(), 422);
+    // 3. A stored event whose delivery fails against a sink URL holding credentials.
+    let body = generic_body("evt_sink", "post.created", "p1");
+    let mut request = client.post(format!("http://127.0.0.1:{port}/webhooks/demo"));
+    for (k, v) in generic_headers(GENERIC_SECRET, "evt_sink", ts, body.as_bytes()) {
+        request = request.header(k, v);
+    }
+    assert_eq!(request.body(body).send().await.unwrap().status(), 200);
+
+    assert!(gateway.wait_for("Rejected.", 2), "{}", gateway.text());
+    assert!(gateway.wait_for("dead-lettered", 1), "{}", gateway.text());
+    let lines = gateway.log.lock().unwrap().clone();
+    let text = gateway.text();
+    for line in &lines {
+        assert!(
+            !line.iter().any(|b| *b == 0x1b),
+            "an escape character reached the log: {}",
+            String::from_utf8_lossy(line)
+        );
+        let line = String::from_utf8_lossy(line);
+        assert!(
+            !line.starts_with("2026-12-01T00:00:00"),
+            "a forged line: {line}"
+        );
+        assert!(
+            !line.contains('\u{9b}'),
+            "a C1 control reached the log: {line}"
+        );
+    }
+    // The forged type is there, escaped, inside its own line.
+    let rejected = text
+        .lines()
+        .find(|l| l.contains("FORGED"))
+        .expect("the 422 is logged");
+    assert!(
+        rejected.contains("Rejected.") && rejected.contains("\\x0a2026-12-01"),
+        "{rejected}"
+    );
+    assert!(rejected.contains("\\x1b[31m"), "{rejected}");
+    // The unknown name is not logged at all, and no sink credential is.
+    assert!(!text.contains("Accepted."), "{text}");
+    assert!(text.contains("code=\"unknown_provider\""), "{text}");
+    assert!(
+        !text.contains("query-secret") && !text.contains("userinfo-secret"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_events_command_escapes_stored_ids_before_printing_them() {
+    let app =
+        spawn("[providers.demo]\nkind = \"generic\"\nsecrets = [\"test-generic-secret\"]\n").await;
+    // The event ID comes from the body (no X-Webhook-ID header): a sender chose it.
+    let event_id = format!("evt\u{1b}]0;owned\u{7}\n{FORGED}");
+    let body = json!({
+        "id": event_id,
+        "type": "post.created",
+        "data": {"object": {"id": "p1"}}
+    })
+    .to_string();
+    let headers: Vec<(String, String)> =
+        generic_headers(GENERIC_SECRET, "unused", app.clock_unix(), body.as_bytes())
+            .into_iter()
+            .filter(|(k, _)| k != "X-Webhook-ID")
+            .collect();
+    let response = app.post("demo", &headers, body).await;
+    assert_eq!(response.status(), 200);
+    let config = app.dir.path().join("config.toml");
+    let dir = app.stop().await;
+    for args in [&["list"][..], &["dead-letters"][..]] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .arg("events")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("HOOKGATE_CONFIG")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            !output.stdout.iter().any(|b| *b == 0x1b || *b == 0x07),
+            "a control character reached the terminal: {stdout:?}"
+        );
+        assert!(
+            !stdout.lines().any(|l| l.starts_with("2026-12-01")),
+            "a forged line: {stdout}"
+        );
+        if args == ["list"] {
+            assert!(
+                stdout.contains("evt\\x1b]0;owned\\x07\\x0a2026-12-01"),
+                "{stdout}"
+            );
+        }
+    }
+    drop(dir);
+}
+
+#[test]
+fn hookgate_check_does_not_print_a_token_from_a_sink_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "providers_dir = \"{}\"\n[[sinks]]\nname = \"app\"\nkind = \"http\"\nurl = \"ftp://user:pw-secret@hooks.example/in?token=cfg-secret\"\n",
+            providers_dir().display()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(text.contains("ftp://hooks.example/in"), "{text}");
+    assert!(
+        !text.contains("cfg-secret") && !text.contains("pw-secret"),
+        "{text}"
+    );
+}
