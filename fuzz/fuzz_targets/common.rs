@@ -121,8 +121,16 @@ pub fn normalise_all(kind: &Kind, value: &Value, headers: &HeaderMap, raw: &[u8]
                 if let Ok(envelope) =
                     normalise::envelope(events.rule, element, events.root, events.headers, info)
                 {
-                    // The envelope is stored as JSON: serialising must not fail either.
-                    serde_json::to_vec(&envelope).expect("an envelope serialises");
+                    // The envelope is stored as JSON: serialising must not fail either, and
+                    // (the body having passed the parser's nesting bound) what is stored nests
+                    // within the envelope bound and reads back.
+                    let stored = serde_json::to_vec(&envelope).expect("an envelope serialises");
+                    assert!(
+                        hookgate::json::within_depth(&stored, hookgate::json::MAX_ENVELOPE_DEPTH),
+                        "an envelope deeper than MAX_ENVELOPE_DEPTH"
+                    );
+                    hookgate::json::read::<hookgate::envelope::Envelope>(&stored)
+                        .expect("a stored envelope reads back");
                 }
             }
         }
