@@ -200,7 +200,7 @@ fn encode_task(task: &TaskRecord) -> Vec<u8> {
 
 /// Decodes [`encode_task`] given the key's envelope id and sink.
 fn decode_task(id: &[u8; 16], sink: &str, v: &[u8]) -> Result<TaskRecord, StoreError> {
-    let bad = || StoreError::Io("a damaged task entry in the index".into());
+    let bad = || StoreError::Unreadable("a damaged task entry in the index".into());
     let mut at = 0usize;
     // `n == usize::MAX`: the rest.
     let mut take = |n: usize| -> Result<&[u8], StoreError> {
@@ -2162,22 +2162,44 @@ impl TaskQueue for LogStore {
                     None => next,
                 };
                 if free_at <= now_ms && taken.len() < limit {
-                    taken.push(id);
+                    taken.push((id, next, lane.to_vec()));
                 } else {
                     let at = free_at.max(now_ms);
                     due.next_due_ms = Some(due.next_due_ms.map_or(at, |n: i64| n.min(at)));
                 }
             }
-            for id in &taken {
+            for (id, _, _) in &taken {
                 leases.insert(*id, now_ms.saturating_add(shared.lease_ms));
             }
             drop(all_leases);
-            for id in taken {
-                match shared.task_record(&id, &sink)? {
-                    Some(task) if task.status == TaskStatus::Pending => {
+            for (id, next, lane) in taken {
+                match shared.task_record(&id, &sink) {
+                    Ok(Some(task)) if task.status == TaskStatus::Pending => {
                         due.tasks.push(shared.due_task(&id, task));
                     }
-                    _ => {
+                    // A task entry that cannot be decoded would stop every later round: it is
+                    // handed out as what the queue knows of it, with the reason, and the
+                    // worker makes it a dead letter (which rewrites the entry whole).
+                    Err(e @ StoreError::Unreadable(_)) => due.tasks.push(DueTask {
+                        task: TaskRecord {
+                            sink: sink.clone(),
+                            envelope_id: id_from_key(&id).unwrap_or_default(),
+                            status: TaskStatus::Pending,
+                            attempts: 0,
+                            round_attempts: 0,
+                            created_at_ms: now_ms,
+                            round_started_ms: now_ms,
+                            next_attempt_ms: Some(next),
+                            last_error: None,
+                            lane,
+                        },
+                        envelope: Err(e.to_string()),
+                    }),
+                    Err(e) => {
+                        lock(&shared.leases).release(&sink, &id);
+                        return Err(e);
+                    }
+                    Ok(_) => {
                         lock(&shared.leases).release(&sink, &id);
                     }
                 }

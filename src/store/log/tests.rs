@@ -416,3 +416,40 @@ async fn an_undecodable_envelope_is_handed_out_with_its_reason_not_as_a_failed_t
     let err = store.envelope(ulid(2_001)).await.unwrap_err();
     assert!(matches!(err, StoreError::Unreadable(_)), "{err}");
 }
+
+/// A task entry the index cannot decode is handed out with the reason instead of failing
+/// every round; once its (dead) attempt is recorded the entry is whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_task_entry_becomes_a_dead_letter_not_a_failed_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), |_| {});
+    store.commit(batch(3_000, 2, None)).await.unwrap();
+    // A read waits for the index to apply the commit, so the damage is not overwritten.
+    assert_eq!(store.pending_count("sink-a".into()).await.unwrap(), 2);
+    let damaged = key_of(&ulid(3_001)).unwrap();
+    store
+        .shared
+        .index
+        .insert(task_index(&damaged, "sink-a"), &[0xff][..])
+        .unwrap();
+    let due = store.take_due("sink-a".into(), 10, 10).await.unwrap();
+    assert_eq!(due.tasks.len(), 2);
+    let error = due.tasks[0].envelope.as_ref().unwrap_err();
+    assert!(error.contains("damaged task entry"), "{error}");
+    let mut task = due.tasks[0].task.clone();
+    task.status = TaskStatus::Dead;
+    task.next_attempt_ms = None;
+    let attempt = crate::store::AttemptRecord {
+        number: 1,
+        at: "t".into(),
+        outcome: crate::store::AttemptOutcome::Dead,
+        http_status: None,
+        exit_code: None,
+        error: Some(error.clone()),
+        duration_ms: 0,
+    };
+    store.record_attempts(vec![(task, attempt)]).await.unwrap();
+    let tasks = store.tasks(ulid(3_001)).await.unwrap();
+    assert_eq!(tasks[0].status, TaskStatus::Dead);
+    assert_eq!(store.pending_count("sink-a".into()).await.unwrap(), 1);
+}
