@@ -92,11 +92,15 @@ pub fn escape_line(line: &[u8], style: LineStyle) -> Cow<'_, [u8]> {
     }
 }
 
-/// `text` with its control characters (C0, DEL, C1) escaped: `\x0a` style in text, `\u000a`
-/// in JSON (valid JSON escapes, for text inside JSON strings). In coloured text ESC stays
-/// (tracing-subscriber already escapes it inside field values, and it starts the colour codes).
+/// `text` with its control characters (C0, DEL, C1) escaped, `\x0a` style. In coloured text
+/// ESC stays (tracing-subscriber already escapes it inside field values, and it starts the
+/// colour codes). JSON text (serialised by serde_json, which escapes C0 inside strings, so any
+/// C0 left is whitespace between tokens) gets DEL and C1 escaped as `\u007f`, valid JSON.
 pub fn escape_controls(text: &str, style: LineStyle) -> Cow<'_, str> {
-    let keep = |c: char| c == '\u{1b}' && style == (LineStyle::Text { ansi: true });
+    let keep = |c: char| match style {
+        LineStyle::Text { ansi } => ansi && c == '\u{1b}',
+        LineStyle::Json => c < ' ',
+    };
     if !text.chars().any(|c| is_control(c) && !keep(c)) {
         return Cow::Borrowed(text);
     }
@@ -205,7 +209,7 @@ mod tests {
         let out = escape_line(json.as_bytes(), LineStyle::Json);
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["m"], "a\u{1b} \u{7f}\u{9b}");
-        assert!(!out.iter().any(|b| *b == 0x7f));
+        assert!(!out.contains(&0x7f));
         // A clean line is passed through as it is.
         assert!(matches!(
             escape_line(b"plain line\n", text),

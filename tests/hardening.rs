@@ -1294,7 +1294,7 @@ retry = {{ max_attempts = 2, initial_backoff_ms = 10, max_backoff_ms = 10 }}
     let text = gateway.text();
     for line in &lines {
         assert!(
-            !line.iter().any(|b| *b == 0x1b),
+            !line.contains(&0x1b),
             "an escape character reached the log: {}",
             String::from_utf8_lossy(line)
         );

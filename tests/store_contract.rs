@@ -2120,7 +2120,7 @@ async fn an_envelope_as_deep_as_the_gateway_writes_reads_back_whole(h: &mut Harn
     ));
     let id = h.accept(event.clone()).await;
     let due = h.take_due(ALPHA.into(), h.now_ms(), 10).done().await;
-    assert_eq!(ids(&due.tasks), [id.clone()]);
+    assert_eq!(ids(&due.tasks), std::slice::from_ref(&id));
     assert_eq!(due.tasks[0].envelope.as_ref().ok(), Some(&event.envelope));
     assert_eq!(h.envelope(id).done().await, Some(event.envelope));
 }

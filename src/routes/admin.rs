@@ -88,17 +88,20 @@ async fn answered<T>(
     }
 }
 
-/// The query string, parsed only once the caller is known to be the operator.
-fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, HttpResponse> {
+/// The query string, parsed only once the caller is known to be the operator; `Err` is the
+/// reason, for [`bad_query`].
+fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, String> {
     web::Query::<T>::from_query(req.query_string())
         .map(web::Query::into_inner)
-        .map_err(|e| {
-            error(
-                actix_web::http::StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("invalid query string: {e}"),
-            )
-        })
+        .map_err(|e| format!("invalid query string: {e}"))
+}
+
+fn bad_query(reason: &str) -> HttpResponse {
+    error(
+        actix_web::http::StatusCode::BAD_REQUEST,
+        "bad_request",
+        reason,
+    )
 }
 
 /// The `{id}` path segment as sent.
@@ -112,7 +115,7 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     }
     let query: ListQuery = match query(&req) {
         Ok(query) => query,
-        Err(response) => return response,
+        Err(reason) => return bad_query(&reason),
     };
     match answered(admin::list(&*state.store, &query)).await {
         Ok(body) => HttpResponse::Ok().json(body),
@@ -161,7 +164,7 @@ async fn redeliver(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     let id = path_id(&req);
     let sink = match query::<SinkQuery>(&req) {
         Ok(query) => query.sink,
-        Err(response) => return response,
+        Err(reason) => return bad_query(&reason),
     };
     if let Some(refusal) = check_sink(&state, sink.as_deref()) {
         return refusal;
@@ -184,7 +187,7 @@ async fn dead_letters(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
     }
     let query: SinkQuery = match query(&req) {
         Ok(query) => query,
-        Err(response) => return response,
+        Err(reason) => return bad_query(&reason),
     };
     let limit = query.limit.unwrap_or(admin::DEFAULT_LIMIT);
     match answered(admin::dead_letters(
@@ -205,7 +208,7 @@ async fn redeliver_dead(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
     }
     let sink = match query::<SinkQuery>(&req) {
         Ok(query) => query.sink,
-        Err(response) => return response,
+        Err(reason) => return bad_query(&reason),
     };
     if let Some(refusal) = check_sink(&state, sink.as_deref()) {
         return refusal;

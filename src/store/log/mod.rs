@@ -483,16 +483,19 @@ const OPENED_ENTRIES: usize = 8;
 /// Bytes the opened records may hold; a larger record is read but not kept.
 const OPENED_BYTES: usize = 32 * 1024 * 1024;
 
+/// Where a record's stored payload is: (segment, offset).
+type PayloadAt = (u64, u64);
+
 /// The last few records read back (their opened payloads), newest last. A record never
 /// changes once it is in the index, so a cached copy is never stale.
 #[derive(Default)]
 struct OpenedPayloads {
-    entries: std::collections::VecDeque<((u64, u64), Arc<Vec<u8>>)>,
+    entries: std::collections::VecDeque<(PayloadAt, Arc<Vec<u8>>)>,
     bytes: usize,
 }
 
 impl OpenedPayloads {
-    fn get(&mut self, key: (u64, u64)) -> Option<Arc<Vec<u8>>> {
+    fn get(&mut self, key: PayloadAt) -> Option<Arc<Vec<u8>>> {
         let at = self.entries.iter().position(|(k, _)| *k == key)?;
         let entry = self.entries.remove(at)?;
         let raw = entry.1.clone();
@@ -500,7 +503,7 @@ impl OpenedPayloads {
         Some(raw)
     }
 
-    fn insert(&mut self, key: (u64, u64), raw: Arc<Vec<u8>>) {
+    fn insert(&mut self, key: PayloadAt, raw: Arc<Vec<u8>>) {
         if raw.len() > OPENED_BYTES || self.entries.iter().any(|(k, _)| *k == key) {
             return;
         }
