@@ -130,10 +130,11 @@ async fn envelope_ids(store: &dyn Store, id: &str) -> Result<Option<Vec<String>>
     if let Some((receipt, _)) = store.receipt(id.to_owned()).await? {
         return Ok(Some(receipt.envelope_ids));
     }
-    Ok(store
-        .envelope(id.to_owned())
-        .await?
-        .map(|_| vec![id.to_owned()]))
+    match store.envelope(id.to_owned()).await {
+        Ok(Some(_)) | Err(StoreError::Unreadable(_)) => Ok(Some(vec![id.to_owned()])),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Everything about one stored event: the receipt, its envelopes, and per sink the task and
@@ -142,13 +143,21 @@ pub async fn show(store: &dyn Store, id: &str) -> Result<Option<Value>, AdminErr
     let receipt = store.receipt(id.to_owned()).await?;
     let envelope_ids = match &receipt {
         Some((record, _)) => record.envelope_ids.clone(),
-        None if store.envelope(id.to_owned()).await?.is_some() => vec![id.to_owned()],
-        None => return Ok(None),
+        None => match store.envelope(id.to_owned()).await {
+            Ok(Some(_)) | Err(StoreError::Unreadable(_)) => vec![id.to_owned()],
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        },
     };
     let mut envelopes = Vec::new();
     for envelope_id in &envelope_ids {
-        let Some(envelope) = store.envelope(envelope_id.clone()).await? else {
-            continue;
+        // An envelope that cannot be read is shown with the reason (its tasks are dead letters
+        // with the same error), not turned into a failed answer.
+        let (envelope, error) = match store.envelope(envelope_id.clone()).await {
+            Ok(Some(envelope)) => (json!(envelope), None),
+            Ok(None) => continue,
+            Err(e @ StoreError::Unreadable(_)) => (json!({"id": envelope_id}), Some(e.to_string())),
+            Err(e) => return Err(e.into()),
         };
         let mut deliveries = Vec::new();
         for task in store.tasks(envelope_id.clone()).await? {
@@ -159,7 +168,11 @@ pub async fn show(store: &dyn Store, id: &str) -> Result<Option<Value>, AdminErr
             entry["attempts_made"] = json!(attempts);
             deliveries.push(entry);
         }
-        envelopes.push(json!({"envelope": envelope, "deliveries": deliveries}));
+        let mut entry = json!({"envelope": envelope, "deliveries": deliveries});
+        if let Some(error) = error {
+            entry["error"] = json!(error);
+        }
+        envelopes.push(entry);
     }
     let raw = receipt.map(|(record, body)| {
         let (body, encoding) = match std::str::from_utf8(&body) {

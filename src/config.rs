@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::secret::{Expanded, Secret};
+use crate::secret::{redact_url, Expanded, Secret};
 
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "config.toml";
@@ -239,6 +239,18 @@ pub struct InstanceSettings {
     /// `async` (default) or `sync`: deliver to the sinks before answering.
     #[serde(default)]
     pub mode: DeliveryMode,
+    /// Most events one delivery may carry (the elements of a batch); a larger batch is
+    /// refused with 413 `too_many_events`. Each event costs a claim, an envelope and a task per
+    /// sink, so this bounds what one request can make the gateway do.
+    #[serde(default = "default_batch_max_events")]
+    pub batch_max_events: usize,
+}
+
+/// Default `batch_max_events`.
+pub const DEFAULT_BATCH_MAX_EVENTS: usize = 1000;
+
+fn default_batch_max_events() -> usize {
+    DEFAULT_BATCH_MAX_EVENTS
 }
 
 /// `rate_limit = { per_second = 50, burst = 100 }`
@@ -574,6 +586,9 @@ fn validate(settings: &Settings, file: &str) -> Result<SocketAddr, ConfigError> 
         if let Some(limit) = instance.body_limit_bytes {
             check_body_limit(limit).map_err(|m| err(&key("body_limit_bytes"), m))?;
         }
+        if instance.batch_max_events == 0 {
+            return Err(err(&key("batch_max_events"), "must be at least 1".into()));
+        }
         if let Some(rate) = instance.rate_limit {
             if !(rate.per_second.is_finite() && rate.per_second > 0.0) {
                 return Err(err(
@@ -644,7 +659,10 @@ fn validate(settings: &Settings, file: &str) -> Result<SocketAddr, ConfigError> 
             } => {
                 let text = url.as_str();
                 if !(text.starts_with("http://") || text.starts_with("https://")) {
-                    return Err(err(&key("url"), format!("`{text}` is not an http(s) URL")));
+                    return Err(err(
+                        &key("url"),
+                        format!("`{}` is not an http(s) URL", redact_url(text)),
+                    ));
                 }
                 if *timeout_ms == 0 {
                     return Err(err(&key("timeout_ms"), "must be positive".into()));

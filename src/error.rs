@@ -30,6 +30,8 @@ pub enum GatewayError {
     MethodNotAllowed(String),
     #[error("request body exceeds the {limit}-byte limit")]
     PayloadTooLarge { limit: usize },
+    #[error("the delivery carries {count} events; at most {limit} are accepted in one request")]
+    TooManyEvents { count: usize, limit: usize },
     #[error("request headers exceed the {limit}-byte limit")]
     HeadersTooLarge { limit: usize },
     #[error("the request body was not received in time")]
@@ -47,6 +49,8 @@ pub enum GatewayError {
         format: &'static str,
         detail: String,
     },
+    #[error("the body nests arrays and objects deeper than {limit} levels, the most accepted")]
+    TooDeep { limit: usize },
     #[error("the event cannot be normalised: {0}")]
     UnprocessableEvent(String),
     #[error("storage is temporarily unavailable; retry later")]
@@ -67,6 +71,7 @@ impl GatewayError {
             GatewayError::NotFound => "not_found",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::TooManyEvents { .. } => "too_many_events",
             GatewayError::HeadersTooLarge { .. } => "headers_too_large",
             GatewayError::RequestTimeout => "request_timeout",
             GatewayError::IpNotAllowed => "ip_not_allowed",
@@ -78,7 +83,7 @@ impl GatewayError {
                 SignatureError::NoMatch { .. } | SignatureError::Other(_) => "invalid_signature",
                 SignatureError::OutOfTolerance { .. } => "timestamp_out_of_tolerance",
             },
-            GatewayError::InvalidPayload { .. } => "invalid_payload",
+            GatewayError::InvalidPayload { .. } | GatewayError::TooDeep { .. } => "invalid_payload",
             GatewayError::UnprocessableEvent(_) => "unprocessable_event",
             GatewayError::StorageUnavailable(_) => "storage_unavailable",
             GatewayError::DeliveryFailed(_) => "delivery_failed",
@@ -91,13 +96,17 @@ impl ResponseError for GatewayError {
         match self {
             GatewayError::UnknownProvider(_) | GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::PayloadTooLarge { .. } | GatewayError::TooManyEvents { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::IpNotAllowed => StatusCode::FORBIDDEN,
             GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Unauthorized | GatewayError::Signature(_) => StatusCode::UNAUTHORIZED,
-            GatewayError::InvalidPayload { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::InvalidPayload { .. } | GatewayError::TooDeep { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             GatewayError::UnprocessableEvent(_) => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::StorageUnavailable(_) | GatewayError::DeliveryFailed(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -150,9 +159,11 @@ impl From<BodyError> for GatewayError {
 
 impl From<ParseError> for GatewayError {
     fn from(e: ParseError) -> Self {
-        GatewayError::InvalidPayload {
-            format: e.format,
-            detail: e.detail,
+        match e {
+            ParseError::Invalid { format, detail } => {
+                GatewayError::InvalidPayload { format, detail }
+            }
+            ParseError::TooDeep { limit } => GatewayError::TooDeep { limit },
         }
     }
 }
@@ -197,6 +208,14 @@ mod tests {
                 GatewayError::PayloadTooLarge { limit: 1 },
                 413,
                 "payload_too_large",
+            ),
+            (
+                GatewayError::TooManyEvents {
+                    count: 1001,
+                    limit: 1000,
+                },
+                413,
+                "too_many_events",
             ),
             (GatewayError::IpNotAllowed, 403, "ip_not_allowed"),
             (

@@ -17,7 +17,8 @@
 //! - `ingest`: stages 10–12: duplicate check, envelopes, the durable commit; sync mode through
 //!   the dispatcher. Its outcome is `Accepted | Duplicate` per event.
 //! - [`provider`]: provider definitions (`providers/*.toml`) compiled into kinds and instances.
-//! - [`envelope`]: the provider-neutral envelope, canonical actions, ids.
+//! - [`envelope`]: the provider-neutral envelope, canonical actions, ids; [`json`]: how deep
+//!   JSON may nest, one set of limits for the parser and every reader of stored JSON.
 //! - [`store`]: the backend-neutral contract ([`store::contract`]: ingest, task queue, event
 //!   browser, maintenance) and the embedded backend ([`store::log`]).
 //! - [`dispatch`]: sink routes (a sink with its filter and retry policy), the dispatcher that
@@ -43,6 +44,7 @@ pub mod envelope;
 mod error;
 pub mod fixture;
 mod ingest;
+pub mod json;
 pub mod metrics;
 pub mod pipeline;
 pub mod provider;

@@ -159,6 +159,22 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether `sent` is this secret, compared as SHA-256 digests in constant time: the time
+    /// taken depends neither on where the values differ nor on the secret's length (comparing
+    /// the raw bytes would stop at once on a length mismatch, telling the sender the length).
+    pub fn matches(&self, sent: &[u8]) -> bool {
+        digest_eq(self.expose(), sent)
+    }
+}
+
+/// `expected == sent` as SHA-256 digests compared in constant time (see [`Secret::matches`]).
+pub fn digest_eq(expected: &[u8], sent: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let expected: [u8; 32] = Sha256::digest(expected).into();
+    let sent: [u8; 32] = Sha256::digest(sent).into();
+    expected.ct_eq(&sent).into()
 }
 
 impl From<Expanded> for Secret {
@@ -173,9 +189,55 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A URL as it may be shown (logs, attempt records, the admin API, `hookgate check`): without
+/// its query string, fragment and `user:password@`, which is where tokens live.
+pub fn redact_url(url: &str) -> String {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let url = &url[..end];
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme_end..]
+        .find('/')
+        .map_or(url.len(), |i| scheme_end + i);
+    match url[scheme_end..authority_end].rfind('@') {
+        Some(at) => format!("{}{}", &url[..scheme_end], &url[scheme_end + at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redacted_url_keeps_scheme_host_and_path_only() {
+        for (url, shown) in [
+            (
+                "https://h.example/hooks?token=abc",
+                "https://h.example/hooks",
+            ),
+            (
+                "https://user:pw@h.example:8443/p#frag",
+                "https://h.example:8443/p",
+            ),
+            ("http://a@b@h.example?x", "http://h.example"),
+            ("https://h.example/a@b/c", "https://h.example/a@b/c"),
+            ("not a url?secret", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_secret_matches_only_itself_whatever_the_length_sent() {
+        let secret = Secret::new("s3cret-token");
+        assert!(secret.matches(b"s3cret-token"));
+        for wrong in [&b""[..], b"s3cret", b"s3cret-token2", b"S3cret-token"] {
+            assert!(!secret.matches(wrong));
+        }
+        assert!(digest_eq(b"", b""));
+    }
 
     fn env(name: &str) -> Option<String> {
         match name {

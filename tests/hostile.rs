@@ -138,7 +138,7 @@ async fn every_hostile_request_gets_its_4xx_and_the_server_stays_up() {
         case("timestamp not a number", signed("/webhooks/demo", b"{}", now, "").replace_ts(now, "yesterday"), 401, Some("malformed_signature_header")),
         case("stale timestamp", signed("/webhooks/demo", b"{}", now - 3_600, ""), 401, Some("timestamp_out_of_tolerance")),
         case("future timestamp", signed("/webhooks/demo", b"{}", now + 3_600, ""), 401, Some("timestamp_out_of_tolerance")),
-        case("2000 stripe v1 entries", plain("POST", "/webhooks/stripe", &stripe_header, b"{}"), 401, Some("invalid_signature")),
+        case("2000 stripe v1 entries", plain("POST", "/webhooks/stripe", &stripe_header, b"{}"), 401, Some("malformed_signature_header")),
         case("garbage basic auth", plain("POST", "/webhooks/crm", "Authorization: Basic !!!\r\n", b"{}"), 401, Some("unauthorized")),
         case("huge basic auth", plain("POST", "/webhooks/crm", &huge_auth, b"{}"), 401, Some("unauthorized")),
         case("chunked body over the limit", chunked_over, 413, Some("payload_too_large")),

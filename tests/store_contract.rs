@@ -81,6 +81,8 @@ macro_rules! contract_suite {
                 a_closed_store_refuses_writes_promptly,
                 the_pending_count_follows_commits_and_deliveries,
                 unknown_ids_read_as_nothing,
+                a_long_backlog_behind_one_failing_object_does_not_starve_other_objects,
+                an_envelope_as_deep_as_the_gateway_writes_reads_back_whole,
             );
         }
     };
@@ -2073,4 +2075,75 @@ async fn unknown_ids_read_as_nothing(h: &mut Harness) {
         .await;
     assert!(page.events.is_empty());
     assert_eq!(page.next, None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases: hardening (issue 13)
+// ---------------------------------------------------------------------------------------------
+
+/// More tasks than the embedded store's old scan window (10,000) wait behind one failing
+/// object; a due task of another object committed after all of them is still handed out, and
+/// the pending count is exact.
+async fn a_long_backlog_behind_one_failing_object_does_not_starve_other_objects(h: &mut Harness) {
+    const BACKLOG: usize = 10_050;
+    let now = h.now_ms();
+    let later = now + 3_600 * SECOND;
+    let backlog: Vec<NewEnvelope> = (0..BACKLOG)
+        .map(|n| {
+            h.new_event("shop", &format!("evt_stuck_{n}"), "order.updated")
+                .lane("order-stuck")
+        })
+        .collect();
+    let head = backlog[0].eid();
+    let receipt = h.new_receipt(backlog);
+    let outcome = h.commit(receipt).done().await;
+    assert!(
+        matches!(&outcome, Commit::Stored(all) if all.len() == BACKLOG
+            && all.iter().all(|c| *c == Committed::Accepted)),
+        "the backlog is stored"
+    );
+    // The object's oldest task fails and waits an hour for its retry.
+    h.settle(&head, ALPHA, AttemptOutcome::Retry, Some(later))
+        .await;
+    let other = h
+        .new_event("shop", "evt_free", "order.updated")
+        .lane("order-free");
+    h.accept(other.clone()).await;
+
+    let due = h.take_due(ALPHA.into(), now, 10).done().await;
+    assert_eq!(
+        ids(&due.tasks),
+        [other.eid()],
+        "the other object's task is handed out past the blocked backlog"
+    );
+    assert_eq!(
+        h.pending_count(ALPHA.into()).done().await,
+        BACKLOG + 1,
+        "every pending task is counted"
+    );
+}
+
+/// The deepest envelope the gateway stores (a body at the parser's nesting limit, copied into
+/// `meta`) is handed out and read back unchanged.
+async fn an_envelope_as_deep_as_the_gateway_writes_reads_back_whole(h: &mut Harness) {
+    let mut deep = serde_json::json!([]);
+    for _ in 1..hookgate::json::MAX_BODY_DEPTH {
+        deep = serde_json::json!([deep]);
+    }
+    let mut event = h.new_event("shop", "evt_deep", "order.updated");
+    event.envelope.meta.insert("retry".into(), deep);
+    event.json = Bytes::from(serde_json::to_vec(&event.envelope).expect("serialises"));
+    assert!(hookgate::json::within_depth(
+        &event.json,
+        hookgate::json::MAX_ENVELOPE_DEPTH
+    ));
+    assert!(!hookgate::json::within_depth(
+        &event.json,
+        hookgate::json::MAX_ENVELOPE_DEPTH - 1
+    ));
+    let id = h.accept(event.clone()).await;
+    let due = h.take_due(ALPHA.into(), h.now_ms(), 10).done().await;
+    assert_eq!(ids(&due.tasks), std::slice::from_ref(&id));
+    assert_eq!(due.tasks[0].envelope.as_ref().ok(), Some(&event.envelope));
+    assert_eq!(h.envelope(id).done().await, Some(event.envelope));
 }

@@ -3,6 +3,7 @@
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use chrono::{DateTime, Utc};
+use hookgate::config::DEFAULT_BATCH_MAX_EVENTS;
 use hookgate::pipeline::normalise::{self, EnvelopeInfo};
 use hookgate::pipeline::plan::{self, Plan};
 use hookgate::provider::kind::Kind;
@@ -90,7 +91,7 @@ pub fn fixture_headers() -> HeaderMap {
 /// (`pipeline::plan`: handshake, format, batch elements, event IDs), then every envelope.
 pub fn normalise_all(kind: &Kind, value: &Value, headers: &HeaderMap, raw: &[u8]) {
     let _ = plan::header_event_id(kind, headers);
-    match plan::plan(kind, value, headers, raw) {
+    match plan::plan(kind, value, headers, raw, DEFAULT_BATCH_MAX_EVENTS) {
         Plan::Handshake(handshake) => {
             // The reply itself is HTTP, built by routes::webhook; resolve what it would read.
             let root = Context {
@@ -107,7 +108,7 @@ pub fn normalise_all(kind: &Kind, value: &Value, headers: &HeaderMap, raw: &[u8]
                 _ => {}
             }
         }
-        Plan::Unprocessable(_) => {}
+        Plan::Unprocessable(_) | Plan::TooManyEvents { .. } => {}
         Plan::Events(events) => {
             for (element, event_id) in &events.events {
                 let info = EnvelopeInfo {
@@ -120,8 +121,16 @@ pub fn normalise_all(kind: &Kind, value: &Value, headers: &HeaderMap, raw: &[u8]
                 if let Ok(envelope) =
                     normalise::envelope(events.rule, element, events.root, events.headers, info)
                 {
-                    // The envelope is stored as JSON: serialising must not fail either.
-                    serde_json::to_vec(&envelope).expect("an envelope serialises");
+                    // The envelope is stored as JSON: serialising must not fail either, and
+                    // (the body having passed the parser's nesting bound) what is stored nests
+                    // within the envelope bound and reads back.
+                    let stored = serde_json::to_vec(&envelope).expect("an envelope serialises");
+                    assert!(
+                        hookgate::json::within_depth(&stored, hookgate::json::MAX_ENVELOPE_DEPTH),
+                        "an envelope deeper than MAX_ENVELOPE_DEPTH"
+                    );
+                    hookgate::json::read::<hookgate::envelope::Envelope>(&stored)
+                        .expect("a stored envelope reads back");
                 }
             }
         }

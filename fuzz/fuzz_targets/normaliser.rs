@@ -2,7 +2,9 @@
 //!
 //! `parse_bytes` as JSON (and as form data); a body that parses goes through every kind of
 //! `providers/` (`load_dir`): handshake, `format`, `elements`, `event_id` and `envelope`, with
-//! the fixtures' headers present. Nothing may panic on any payload.
+//! the fixtures' headers present. Nothing may panic on any payload, and every envelope made
+//! from a body the parser accepts nests within `json::MAX_ENVELOPE_DEPTH` and reads back (the
+//! nesting bound, end to end).
 #![no_main]
 
 #[path = "common.rs"]

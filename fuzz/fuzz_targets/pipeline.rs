@@ -44,6 +44,7 @@ fn instance() -> Arc<Instance> {
                 basic_auth: None,
                 body_limit: 1 << 20,
                 mode: DeliveryMode::Async,
+                batch_max_events: hookgate::config::DEFAULT_BATCH_MAX_EVENTS,
             })
         })
         .clone()

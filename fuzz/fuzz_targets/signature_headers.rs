@@ -3,7 +3,8 @@
 //! Input: `<selector byte><Name: value lines>\n\n<body>`. The selector (mod 8) picks the kind;
 //! each line becomes a header (`@url: ...` overrides the URL Twilio signs). Keys are the
 //! fixtures' (`fixtures/<kind>/instance.toml`), so seeds made from the fixtures verify at
-//! `NOW` and the fuzzer starts on the success path. `verify` must never panic.
+//! `NOW` and the fuzzer starts on the success path. `verify` must never panic, and no header
+//! with more signatures than `MAX_SIGNATURES` may verify.
 #![no_main]
 
 #[path = "common.rs"]
@@ -12,7 +13,7 @@ mod common;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use hookgate::pipeline::signature::{Key, Message};
+use hookgate::pipeline::signature::{Key, Message, MAX_SIGNATURES};
 use hookgate::provider::kind::{load_file, Kind};
 use hookgate::secret::Secret;
 use libfuzzer_sys::fuzz_target;
@@ -82,12 +83,29 @@ fuzz_target!(|data: &[u8]| {
     let mut url = Some(common::TWILIO_URL.to_owned());
     let headers = common::parse_headers(head, &mut url);
     let message = Message::new(&headers, body, url.as_deref());
+    // The multi-signature bound: no header with more entries than MAX_SIGNATURES verifies.
+    let entries = |name: &str, separator: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map_or(0, |v| v.split(separator).filter(|e| !e.trim().is_empty()).count())
+    };
+    let over_bound = match target.kind.name.as_str() {
+        "standard-webhooks" => entries("webhook-signature", " ").max(entries("svix-signature", " ")),
+        "stripe" => entries("stripe-signature", ","),
+        "paddle" => entries("paddle-signature", ";"),
+        _ => 0,
+    } > MAX_SIGNATURES + 1;
     // The gateway's own call, then extremes of clock and tolerance (arithmetic on timestamps).
     for (tolerance, now) in [
         (300, common::NOW),
         (u64::MAX, i64::MIN),
         (0, i64::MAX),
     ] {
-        let _ = target.kind.scheme.verify(&message, &target.keys, tolerance, now);
+        let verified = target.kind.scheme.verify(&message, &target.keys, tolerance, now);
+        assert!(
+            !(over_bound && verified.is_ok()),
+            "a header with more than MAX_SIGNATURES signatures verified"
+        );
     }
 });

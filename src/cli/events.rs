@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::store::log::LogStore;
 use crate::store::postgres::PgStore;
 use crate::store::Store;
+use crate::telemetry::{escape_controls, LineStyle};
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
@@ -165,17 +166,18 @@ impl Backend {
 
 async fn read(response: reqwest::Response) -> anyhow::Result<Value> {
     let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .context("the gateway answered no JSON")?;
+    let bytes = response.bytes().await?;
+    // The same nesting limit the store reads envelopes with.
+    let body: Value = crate::json::read(&bytes).context("the gateway answered no JSON")?;
     if !status.is_success() {
         bail!(
             "{}: {}",
             status,
-            body["error"]["message"]
-                .as_str()
-                .unwrap_or("request failed")
+            text(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("request failed")
+            )
         );
     }
     Ok(body)
@@ -237,12 +239,12 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow!(e))?
                 .ok_or_else(|| anyhow!("no stored event has id {id}"))?;
-            println!("{}", serde_json::to_string_pretty(&body)?);
+            print_json(&body)?;
             Ok(())
         }
         (Backend::Api { .. }, EventsCommand::Show { id }) => {
             let body = backend.get(&format!("/events/{id}"), &[]).await?;
-            println!("{}", serde_json::to_string_pretty(&body)?);
+            print_json(&body)?;
             Ok(())
         }
         (_, EventsCommand::DeadLetters { sink, limit }) => {
@@ -256,7 +258,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                     backend.get("/dead-letters", &query).await?
                 }
             };
-            println!("{}", serde_json::to_string_pretty(&body)?);
+            print_json(&body)?;
             Ok(())
         }
         (
@@ -304,6 +306,19 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
     result
 }
 
+/// A stored value as it may go to a terminal: ids, types and errors come from senders and
+/// sinks, so their control characters are shown escaped, never sent to the terminal.
+fn text(value: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls(value, LineStyle::Text { ansi: false })
+}
+
+/// JSON for the terminal: serde_json escapes C0 controls; DEL and C1 are escaped here too.
+fn print_json(body: &Value) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(body)?;
+    println!("{}", escape_controls(&json, LineStyle::Json));
+    Ok(())
+}
+
 fn print_list(body: &Value) {
     let events = body["events"].as_array().cloned().unwrap_or_default();
     for event in &events {
@@ -314,25 +329,26 @@ fn print_list(body: &Value) {
                     .map(|t| {
                         format!(
                             "{}:{}({})",
-                            t["sink"].as_str().unwrap_or_default(),
-                            t["status"].as_str().unwrap_or_default(),
+                            text(t["sink"].as_str().unwrap_or_default()),
+                            text(t["status"].as_str().unwrap_or_default()),
                             t["attempts"]
                         )
                     })
                     .collect()
             })
             .unwrap_or_default();
+        let field = |name: &str| text(event[name].as_str().unwrap_or_default()).into_owned();
         println!(
             "{}  {}  {:<12} {:<14} {:<40} {}",
-            event["id"].as_str().unwrap_or_default(),
-            event["received_at"].as_str().unwrap_or_default(),
-            event["provider"].as_str().unwrap_or_default(),
-            event["status"].as_str().unwrap_or_default(),
-            event["event_id"].as_str().unwrap_or_default(),
+            field("id"),
+            field("received_at"),
+            field("provider"),
+            field("status"),
+            field("event_id"),
             deliveries.join(" ")
         );
     }
     if let Some(next) = body["next"].as_str() {
-        println!("more: --before {next}");
+        println!("more: --before {}", text(next));
     }
 }

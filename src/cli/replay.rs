@@ -15,6 +15,7 @@ use super::sign::{load_kind, resign};
 use crate::config::{self, InstanceSettings, LoadedSettings};
 use crate::fixture::{self, FixtureSet};
 use crate::secret::Secret;
+use crate::telemetry::{escape_controls, LineStyle};
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
@@ -191,7 +192,10 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
                 Ok(response) => {
                     let status = response.status();
                     let text = response.text().await.unwrap_or_default();
+                    // The answer names ids the gateway chose or read from the fixture: shown
+                    // with control characters escaped, never sent to the terminal as they are.
                     let summary = summarize(&text);
+                    let summary = escape_controls(&summary, LineStyle::Text { ansi: false });
                     println!("{label:<48} {} {summary}", status.as_u16());
                     if !status.is_success() {
                         failed += 1;

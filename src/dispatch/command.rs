@@ -1,6 +1,7 @@
 //! The `command` sink: runs the program with the envelope as JSON on stdin. Exit 0 is delivered;
 //! any other exit, a failure to start, or running past the timeout (the process is killed) is
-//! retried. The end of stderr is kept in the attempt record.
+//! retried. The end of stderr (its last [`STDERR_LIMIT`] bytes) is kept in the attempt record;
+//! the rest is read and dropped as it comes, so a chatty program costs no memory.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -12,7 +13,26 @@ use super::Attempt;
 use crate::envelope::Envelope;
 
 /// How much of stderr is kept in the attempt record.
-const STDERR_LIMIT: usize = 4096;
+pub const STDERR_LIMIT: usize = 512;
+
+/// Reads `reader` to its end, keeping only the last `limit` bytes.
+async fn read_tail(reader: &mut (impl AsyncReadExt + Unpin), limit: usize) -> Vec<u8> {
+    let mut chunk = [0u8; 4096];
+    // Never grows: at most `limit` kept plus one chunk read.
+    let mut tail = Vec::with_capacity(limit + chunk.len());
+    loop {
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&chunk[..n]);
+                if tail.len() > limit {
+                    tail.drain(..tail.len() - limit);
+                }
+            }
+        }
+    }
+    tail
+}
 
 #[derive(Debug)]
 pub struct CommandSink {
@@ -65,7 +85,7 @@ impl CommandSink {
             drop(stdin);
             let mut captured = Vec::new();
             if let Some(stderr) = stderr.as_mut() {
-                let _ = stderr.read_to_end(&mut captured).await;
+                captured = read_tail(stderr, STDERR_LIMIT).await;
             }
             (child.wait().await, captured)
         };
@@ -82,8 +102,7 @@ impl CommandSink {
                         exit_code: Some(0),
                     }
                 } else {
-                    let tail = &stderr[stderr.len().saturating_sub(STDERR_LIMIT)..];
-                    let text = String::from_utf8_lossy(tail).trim().to_owned();
+                    let text = String::from_utf8_lossy(&stderr).trim().to_owned();
                     Self::retry(
                         match status.code() {
                             Some(code) => format!("exit {code}: {text}"),
@@ -94,5 +113,25 @@ impl CommandSink {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_the_tail_of_a_long_stream_is_kept() {
+        let mut long = tokio::io::repeat(b'x')
+            .take(8 * 1024 * 1024)
+            .chain(&b"the end"[..]);
+        let tail = read_tail(&mut long, STDERR_LIMIT).await;
+        assert_eq!(tail.len(), STDERR_LIMIT);
+        assert!(tail.ends_with(b"xxthe end"));
+        assert!(
+            tail.capacity() <= STDERR_LIMIT + 4096,
+            "{}",
+            tail.capacity()
+        );
     }
 }

@@ -3,6 +3,11 @@
 //! `webhook-signature` with the sink's `whsec_` secret), so any Standard Webhooks library can
 //! verify it. 2xx is delivered; 408, 429, 5xx, timeouts and connection errors are retried
 //! (`Retry-After` honoured); any other status is a permanent failure.
+//!
+//! Redirects are not followed: a 3xx is a failed attempt (retried) whose error names the
+//! `Location`, so a redirect is never recorded as delivered and the sink's own headers
+//! (credentials, often) never reach another host. Of an error answer at most
+//! [`ERROR_BODY_LIMIT`] bytes are read. Errors show the URL without query or userinfo.
 
 use std::time::Duration;
 
@@ -14,11 +19,12 @@ use crate::envelope::Envelope;
 use crate::pipeline::signature::standard::SigningKey;
 use crate::pipeline::signature::standard::StandardScheme;
 use crate::pipeline::signature::SignInput;
+use crate::secret::redact_url;
 
 /// The Standard Webhooks header set hookgate signs outgoing deliveries with.
 const OUTGOING_PREFIX: &str = "webhook-";
-/// How much of a failed response body is kept in the attempt record.
-const ERROR_BODY_LIMIT: usize = 512;
+/// How much of a failed response body is read and kept in the attempt record.
+pub const ERROR_BODY_LIMIT: usize = 512;
 
 pub struct HttpSink {
     url: String,
@@ -37,6 +43,7 @@ impl HttpSink {
         headers: Vec<(HeaderName, HeaderValue)>,
     ) -> Result<Self, String> {
         let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("hookgate/", env!("CARGO_PKG_VERSION")))
@@ -111,7 +118,7 @@ impl HttpSink {
                 error: if e.is_timeout() {
                     "timed out".to_owned()
                 } else {
-                    format!("request failed: {e}")
+                    format!("request to {} failed: {}", redact_url(&self.url), cause(e))
                 },
                 http_status: None,
                 exit_code: None,
@@ -119,6 +126,43 @@ impl HttpSink {
             },
         }
     }
+}
+
+/// A reqwest error and its causes, without the URL (which may carry a token).
+fn cause(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// At most [`ERROR_BODY_LIMIT`] bytes of an error answer's body, read chunk by chunk: the
+/// rest is never read (the connection is dropped with it).
+async fn snippet(mut response: reqwest::Response) -> String {
+    let mut bytes = Vec::new();
+    while bytes.len() < ERROR_BODY_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = ERROR_BODY_LIMIT - bytes.len();
+                bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // A character cut in two at the limit is dropped, not shown as garbage.
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) => text,
+        Err(e) if e.error_len().is_none() => {
+            std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default()
+        }
+        Err(_) => return String::from_utf8_lossy(&bytes).trim().to_owned(),
+    };
+    text.trim().to_owned()
 }
 
 async fn classify(response: reqwest::Response) -> Attempt {
@@ -136,15 +180,22 @@ async fn classify(response: reqwest::Response) -> Attempt {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let mut text = response.text().await.unwrap_or_default();
-    if text.len() > ERROR_BODY_LIMIT {
-        let mut cut = ERROR_BODY_LIMIT;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
+    if status.is_redirection() {
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .map(|v| redact_url(&String::from_utf8_lossy(v.as_bytes())))
+            .unwrap_or_else(|| "nowhere".to_owned());
+        return Attempt::Retry {
+            error: format!(
+                "HTTP {code}: redirected to {location}; redirects are not followed (set the sink's url to where it should deliver)"
+            ),
+            http_status: Some(code),
+            exit_code: None,
+            retry_after,
+        };
     }
-    let error = format!("HTTP {code}: {}", text.trim());
+    let error = format!("HTTP {code}: {}", snippet(response).await);
     if code == 408 || code == 429 || status.is_server_error() {
         Attempt::Retry {
             error,

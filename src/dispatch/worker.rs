@@ -21,6 +21,9 @@ const IDLE_POLL: Duration = Duration::from_secs(5);
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// Shortest sleep before a retry that is due "now".
 const MIN_WAIT: Duration = Duration::from_millis(5);
+/// How often the queue-depth metric is recounted ([`crate::store::TaskQueue::pending_count`]
+/// is exact, while a round only sees the tasks its scan reached).
+const DEPTH_REFRESH: Duration = Duration::from_secs(5);
 
 /// What a worker needs.
 #[derive(Clone)]
@@ -36,9 +39,22 @@ impl Worker {
         let mut wakeups = self.store.wakeups();
         let name = self.route.name.clone();
         debug!(sink = %name, "Delivery worker started.");
+        let mut depth_counted: Option<Instant> = None;
         loop {
             if *stop.borrow() {
                 break;
+            }
+            if depth_counted.is_none_or(|at| at.elapsed() >= DEPTH_REFRESH) {
+                match self.store.pending_count(name.clone()).await {
+                    Ok(depth) => {
+                        self.metrics
+                            .queue_depth
+                            .with_label_values(&[&name])
+                            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+                        depth_counted = Some(Instant::now());
+                    }
+                    Err(e) => warn!(sink = %name, error = %e, "Cannot count the queue."),
+                }
             }
             let wait = match self.round().await {
                 Ok(Some(wait)) => wait,
@@ -64,10 +80,6 @@ impl Worker {
             .store
             .take_due(self.route.name.clone(), now, self.route.concurrency)
             .await?;
-        self.metrics
-            .queue_depth
-            .with_label_values(&[&self.route.name])
-            .set(i64::try_from(due.pending).unwrap_or(i64::MAX));
         if due.tasks.is_empty() {
             let wait = due
                 .next_due_ms

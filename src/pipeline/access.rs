@@ -28,8 +28,11 @@ pub const FORWARDED: &str = "forwarded";
 /// The `WWW-Authenticate` challenge sent with 401 `unauthorized`.
 pub const BASIC_CHALLENGE: &str = "Basic realm=\"hookgate\", charset=\"UTF-8\"";
 
-/// Resolves the client address of a request that arrived from `peer`.
+/// Resolves the client address of a request that arrived from `peer`. IPv4-mapped addresses
+/// (`::ffff:a.b.c.d`, what a dual-stack listener reports for IPv4 peers) are IPv4 from here on,
+/// so they match IPv4 `trusted_proxies` and `allow_ips` and are stored as IPv4.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = canonical(peer);
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return Some(peer);
@@ -41,7 +44,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option
     // Walk from the nearest hop outwards; the first hop we do not trust is the client.
     let mut candidate = peer;
     for hop in chain.iter().rev() {
-        let ip = (*hop)?;
+        let ip = canonical((*hop)?);
         candidate = ip;
         if !is_trusted(&ip) {
             return Some(ip);
@@ -109,7 +112,7 @@ pub fn is_allowed(ip: Option<IpAddr>, allow: &[IpNet]) -> bool {
 }
 
 /// IPv4-mapped IPv6 addresses compare as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()
@@ -270,6 +273,27 @@ mod tests {
         );
         let h = headers(X_FORWARDED_FOR, "not-an-ip");
         assert_eq!(client_ip(peer, &h, &trusted), None);
+    }
+
+    #[test]
+    fn an_ipv4_mapped_peer_or_hop_counts_as_ipv4() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let mapped: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
+        let h = headers(X_FORWARDED_FOR, "203.0.113.9");
+        assert_eq!(
+            client_ip(mapped, &h, &trusted),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        let h = headers(X_FORWARDED_FOR, "::ffff:203.0.113.9, ::ffff:10.0.0.7");
+        assert_eq!(
+            client_ip(mapped, &h, &trusted),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        let untrusted: IpAddr = "::ffff:198.51.100.1".parse().unwrap();
+        assert_eq!(
+            client_ip(untrusted, &HeaderMap::new(), &trusted),
+            Some("198.51.100.1".parse().unwrap())
+        );
     }
 
     #[test]

@@ -300,4 +300,138 @@ mod tests {
         assert_ne!(id(&a), id(&c));
         assert!(id(&a).starts_with(DERIVED_ID_PREFIX));
     }
+
+    /// Deterministic xorshift64* for the property test below.
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// A value nesting exactly `depth` levels (arrays and objects, chosen at random).
+    fn nested(gen: &mut Gen, depth: usize) -> Value {
+        let mut value = match gen.below(3) {
+            0 => json!("leaf"),
+            1 => json!(gen.below(1000)),
+            _ => Value::Null,
+        };
+        for _ in 0..depth {
+            value = if gen.below(2) == 0 {
+                json!([value])
+            } else {
+                json!({ "k": value })
+            };
+        }
+        value
+    }
+
+    /// Every pointer in `value` with the number of arrays and objects around it.
+    fn pointers(value: &Value, at: String, above: usize, out: &mut Vec<(String, usize)>) {
+        out.push((at.clone(), above));
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    let key = key.replace('~', "~0").replace('/', "~1");
+                    pointers(child, format!("{at}/{key}"), above + 1, out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    pointers(child, format!("{at}/{i}"), above + 1, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The nesting bound holds end to end for every committed kind: a fixture body with a
+    /// value anywhere replaced by one nesting to exactly the body limit still parses, every
+    /// envelope made from it nests at most `MAX_ENVELOPE_DEPTH` and reads back unchanged, and
+    /// one level more is refused at parse.
+    #[test]
+    fn envelopes_of_bodies_at_the_nesting_limit_stay_within_the_read_limit_property() {
+        use crate::json::{self, MAX_BODY_DEPTH, MAX_ENVELOPE_DEPTH};
+        use crate::pipeline::parse::{parse_bytes, ParseError};
+        use crate::pipeline::plan::{plan, Plan};
+        use crate::provider::definition::BodyFormat;
+        use actix_web::http::header::{HeaderName, HeaderValue};
+
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let kinds = crate::provider::kind::load_dir(&root.join("providers")).unwrap();
+        let sets = crate::fixture::discover(&[root.join("fixtures")]).unwrap();
+        let mut gen = Gen(0x6e65_7374);
+        let mut checked = 0;
+        for set in &sets {
+            let kind = &kinds[&set.kind];
+            for case in &set.cases {
+                let Ok(original) = serde_json::from_slice::<Value>(&case.body) else {
+                    continue; // a form body: one level of strings
+                };
+                let mut headers = HeaderMap::new();
+                for (name, value) in &case.headers {
+                    headers.insert(
+                        HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                        HeaderValue::from_str(value).unwrap(),
+                    );
+                }
+                let mut spots = Vec::new();
+                pointers(&original, String::new(), 0, &mut spots);
+                for round in 0..25 {
+                    let (at, above) = spots[gen.below(spots.len())].clone();
+                    let what = format!("{}/{} round {round} at `{at}`", set.kind, case.name);
+                    let mut body = original.clone();
+                    let deep = nested(&mut gen, MAX_BODY_DEPTH - above);
+                    *body.pointer_mut(&at).unwrap() = deep;
+                    let bytes = serde_json::to_vec(&body).unwrap();
+                    let parsed = parse_bytes(BodyFormat::Json, &bytes)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let mut deeper = original.clone();
+                    *deeper.pointer_mut(&at).unwrap() =
+                        nested(&mut gen, MAX_BODY_DEPTH - above + 1);
+                    assert!(
+                        matches!(
+                            parse_bytes(BodyFormat::Json, &serde_json::to_vec(&deeper).unwrap()),
+                            Err(ParseError::TooDeep { .. })
+                        ),
+                        "{what}: one level more is refused"
+                    );
+                    let Plan::Events(events) = plan(kind, &parsed, &headers, &bytes, 1000) else {
+                        continue;
+                    };
+                    for (element, event_id) in &events.events {
+                        let info = EnvelopeInfo {
+                            id: "01HZZZZZZZZZZZZZZZZZZZZZZZ".into(),
+                            provider: "p",
+                            kind: &kind.name,
+                            event_id: event_id.clone(),
+                            received_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+                        };
+                        let Ok(envelope) =
+                            envelope(events.rule, element, events.root, events.headers, info)
+                        else {
+                            continue;
+                        };
+                        let stored = serde_json::to_vec(&envelope).unwrap();
+                        assert!(
+                            json::within_depth(&stored, MAX_ENVELOPE_DEPTH),
+                            "{what}: the envelope nests deeper than {MAX_ENVELOPE_DEPTH}"
+                        );
+                        let read: Envelope = json::read(&stored).unwrap();
+                        assert_eq!(read, envelope, "{what}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 300, "only {checked} envelopes were checked");
+    }
 }

@@ -18,6 +18,9 @@ pub enum Plan<'a> {
     Events(Events<'a>),
     /// Stage 11 cannot succeed: keep the receipt for inspection, answer 422.
     Unprocessable(NormaliseError),
+    /// A batch of more events than the instance takes in one delivery: refused (413) before
+    /// any event ID is computed, nothing stored.
+    TooManyEvents { count: usize, limit: usize },
 }
 
 /// The events of one body.
@@ -35,8 +38,15 @@ pub struct Events<'a> {
     pub replay_guard: Option<String>,
 }
 
-/// Plans a verified body. `raw` is the exact bytes (event IDs may be hashed from them).
-pub fn plan<'a>(kind: &'a Kind, root: &'a Value, headers: &'a HeaderMap, raw: &[u8]) -> Plan<'a> {
+/// Plans a verified body. `raw` is the exact bytes (event IDs may be hashed from them); a
+/// batch of more than `max_events` elements is [`Plan::TooManyEvents`].
+pub fn plan<'a>(
+    kind: &'a Kind,
+    root: &'a Value,
+    headers: &'a HeaderMap,
+    raw: &[u8],
+    max_events: usize,
+) -> Plan<'a> {
     let ctx = Context {
         body: root,
         root,
@@ -53,6 +63,12 @@ pub fn plan<'a>(kind: &'a Kind, root: &'a Value, headers: &'a HeaderMap, raw: &[
         Ok(elements) => elements,
         Err(e) => return Plan::Unprocessable(e),
     };
+    if elements.len() > max_events {
+        return Plan::TooManyEvents {
+            count: elements.len(),
+            limit: max_events,
+        };
+    }
     let events = elements
         .into_iter()
         .map(|element| {

@@ -35,6 +35,8 @@ pub struct Instance {
     pub body_limit: usize,
     /// Whether sinks run before the answer.
     pub mode: DeliveryMode,
+    /// Most events one delivery may carry (`batch_max_events`).
+    pub batch_max_events: usize,
 }
 
 impl Instance {
@@ -126,6 +128,7 @@ impl Registry {
                     basic_auth: cfg.basic_auth.as_ref().map(BasicAuth::new),
                     body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
                     mode: cfg.mode,
+                    batch_max_events: cfg.batch_max_events,
                 }),
             );
         }

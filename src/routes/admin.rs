@@ -1,5 +1,7 @@
-//! `/admin`: the operator API, behind `Authorization: Bearer <admin.token>` (constant-time
-//! comparison). Without a configured token every `/admin` route answers 404.
+//! `/admin`: the operator API, behind `Authorization: Bearer <admin.token>` (SHA-256 digests
+//! compared in constant time, so neither the token nor its length leaks). Without a configured
+//! token every `/admin` route answers 404. The token is checked before anything else of the
+//! request is looked at; every refusal, a bad query string included, is a JSON error.
 //!
 //! | route | does |
 //! |-------|------|
@@ -14,7 +16,6 @@ use actix_web::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 use super::AppState;
 use crate::admin::{self, ListQuery};
@@ -49,7 +50,7 @@ fn refuse(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix(BEARER))
         .unwrap_or_default();
-    if bool::from(sent.as_bytes().ct_eq(token.expose())) {
+    if token.matches(sent.as_bytes()) {
         None
     } else {
         let mut response = error(
@@ -87,25 +88,46 @@ async fn answered<T>(
     }
 }
 
-async fn list(
-    req: HttpRequest,
-    query: web::Query<ListQuery>,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+/// The query string, parsed only once the caller is known to be the operator; `Err` is the
+/// reason, for [`bad_query`].
+fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, String> {
+    web::Query::<T>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| format!("invalid query string: {e}"))
+}
+
+fn bad_query(reason: &str) -> HttpResponse {
+    error(
+        actix_web::http::StatusCode::BAD_REQUEST,
+        "bad_request",
+        reason,
+    )
+}
+
+/// The `{id}` path segment as sent.
+fn path_id(req: &HttpRequest) -> String {
+    req.match_info().get("id").unwrap_or_default().to_owned()
+}
+
+async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if let Some(refusal) = refuse(&req, &state) {
         return refusal;
     }
-    let query = query.into_inner();
+    let query: ListQuery = match query(&req) {
+        Ok(query) => query,
+        Err(reason) => return bad_query(&reason),
+    };
     match answered(admin::list(&*state.store, &query)).await {
         Ok(body) => HttpResponse::Ok().json(body),
         Err(response) => response,
     }
 }
 
-async fn show(req: HttpRequest, id: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+async fn show(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if let Some(refusal) = refuse(&req, &state) {
         return refusal;
     }
+    let id = path_id(&req);
     match answered(admin::show(&*state.store, &id)).await {
         Ok(Some(body)) => HttpResponse::Ok().json(body),
         Ok(None) => error(
@@ -135,16 +157,15 @@ fn check_sink(state: &AppState, sink: Option<&str>) -> Option<HttpResponse> {
     }
 }
 
-async fn redeliver(
-    req: HttpRequest,
-    id: web::Path<String>,
-    query: web::Query<SinkQuery>,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+async fn redeliver(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if let Some(refusal) = refuse(&req, &state) {
         return refusal;
     }
-    let sink = query.into_inner().sink;
+    let id = path_id(&req);
+    let sink = match query::<SinkQuery>(&req) {
+        Ok(query) => query.sink,
+        Err(reason) => return bad_query(&reason),
+    };
     if let Some(refusal) = check_sink(&state, sink.as_deref()) {
         return refusal;
     }
@@ -160,15 +181,14 @@ async fn redeliver(
     }
 }
 
-async fn dead_letters(
-    req: HttpRequest,
-    query: web::Query<SinkQuery>,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+async fn dead_letters(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if let Some(refusal) = refuse(&req, &state) {
         return refusal;
     }
-    let query = query.into_inner();
+    let query: SinkQuery = match query(&req) {
+        Ok(query) => query,
+        Err(reason) => return bad_query(&reason),
+    };
     let limit = query.limit.unwrap_or(admin::DEFAULT_LIMIT);
     match answered(admin::dead_letters(
         &*state.store,
@@ -182,15 +202,14 @@ async fn dead_letters(
     }
 }
 
-async fn redeliver_dead(
-    req: HttpRequest,
-    query: web::Query<SinkQuery>,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+async fn redeliver_dead(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if let Some(refusal) = refuse(&req, &state) {
         return refusal;
     }
-    let sink = query.into_inner().sink;
+    let sink = match query::<SinkQuery>(&req) {
+        Ok(query) => query.sink,
+        Err(reason) => return bad_query(&reason),
+    };
     if let Some(refusal) = check_sink(&state, sink.as_deref()) {
         return refusal;
     }

@@ -64,9 +64,15 @@ async fn receive(
     name: String,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
+    // A name that is not configured is whatever the caller put in the path: never logged.
+    let label = if state.registry.get(&name).is_some() {
+        name.as_str()
+    } else {
+        UNKNOWN_PROVIDER_LABEL
+    };
     let span = tracing::debug_span!(
         "webhook",
-        provider = %name,
+        provider = %label,
         event_id = field::Empty,
         outcome = field::Empty,
     );
@@ -109,6 +115,10 @@ fn log_rejection(req: &HttpRequest, state: &AppState, provider: &str, error: &Ga
     match error {
         GatewayError::StorageUnavailable(cause) => {
             warn!(%provider, ?peer, error = %cause, suppressed, "Rejected: storage unavailable.")
+        }
+        // Its message repeats the path the caller sent; the code says enough.
+        GatewayError::UnknownProvider(_) => {
+            info!(%provider, ?peer, code = error.code(), suppressed, "Rejected.")
         }
         _ => info!(%provider, ?peer, code = error.code(), reason = %error, suppressed, "Rejected."),
     }
@@ -187,7 +197,9 @@ async fn handle(
     // 8. parse
     let value = parse::parse(&verified)?;
     // 9–13
-    match plan::plan(kind, &value, headers, &verified.body) {
+    let max_events = verified.instance.batch_max_events;
+    match plan::plan(kind, &value, headers, &verified.body, max_events) {
+        Plan::TooManyEvents { count, limit } => Err(GatewayError::TooManyEvents { count, limit }),
         Plan::Handshake(handshake) => {
             tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
             tracing::debug!(handshake = %handshake.name, "Handshake answered.");

@@ -43,7 +43,8 @@ pub trait IngestStore: Send + Sync {
 pub trait TaskQueue: Send + Sync {
     /// Leases up to `limit` due pending tasks of `sink` (next attempt at or before `now_ms`),
     /// oldest first, at most one per ordering lane, and none whose lane has an older task still
-    /// pending or leased: per-object order.
+    /// pending or leased: per-object order. However many tasks wait behind a lane's oldest
+    /// one, they do not keep due tasks of other lanes from being taken.
     fn take_due(&self, sink: String, now_ms: i64, limit: usize) -> StoreFuture<Due>;
 
     /// Leases the pending tasks of these envelopes for `sink` whatever their due time, skipping

@@ -198,8 +198,8 @@ pub struct Due {
     /// The earliest time (Unix ms) a task not taken now can be taken: its due time, or when
     /// its lease ends; `now` when the limit left due tasks behind.
     pub next_due_ms: Option<i64>,
-    /// Pending tasks of the sink (queue depth). A backend may stop counting at its scan limit
-    /// (the embedded store counts up to 10,000 per call); [`TaskQueue::pending_count`] is exact.
+    /// Pending tasks of the sink the scan looked at. A backend may stop counting at its scan
+    /// limit; [`TaskQueue::pending_count`] is exact (the queue-depth metric uses it).
     ///
     /// [`TaskQueue::pending_count`]: super::TaskQueue::pending_count
     pub pending: usize,
@@ -314,6 +314,10 @@ pub struct EventPage {
 /// Storage trouble. Every variant maps to 503 so the provider retries.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A stored record is there but cannot be decoded (a delivery task whose envelope this is
+    /// becomes a dead letter; the event browser shows the reason).
+    #[error("a stored record cannot be read: {0}")]
+    Unreadable(String),
     #[error("write queue is full")]
     QueueFull,
     #[error("store is shutting down")]

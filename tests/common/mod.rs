@@ -75,6 +75,8 @@ pub struct SpawnOptions {
     pub handlers: Vec<hookgate::dispatch::HandlerRoute>,
     /// Let time pass (retries are due at real times); otherwise the clock stands still.
     pub moving_clock: bool,
+    /// Listen here instead of `127.0.0.1:0` (the port must stay 0).
+    pub bind: Option<String>,
 }
 
 pub async fn spawn(extra: &str) -> TestApp {
@@ -88,7 +90,10 @@ pub async fn spawn_with(extra: &str, options: SpawnOptions) -> TestApp {
 
 /// Starts a gateway whose store and sink live in `dir` (reuse `dir` to restart).
 pub async fn spawn_in(dir: Arc<TempDir>, extra: &str, options: SpawnOptions) -> TestApp {
-    let text = config_text(dir.path(), &options.server_extra, extra);
+    let mut text = config_text(dir.path(), &options.server_extra, extra);
+    if let Some(bind) = &options.bind {
+        text = text.replace("bind = \"127.0.0.1:0\"", &format!("bind = \"{bind}\""));
+    }
     let path = dir.path().join("config.toml");
     std::fs::write(&path, text).unwrap();
     let loaded = hookgate::config::load(&path).expect("test config is valid");

@@ -11,13 +11,14 @@ use subtle::ConstantTimeEq;
 
 use super::{
     check_tolerance, describe, format_timestamp, header_name, parse_timestamp, set_pointer, source,
-    sources, Key, Message, SignInput, SignatureError, Signed, DEFAULT_TOLERANCE_SECS,
+    sources, too_many_signatures, Key, Message, SignInput, SignatureError, Signed,
+    DEFAULT_TOLERANCE_SECS, MAX_SIGNATURES,
 };
 use crate::provider::definition::{
     HmacAlgorithm, SignatureDef, SignatureEncoding, TimestampFormat,
 };
 use crate::provider::source::{Source, Sources};
-use crate::secret::Secret;
+use crate::secret::{digest_eq, Secret};
 
 /// One piece of a signed string.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +133,29 @@ pub(crate) fn decode(encoding: SignatureEncoding, text: &str) -> Option<Vec<u8>>
     }
 }
 
+/// Whether any shared key's MAC equals one of `candidates`: `mac_of` runs once per key (never
+/// once per candidate), and every comparison is constant time.
+pub(crate) fn any_key_matches(
+    keys: &[Key],
+    candidates: &[Vec<u8>],
+    mut mac_of: impl FnMut(&[u8]) -> Vec<u8>,
+) -> bool {
+    if candidates.is_empty() {
+        return false;
+    }
+    let mut matched = subtle::Choice::from(0);
+    for key in keys {
+        let Key::Shared(secret) = key else {
+            continue;
+        };
+        let expected = mac_of(secret.expose());
+        for candidate in candidates {
+            matched |= expected.as_slice().ct_eq(candidate);
+        }
+    }
+    matched.into()
+}
+
 /// Whether any shared key's MAC of `signed` equals one of `signatures` (constant time).
 fn any_match(
     algorithm: HmacAlgorithm,
@@ -139,15 +163,7 @@ fn any_match(
     signed: &[u8],
     signatures: &[Vec<u8>],
 ) -> bool {
-    keys.iter().any(|key| {
-        let Key::Shared(secret) = key else {
-            return false;
-        };
-        let expected = mac(algorithm, secret.expose(), signed);
-        signatures
-            .iter()
-            .any(|sig| bool::from(expected.as_slice().ct_eq(sig)))
-    })
+    any_key_matches(keys, signatures, |key| mac(algorithm, key, signed))
 }
 
 #[derive(Debug)]
@@ -424,7 +440,11 @@ impl KeyedScheme {
             .ok_or_else(|| SignatureError::Missing(format!("{header} header")))?;
         let mut timestamp = None;
         let mut signatures = Vec::new();
-        for item in sent.split(self.separator.as_str()) {
+        for (n, item) in sent.split(self.separator.as_str()).enumerate() {
+            // The timestamp and at most MAX_SIGNATURES others (signatures, other versions).
+            if n > MAX_SIGNATURES {
+                return Err(too_many_signatures(header));
+            }
             let Some((key, value)) = item.trim().split_once('=') else {
                 return Err(SignatureError::Malformed(format!(
                     "{header} header (items are key=value)"
@@ -495,9 +515,10 @@ impl TokenScheme {
         let sent = message
             .text(&Source::Header(self.header.clone()))
             .ok_or_else(|| SignatureError::Missing(format!("{} header", self.header)))?;
-        let matched = keys.iter().any(|k| match k {
-            Key::Shared(secret) => bool::from(sent.as_bytes().ct_eq(secret.expose())),
-            _ => false,
+        // Digests, not the raw bytes: a raw comparison ends early on a length mismatch.
+        let matched = keys.iter().fold(false, |matched, k| match k {
+            Key::Shared(secret) => digest_eq(secret.expose(), sent.as_bytes()) | matched,
+            _ => matched,
         });
         if matched {
             Ok(())

@@ -3,8 +3,9 @@
 //! [`Scheme`] is the closed set of schemes a provider definition can name; each lives in its own
 //! module ([`hmac`], [`standard`], [`twilio`], [`asymmetric`]). [`verify`] is the only way to turn
 //! a [`Received`] delivery into a [`Verified`] one; later stages accept only `Verified`. Every key
-//! of the instance is tried (rotation), comparisons are constant time, and failures carry a typed
-//! reason that never includes the expected value. [`Scheme::sign`] produces what the provider
+//! of the instance is tried (rotation), each MAC is computed once per key and compared with every
+//! signature sent (at most [`MAX_SIGNATURES`]), comparisons are constant time, and failures carry
+//! a typed reason that never includes the expected value. [`Scheme::sign`] produces what the provider
 //! would send; `hookgate sign`, `hookgate replay` and the tests use it.
 
 pub mod asymmetric;
@@ -29,6 +30,17 @@ use crate::secret::Secret;
 
 /// Default timestamp tolerance when neither the kind nor the instance sets one.
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
+/// Most signatures one header may carry (Standard Webhooks entries, Stripe `v1`, Paddle `h1`):
+/// more is `malformed_signature_header`, so a delivery costs at most this many comparisons per
+/// key, whatever the sender writes.
+pub const MAX_SIGNATURES: usize = 16;
+
+/// The refusal for a header with more than [`MAX_SIGNATURES`] signatures.
+pub(crate) fn too_many_signatures(header: &HeaderName) -> SignatureError {
+    SignatureError::Malformed(format!(
+        "{header} header (more than {MAX_SIGNATURES} signatures)"
+    ))
+}
 
 /// The closed set of signature schemes.
 #[derive(Debug)]

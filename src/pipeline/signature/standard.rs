@@ -9,9 +9,12 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use ed25519_dalek::{Signer as _, Verifier as _};
 
-use super::hmac::mac;
+use super::hmac::{any_key_matches, mac};
 use super::keys::{self, Key};
-use super::{check_tolerance, parse_timestamp, Message, SignInput, SignatureError, Signed};
+use super::{
+    check_tolerance, parse_timestamp, too_many_signatures, Message, SignInput, SignatureError,
+    Signed, MAX_SIGNATURES,
+};
 use crate::provider::definition::HmacAlgorithm;
 use crate::secret::Secret;
 
@@ -121,9 +124,14 @@ impl StandardScheme {
         signed.extend_from_slice(timestamp.as_bytes());
         signed.push(b'.');
         signed.extend_from_slice(message.body);
+        // Parse every entry first (at most MAX_SIGNATURES), then one MAC per key against all.
         let mut any_known = false;
-        let mut matched = false;
-        for item in text(sig_name)?.split_whitespace() {
+        let mut hmac_signatures = Vec::new();
+        let mut ed25519_signatures = Vec::new();
+        for (n, item) in text(sig_name)?.split_whitespace().enumerate() {
+            if n >= MAX_SIGNATURES {
+                return Err(too_many_signatures(sig_name));
+            }
             let Some((version, encoded)) = item.split_once(',') else {
                 return Err(SignatureError::Malformed(format!(
                     "{sig_name} header (entries are <version>,<base64>)"
@@ -137,29 +145,26 @@ impl StandardScheme {
             match version {
                 VERSION_HMAC => {
                     any_known = true;
-                    matched |= keys.iter().any(|key| match key {
-                        Key::Shared(secret) => {
-                            let expected = mac(HmacAlgorithm::Sha256, secret.expose(), &signed);
-                            subtle::ConstantTimeEq::ct_eq(expected.as_slice(), signature.as_slice())
-                                .into()
-                        }
-                        _ => false,
-                    });
+                    hmac_signatures.push(signature);
                 }
                 VERSION_ED25519 => {
                     any_known = true;
-                    let Ok(signature) = ed25519_dalek::Signature::from_slice(&signature) else {
-                        continue;
-                    };
-                    matched |= keys.iter().any(|key| match key {
-                        Key::Ed25519(public) => public.verify(&signed, &signature).is_ok(),
-                        _ => false,
-                    });
+                    if let Ok(signature) = ed25519_dalek::Signature::from_slice(&signature) {
+                        ed25519_signatures.push(signature);
+                    }
                 }
                 // Unknown versions are skipped, as the specification asks.
                 _ => {}
             }
         }
+        let matched = any_key_matches(keys, &hmac_signatures, |key| {
+            mac(HmacAlgorithm::Sha256, key, &signed)
+        }) || keys.iter().any(|key| match key {
+            Key::Ed25519(public) => ed25519_signatures
+                .iter()
+                .any(|signature| public.verify(&signed, signature).is_ok()),
+            _ => false,
+        });
         if !any_known {
             return Err(SignatureError::Missing(format!(
                 "v1 or v1a signature in {sig_name} header"

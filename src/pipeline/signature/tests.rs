@@ -687,3 +687,157 @@ fn an_extreme_timestamp_is_out_of_tolerance_not_a_panic() {
         );
     }
 }
+
+/// A small deterministic generator (xorshift64*) for the property tests: no new dependency,
+/// and a failure names its seed.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Every scheme that takes several signatures in one header, under generated headers: a header
+/// with more than MAX_SIGNATURES entries is malformed (wherever the valid one is); otherwise the
+/// valid one is found wherever it is, and without it the delivery does not verify.
+#[test]
+fn multi_signature_headers_are_bounded_and_searched_whole_property() {
+    let now = 1_700_000_000;
+    let whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let body = br#"{"id":"evt_1","type":"x.y","event_id":"e","event_type":"x.y"}"#;
+    let cases: [(&str, &str, &str, &str); 4] = [
+        ("standard-webhooks", whsec, "webhook-signature", " "),
+        ("gitlab", whsec, "webhook-signature", " "),
+        ("stripe", "whsec_test", "stripe-signature", ","),
+        ("paddle", "pdl_test", "paddle-signature", ";"),
+    ];
+    let mut gen = Gen(0x5eed_0013);
+    for (name, secret, header, separator) in cases {
+        let kind = kind(name);
+        let keys = kind.scheme.compile_keys(&[Secret::new(secret)]).unwrap();
+        let base = headers(&[("webhook-id", "msg_1")]);
+        let signed = kind
+            .scheme
+            .sign(
+                &Secret::new(secret),
+                &SignInput {
+                    body,
+                    headers: &base,
+                    timestamp: DateTime::from_timestamp(now, 0).unwrap(),
+                    url: None,
+                },
+            )
+            .unwrap();
+        let mut sent = base.clone();
+        apply_headers(&mut sent, &signed).unwrap();
+        let full = sent.get(header).unwrap().to_str().unwrap().to_owned();
+        // Stripe and Paddle: `t=..` then the signature; Standard Webhooks: the entry alone.
+        let (prefix, valid) = match full.split_once(separator) {
+            Some((ts, sig)) if name == "stripe" || name == "paddle" => {
+                (Some(ts.to_owned()), sig.to_owned())
+            }
+            _ => (None, full.clone()),
+        };
+        let junk = |gen: &mut Gen| match name {
+            "stripe" => format!("v1={}", hex::encode(gen.bytes(32))),
+            "paddle" => format!("h1={}", hex::encode(gen.bytes(32))),
+            _ => format!(
+                "v1,{}",
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, gen.bytes(32))
+            ),
+        };
+        for round in 0..300 {
+            let others = gen.below(2 * MAX_SIGNATURES + 2);
+            let with_valid = gen.below(4) != 0;
+            let mut entries: Vec<String> = (0..others).map(|_| junk(&mut gen)).collect();
+            if with_valid {
+                let at = gen.below(entries.len() + 1);
+                entries.insert(at, valid.clone());
+            }
+            let mut value: Vec<String> = prefix.iter().cloned().collect();
+            value.extend(entries.iter().cloned());
+            let mut h = sent.clone();
+            h.insert(
+                HeaderName::from_bytes(header.as_bytes()).unwrap(),
+                HeaderValue::from_str(&value.join(separator)).unwrap(),
+            );
+            let result = kind
+                .scheme
+                .verify(&Message::new(&h, body, None), &keys, 300, now);
+            let what = format!(
+                "{name} round {round}: {} entries, valid: {with_valid}",
+                entries.len()
+            );
+            if entries.len() > MAX_SIGNATURES {
+                assert!(
+                    matches!(&result, Err(SignatureError::Malformed(m)) if m.contains("more than 16")),
+                    "{what}: {result:?}"
+                );
+            } else if with_valid {
+                assert_eq!(result, Ok(()), "{what}");
+            } else {
+                assert!(
+                    matches!(
+                        result,
+                        Err(SignatureError::NoMatch { .. } | SignatureError::Missing(_))
+                    ),
+                    "{what}: {result:?}"
+                );
+            }
+        }
+    }
+}
+
+/// One MAC per key, however many signatures were sent.
+#[test]
+fn each_key_is_hashed_once_for_all_candidate_signatures() {
+    let keys: Vec<Key> = (0..3)
+        .map(|i| Key::Shared(vec![i; 8].into()))
+        .chain([Key::Ed25519(
+            keys::ed25519_signing(&Secret::new(
+                "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+            ))
+            .unwrap()
+            .verifying_key(),
+        )])
+        .collect();
+    let candidates: Vec<Vec<u8>> = (0..MAX_SIGNATURES as u8).map(|i| vec![i; 32]).collect();
+    let mut computed = 0;
+    let matched = hmac::any_key_matches(&keys, &candidates, |key| {
+        computed += 1;
+        hmac::mac(
+            crate::provider::definition::HmacAlgorithm::Sha256,
+            key,
+            b"m",
+        )
+    });
+    assert!(!matched);
+    assert_eq!(
+        computed, 3,
+        "one MAC per shared key, not per (key, candidate)"
+    );
+    let expected = hmac::mac(
+        crate::provider::definition::HmacAlgorithm::Sha256,
+        &[2; 8],
+        b"m",
+    );
+    let mut with_match = candidates.clone();
+    with_match[MAX_SIGNATURES - 1] = expected;
+    assert!(hmac::any_key_matches(&keys, &with_match, |key| hmac::mac(
+        crate::provider::definition::HmacAlgorithm::Sha256,
+        key,
+        b"m"
+    )));
+}

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::hmac::mac;
+use super::hmac::{any_key_matches, mac};
 use super::{Key, Message, SignInput, SignatureError, Signed};
 use crate::provider::definition::HmacAlgorithm;
 use crate::secret::Secret;
@@ -30,9 +30,10 @@ fn is_form(message: &Message<'_>) -> bool {
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
 }
 
-/// The string Twilio signs for `url`.
-fn signed_string(message: &Message<'_>, url: &str) -> Result<String, SignatureError> {
-    let mut out = url.to_owned();
+/// What Twilio signs after the URL: for form posts every distinct field name and value,
+/// sorted (parsed once per delivery, whatever the number of URL variants tried); else nothing.
+fn signed_fields(message: &Message<'_>) -> Result<String, SignatureError> {
+    let mut out = String::new();
     if is_form(message) {
         let mut fields: Vec<(String, String)> = serde_urlencoded::from_bytes(message.body)
             .map_err(|_| SignatureError::Malformed("form body".into()))?;
@@ -78,15 +79,14 @@ impl TwilioScheme {
         let url = message
             .url
             .ok_or_else(|| SignatureError::Other("public_url is not configured".into()))?;
+        let fields = signed_fields(message)?;
+        let candidates = [signature];
         let mut matched = false;
         for variant in url_variants(url) {
-            let signed = signed_string(message, &variant)?;
-            matched |= keys.iter().any(|key| match key {
-                Key::Shared(token) => {
-                    let expected = mac(HmacAlgorithm::Sha1, token.expose(), signed.as_bytes());
-                    expected.ct_eq(&signature).into()
-                }
-                _ => false,
+            let mut signed = variant.into_bytes();
+            signed.extend_from_slice(fields.as_bytes());
+            matched |= any_key_matches(keys, &candidates, |token| {
+                mac(HmacAlgorithm::Sha1, token, &signed)
             });
         }
         if !matched {
@@ -123,7 +123,7 @@ impl TwilioScheme {
             .url
             .ok_or("Twilio signs the URL: configure public_url (or pass --url)")?;
         let message = Message::new(input.headers, input.body, Some(url));
-        let signed = signed_string(&message, url).map_err(|e| e.to_string())?;
+        let signed = url.to_owned() + &signed_fields(&message).map_err(|e| e.to_string())?;
         let mac = mac(HmacAlgorithm::Sha1, secret.expose(), signed.as_bytes());
         Ok(Signed {
             headers: vec![(self.header.clone(), BASE64.encode(mac))],

@@ -78,8 +78,12 @@ const SWEEP_LIMIT: usize = 200_000;
 const INDEX_TREE: &str = "index";
 const LOG_DIR: &str = "log";
 const INDEX_DIR: &str = "index";
-/// Pending tasks looked at per `take_due` (the order rule needs the ones ahead).
+/// Lane heads (a lane's oldest pending task, or a task without a lane) looked at per
+/// `take_due`; the tasks behind a head are skipped without counting, so one object with a long
+/// backlog cannot starve the others.
 const SCAN_LIMIT: usize = 10_000;
+/// Pending tasks looked at per `take_due` or order check in all, heads and tasks behind them.
+const PENDING_SCAN_LIMIT: usize = 1_000_000;
 /// Receipts looked at per event-browser page when filters skip most of them.
 const BROWSE_SCAN_LIMIT: usize = 20_000;
 /// Receipts a purge may look at per receipt it may delete.
@@ -196,7 +200,7 @@ fn encode_task(task: &TaskRecord) -> Vec<u8> {
 
 /// Decodes [`encode_task`] given the key's envelope id and sink.
 fn decode_task(id: &[u8; 16], sink: &str, v: &[u8]) -> Result<TaskRecord, StoreError> {
-    let bad = || StoreError::Io("a damaged task entry in the index".into());
+    let bad = || StoreError::Unreadable("a damaged task entry in the index".into());
     let mut at = 0usize;
     // `n == usize::MAX`: the rest.
     let mut take = |n: usize| -> Result<&[u8], StoreError> {
@@ -464,9 +468,54 @@ struct Shared {
     before_sync: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     /// Where the next retention purge looks first (empty: from the oldest receipt).
     purge_from: Mutex<Vec<u8>>,
+    /// Records read back recently, opened (decompressed).
+    opened: Mutex<OpenedPayloads>,
+    /// Records read from the log files so far (cache misses of `opened`).
+    payloads_read: AtomicU64,
     clock: Arc<dyn Clock>,
     dedup_ttl_secs: u64,
     metrics: Arc<Metrics>,
+}
+
+/// Records opened at most: the envelopes of one batch share their record, so reading them
+/// costs one read and one decompression of it, not one per envelope.
+const OPENED_ENTRIES: usize = 8;
+/// Bytes the opened records may hold; a larger record is read but not kept.
+const OPENED_BYTES: usize = 32 * 1024 * 1024;
+
+/// Where a record's stored payload is: (segment, offset).
+type PayloadAt = (u64, u64);
+
+/// The last few records read back (their opened payloads), newest last. A record never
+/// changes once it is in the index, so a cached copy is never stale.
+#[derive(Default)]
+struct OpenedPayloads {
+    entries: std::collections::VecDeque<(PayloadAt, Arc<Vec<u8>>)>,
+    bytes: usize,
+}
+
+impl OpenedPayloads {
+    fn get(&mut self, key: PayloadAt) -> Option<Arc<Vec<u8>>> {
+        let at = self.entries.iter().position(|(k, _)| *k == key)?;
+        let entry = self.entries.remove(at)?;
+        let raw = entry.1.clone();
+        self.entries.push_back(entry);
+        Some(raw)
+    }
+
+    fn insert(&mut self, key: PayloadAt, raw: Arc<Vec<u8>>) {
+        if raw.len() > OPENED_BYTES || self.entries.iter().any(|(k, _)| *k == key) {
+            return;
+        }
+        self.bytes += raw.len();
+        self.entries.push_back((key, raw));
+        while self.entries.len() > OPENED_ENTRIES || self.bytes > OPENED_BYTES {
+            match self.entries.pop_front() {
+                Some((_, old)) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
 }
 
 /// The commit-log [`super::Store`].
@@ -760,6 +809,8 @@ impl LogStore {
             leases: Mutex::new(Leases::default()),
             before_sync: Mutex::new(None),
             purge_from: Mutex::new(Vec::new()),
+            opened: Mutex::new(OpenedPayloads::default()),
+            payloads_read: AtomicU64::new(0),
             clock,
             dedup_ttl_secs: settings.dedup_ttl_secs,
             metrics,
@@ -1033,6 +1084,20 @@ impl Shared {
 
     /// Reads bytes of the log by position.
     fn read_log(&self, at: Pointer) -> Result<Vec<u8>, String> {
+        let raw = self.opened_payload(at)?;
+        let (start, end) = (at.inner as usize, at.inner as usize + at.len as usize);
+        raw.get(start..end)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| format!("a log position past its record in segment {}", at.segment))
+    }
+
+    /// The opened payload of the record `at` points into: from the cache of recently read
+    /// records, or read (and decompressed) now.
+    fn opened_payload(&self, at: Pointer) -> Result<Arc<Vec<u8>>, String> {
+        let key = (at.segment, at.offset);
+        if let Some(raw) = lock(&self.opened).get(key) {
+            return Ok(raw);
+        }
         let file = self
             .segments
             .read()
@@ -1042,11 +1107,14 @@ impl Shared {
             .ok_or_else(|| format!("log segment {} is missing", at.segment))?;
         let stored = segment::read_at(&file, at.offset, at.stored as usize)
             .map_err(|e| format!("cannot read log segment {}: {e}", at.segment))?;
-        let raw = open_payload(&stored).map_err(|e| e.to_string())?;
-        let (start, end) = (at.inner as usize, at.inner as usize + at.len as usize);
-        raw.get(start..end)
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| format!("a log position past its record in segment {}", at.segment))
+        let decompressed = match open_payload(&stored).map_err(|e| e.to_string())? {
+            std::borrow::Cow::Owned(raw) => Some(raw),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
+        let raw = Arc::new(decompressed.unwrap_or(stored));
+        self.payloads_read.fetch_add(1, Ordering::Relaxed);
+        lock(&self.opened).insert(key, raw.clone());
+        Ok(raw)
     }
 
     fn task_record(&self, id: &[u8; 16], sink: &str) -> Result<Option<TaskRecord>, StoreError> {
@@ -1058,15 +1126,17 @@ impl Shared {
     }
 
     /// Whether an envelope older than `id` with the same (non-empty) lane is pending at `sink`.
+    /// Past [`PENDING_SCAN_LIMIT`] older tasks it answers yes: holding a task back a little
+    /// longer is safe, delivering it out of order is not.
     fn older_in_lane(&self, sink: &str, id: &[u8; 16], lane: &[u8]) -> Result<bool, StoreError> {
         if lane.is_empty() {
             return Ok(false);
         }
-        for item in self
-            .index
-            .range(sink_prefix(P_PENDING, sink)..sink_index(P_PENDING, sink, id))
-            .take(SCAN_LIMIT)
-        {
+        let older = sink_prefix(P_PENDING, sink)..sink_index(P_PENDING, sink, id);
+        for (n, item) in self.index.range(older).enumerate() {
+            if n >= PENDING_SCAN_LIMIT {
+                return Ok(true);
+            }
             let (_, value) = item.map_err(io_err)?;
             if value.get(8..) == Some(lane) {
                 return Ok(true);
@@ -1087,23 +1157,24 @@ impl Shared {
             .collect()
     }
 
-    fn envelope_of(&self, id: &[u8; 16]) -> Result<Option<Envelope>, String> {
-        let pointer = match self.index.get(envelope_index(id)) {
-            Ok(Some(v)) => Pointer::get(&v).ok_or("a damaged index entry")?,
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(format!("storage error: {e}")),
+    /// A stored envelope, read back within [`crate::json::MAX_READ_DEPTH`]; one that cannot be
+    /// decoded is [`StoreError::Unreadable`].
+    fn envelope_of(&self, id: &[u8; 16]) -> Result<Option<Envelope>, StoreError> {
+        let Some(v) = self.index.get(envelope_index(id)).map_err(io_err)? else {
+            return Ok(None);
         };
-        let bytes = self.read_log(pointer)?;
-        serde_json::from_slice(&bytes)
+        let pointer = Pointer::get(&v).ok_or_else(|| io_err("a damaged index entry"))?;
+        let bytes = self.read_log(pointer).map_err(StoreError::Io)?;
+        crate::json::read(&bytes)
             .map(Some)
-            .map_err(|e| format!("the stored envelope cannot be read: {e}"))
+            .map_err(|e| StoreError::Unreadable(format!("the stored envelope: {e}")))
     }
 
     fn due_task(&self, id: &[u8; 16], task: TaskRecord) -> DueTask {
         let envelope = match self.envelope_of(id) {
             Ok(Some(envelope)) => Ok(envelope),
             Ok(None) => Err("the stored envelope is missing".to_owned()),
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         };
         DueTask { task, envelope }
     }
@@ -1928,9 +1999,18 @@ impl IngestStore for LogStore {
             let mut intake = lock(&shared.intake);
             let now = shared.now_secs();
             let mut decisions = Vec::with_capacity(keys.len());
+            // Where each ID first occurs in this batch (a scan of the keys before each one
+            // would make a large batch quadratic, under the intake lock).
+            let mut first_at: HashMap<&[u8], usize> = HashMap::with_capacity(keys.len());
             for (i, key) in keys.iter().enumerate() {
                 // The same ID twice in one batch: the later one is a duplicate of the earlier.
-                let earlier = keys[..i].iter().position(|k| k == key);
+                let earlier = match first_at.entry(key.as_slice()) {
+                    std::collections::hash_map::Entry::Occupied(first) => Some(*first.get()),
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(i);
+                        None
+                    }
+                };
                 let decision = match earlier {
                     Some(j) => match &decisions[j] {
                         Decision::Duplicate { id, seq } => Decision::Duplicate {
@@ -2063,7 +2143,11 @@ impl TaskQueue for LogStore {
             let mut blocked: HashSet<Vec<u8>> = HashSet::new();
             let mut due = Due::default();
             let mut taken = Vec::new();
-            for item in shared.index.scan_prefix(&prefix).take(SCAN_LIMIT) {
+            let mut heads = 0usize;
+            for item in shared.index.scan_prefix(&prefix).take(PENDING_SCAN_LIMIT) {
+                if heads >= SCAN_LIMIT {
+                    break;
+                }
                 let (key, value) = item.map_err(io_err)?;
                 due.pending += 1;
                 let Ok(id) = <[u8; 16]>::try_from(&key[prefix.len()..]) else {
@@ -2074,28 +2158,51 @@ impl TaskQueue for LogStore {
                 if !lane.is_empty() && !blocked.insert(lane.to_vec()) {
                     continue; // an older envelope of this object is still pending
                 }
+                heads += 1;
                 // When this task could be handed out: now, later, or when its lease ends.
                 let free_at = match leases.get(&id) {
                     Some(until) => next.max(*until),
                     None => next,
                 };
                 if free_at <= now_ms && taken.len() < limit {
-                    taken.push(id);
+                    taken.push((id, next, lane.to_vec()));
                 } else {
                     let at = free_at.max(now_ms);
                     due.next_due_ms = Some(due.next_due_ms.map_or(at, |n: i64| n.min(at)));
                 }
             }
-            for id in &taken {
+            for (id, _, _) in &taken {
                 leases.insert(*id, now_ms.saturating_add(shared.lease_ms));
             }
             drop(all_leases);
-            for id in taken {
-                match shared.task_record(&id, &sink)? {
-                    Some(task) if task.status == TaskStatus::Pending => {
+            for (id, next, lane) in taken {
+                match shared.task_record(&id, &sink) {
+                    Ok(Some(task)) if task.status == TaskStatus::Pending => {
                         due.tasks.push(shared.due_task(&id, task));
                     }
-                    _ => {
+                    // A task entry that cannot be decoded would stop every later round: it is
+                    // handed out as what the queue knows of it, with the reason, and the
+                    // worker makes it a dead letter (which rewrites the entry whole).
+                    Err(e @ StoreError::Unreadable(_)) => due.tasks.push(DueTask {
+                        task: TaskRecord {
+                            sink: sink.clone(),
+                            envelope_id: id_from_key(&id).unwrap_or_default(),
+                            status: TaskStatus::Pending,
+                            attempts: 0,
+                            round_attempts: 0,
+                            created_at_ms: now_ms,
+                            round_started_ms: now_ms,
+                            next_attempt_ms: Some(next),
+                            last_error: None,
+                            lane,
+                        },
+                        envelope: Err(e.to_string()),
+                    }),
+                    Err(e) => {
+                        lock(&shared.leases).release(&sink, &id);
+                        return Err(e);
+                    }
+                    Ok(_) => {
                         lock(&shared.leases).release(&sink, &id);
                     }
                 }
@@ -2263,7 +2370,7 @@ impl EventBrowser for LogStore {
 
     fn envelope(&self, id: String) -> StoreFuture<Option<Envelope>> {
         self.read(move |shared| match id_key(&id) {
-            Some(key) => shared.envelope_of(&key).map_err(StoreError::Io),
+            Some(key) => shared.envelope_of(&key),
             None => Ok(None),
         })
     }

@@ -357,3 +357,99 @@ async fn an_expired_claim_not_yet_in_the_index_is_no_duplicate() {
         Commit::Stored(vec![Committed::Accepted])
     );
 }
+
+/// A receipt of `n` events (`<base>+1..`), each owed to `sink-a`; the first event's envelope
+/// JSON is `first` when given.
+fn batch(base: u128, n: u128, first: Option<&[u8]>) -> NewReceipt {
+    let mut receipt = event(&ulid(base), "b0", &vec![b'x'; 64 * 1024]);
+    let template = receipt.events.pop().unwrap();
+    receipt.events = (1..=n)
+        .map(|i| {
+            let mut e = template.clone();
+            e.envelope.id = ulid(base + i);
+            e.envelope.event_id = format!("b{base}-{i}");
+            e.dedup.event_id = e.envelope.event_id.clone();
+            e.json = serde_json::to_vec(&e.envelope).unwrap().into();
+            e
+        })
+        .collect();
+    if let Some(json) = first {
+        receipt.events[0].json = bytes::Bytes::copy_from_slice(json);
+    }
+    receipt
+}
+
+/// Reading the envelopes of one large receipt reads (and decompresses) its record once, not
+/// once per envelope: memory and time per envelope follow its own size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_envelopes_of_one_batch_are_read_with_one_read_of_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), |_| {});
+    store.commit(batch(1_000, 300, None)).await.unwrap();
+    let before = store.shared.payloads_read.load(Ordering::Relaxed);
+    let due = store.take_due("sink-a".into(), 10, 300).await.unwrap();
+    assert_eq!(due.tasks.len(), 300);
+    assert!(due.tasks.iter().all(|t| t.envelope.is_ok()));
+    let reads = store.shared.payloads_read.load(Ordering::Relaxed) - before;
+    assert_eq!(reads, 1, "one read of the record for 300 envelopes");
+}
+
+/// An envelope that cannot be decoded is handed out with the reason (the worker dead-letters
+/// it); the other tasks of the same take are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_envelope_is_handed_out_with_its_reason_not_as_a_failed_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), |_| {});
+    let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+    store
+        .commit(batch(2_000, 3, Some(deep.as_bytes())))
+        .await
+        .unwrap();
+    let due = store.take_due("sink-a".into(), 10, 10).await.unwrap();
+    assert_eq!(due.tasks.len(), 3);
+    let error = due.tasks[0].envelope.as_ref().unwrap_err();
+    assert!(
+        error.contains("cannot be read") && error.contains("160 levels"),
+        "{error}"
+    );
+    assert!(due.tasks[1..].iter().all(|t| t.envelope.is_ok()));
+    let err = store.envelope(ulid(2_001)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unreadable(_)), "{err}");
+}
+
+/// A task entry the index cannot decode is handed out with the reason instead of failing
+/// every round; once its (dead) attempt is recorded the entry is whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_task_entry_becomes_a_dead_letter_not_a_failed_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), |_| {});
+    store.commit(batch(3_000, 2, None)).await.unwrap();
+    // A read waits for the index to apply the commit, so the damage is not overwritten.
+    assert_eq!(store.pending_count("sink-a".into()).await.unwrap(), 2);
+    let damaged = key_of(&ulid(3_001)).unwrap();
+    store
+        .shared
+        .index
+        .insert(task_index(&damaged, "sink-a"), &[0xff][..])
+        .unwrap();
+    let due = store.take_due("sink-a".into(), 10, 10).await.unwrap();
+    assert_eq!(due.tasks.len(), 2);
+    let error = due.tasks[0].envelope.as_ref().unwrap_err();
+    assert!(error.contains("damaged task entry"), "{error}");
+    let mut task = due.tasks[0].task.clone();
+    task.status = TaskStatus::Dead;
+    task.next_attempt_ms = None;
+    let attempt = crate::store::AttemptRecord {
+        number: 1,
+        at: "t".into(),
+        outcome: crate::store::AttemptOutcome::Dead,
+        http_status: None,
+        exit_code: None,
+        error: Some(error.clone()),
+        duration_ms: 0,
+    };
+    store.record_attempts(vec![(task, attempt)]).await.unwrap();
+    let tasks = store.tasks(ulid(3_001)).await.unwrap();
+    assert_eq!(tasks[0].status, TaskStatus::Dead);
+    assert_eq!(store.pending_count("sink-a".into()).await.unwrap(), 1);
+}

@@ -118,8 +118,10 @@ fn db_err(e: sqlx::Error) -> StoreError {
     }
 }
 
-fn json_err(e: serde_json::Error) -> StoreError {
-    StoreError::Io(format!("a stored record cannot be read: {e}"))
+/// A stored JSON record, read back within [`crate::json::MAX_READ_DEPTH`]; one that cannot be
+/// decoded is [`StoreError::Unreadable`].
+fn read_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    crate::json::read(bytes).map_err(|e| StoreError::Unreadable(format!("the stored {what}: {e}")))
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -175,8 +177,7 @@ fn due_from(row: &PgRow) -> Result<DueTask, StoreError> {
     let task = task_from(row)?;
     let json: Option<Vec<u8>> = row.try_get("envelope").map_err(db_err)?;
     let envelope = match json {
-        Some(json) => serde_json::from_slice(&json)
-            .map_err(|e| format!("the stored envelope cannot be read: {e}")),
+        Some(json) => read_json("envelope", &json).map_err(|e| e.to_string()),
         None => Err("the stored envelope is missing".to_owned()),
     };
     Ok(DueTask { task, envelope })
@@ -1184,7 +1185,7 @@ impl EventBrowser for PgStore {
                     .map_err(db_err)?;
                 let receipts = rows
                     .iter()
-                    .map(|json| serde_json::from_slice::<Receipt>(json).map_err(json_err))
+                    .map(|json| read_json::<Receipt>("receipt", json))
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut tasks = tasks_of_receipts(&shared, &receipts).await?;
                 let exhausted = i64::try_from(receipts.len()).unwrap_or(0) < chunk;
@@ -1227,7 +1228,7 @@ impl EventBrowser for PgStore {
             let json: Vec<u8> = row.try_get("receipt").map_err(db_err)?;
             let body: Vec<u8> = row.try_get("body").map_err(db_err)?;
             Ok(Some((
-                serde_json::from_slice(&json).map_err(json_err)?,
+                read_json("receipt", &json)?,
                 bytes::Bytes::from(body),
             )))
         })
@@ -1241,8 +1242,7 @@ impl EventBrowser for PgStore {
                     .fetch_optional(&shared.pool)
                     .await
                     .map_err(db_err)?;
-            json.map(|j| serde_json::from_slice(&j).map_err(json_err))
-                .transpose()
+            json.map(|j| read_json("envelope", &j)).transpose()
         })
     }
 
@@ -1272,9 +1272,7 @@ impl EventBrowser for PgStore {
             .fetch_all(&shared.pool)
             .await
             .map_err(db_err)?;
-            rows.iter()
-                .map(|json| serde_json::from_slice(json).map_err(json_err))
-                .collect()
+            rows.iter().map(|json| read_json("attempt", json)).collect()
         })
     }
 
