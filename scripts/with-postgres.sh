@@ -7,7 +7,8 @@
 # (no Unix socket outside the temp dir). PostgreSQL refuses to run as root, so under root it runs
 # as `nobody`. The command sees:
 #   HOOKGATE_TEST_PG      postgres://hookgate@127.0.0.1:PORT/postgres (trust auth, superuser)
-#   HOOKGATE_TEST_PG_CTL  a script taking `stop` or `start`, for the outage test
+#   HOOKGATE_TEST_PG_CTL  a script taking `stop`, `crash` (an immediate stop: no checkpoint, the
+#                         restart recovers from the WAL) or `start`, for the outage test
 # Needs Debian's `postgresql` package (`.ci/run` installs it when missing).
 set -euo pipefail
 
@@ -34,13 +35,14 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 }
 cat >"$tmp/ctl" <<CTL
 #!/usr/bin/env bash
-# stop | start the test cluster
+# stop | crash | start the test cluster
 set -euo pipefail
 case \$1 in
     stop) ${as_owner[*]} "$bindir/pg_ctl" -D "$tmp/data" -m fast -w stop >/dev/null ;;
+    crash) ${as_owner[*]} "$bindir/pg_ctl" -D "$tmp/data" -m immediate -w stop >/dev/null ;;
     start) ${as_owner[*]} "$bindir/pg_ctl" -D "$tmp/data" -w -l "$tmp/server.log" \\
         -o "-c listen_addresses=127.0.0.1 -p $port -k $tmp -c max_connections=400" start >/dev/null ;;
-    *) echo "usage: \$0 stop|start" >&2; exit 2 ;;
+    *) echo "usage: \$0 stop|crash|start" >&2; exit 2 ;;
 esac
 CTL
 chmod 755 "$tmp/ctl"

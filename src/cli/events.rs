@@ -108,7 +108,7 @@ async fn backend(loaded: &LoadedSettings) -> anyhow::Result<Backend> {
     // PostgreSQL is shared: the command connects to it like one more replica.
     let store: Arc<dyn Store> = match settings.storage.backend {
         StorageBackend::Postgres => Arc::new(
-            PgStore::connect(&settings.storage, Arc::new(SystemClock))
+            PgStore::connect_migrated(&settings.storage, Arc::new(SystemClock))
                 .await
                 .map_err(|e| anyhow!("{e}"))?,
         ),

@@ -62,6 +62,8 @@ const EXPIRE_BATCH: i64 = 10_000;
 /// Receipts the event browser reads per query, and at most per page.
 const BROWSE_CHUNK: i64 = 200;
 const BROWSE_SCAN_LIMIT: usize = 20_000;
+/// Where `take_due` stops counting the queue (`pending_count` is exact).
+const PENDING_COUNT_LIMIT: i64 = 10_000;
 
 const STATUS_PENDING: i16 = 0;
 const STATUS_DELIVERED: i16 = 1;
@@ -100,6 +102,10 @@ struct Shared {
     notify_others: Notify,
     /// Stops the listener and the notifier.
     stop: watch::Sender<bool>,
+    /// The lease token of every task this replica holds: its attempt is recorded only if the
+    /// task still carries it (the lease did not run out and pass the task to another worker,
+    /// and no redelivery came in between).
+    leases: std::sync::Mutex<HashMap<(String, String), i64>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -201,6 +207,8 @@ fn connect_options(settings: &StorageSettings) -> Result<PgConnectOptions, Store
     Ok(options.application_name("hookgate").options([
         // Acknowledged means on disk: never trust a server default here.
         ("synchronous_commit", "on".to_owned()),
+        // The queries' bytea literals ('\x') assume it.
+        ("standard_conforming_strings", "on".to_owned()),
         // The server gives up on what the gateway has given up on.
         (
             "statement_timeout",
@@ -242,25 +250,31 @@ pub async fn schema_status(settings: &StorageSettings) -> Result<SchemaStatus, S
         .fetch_one(&pool)
         .await
         .map_err(db_err)?;
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('hookgate_schema') IS NOT NULL")
-        .fetch_one(&pool)
-        .await
-        .map_err(db_err)?;
-    let version = if exists {
-        sqlx::query_scalar::<_, Option<i32>>("SELECT max(version) FROM hookgate_schema")
-            .fetch_one(&pool)
-            .await
-            .map_err(db_err)?
-            .unwrap_or(0)
-    } else {
-        0
-    };
+    let version = schema_version(&pool).await?;
     pool.close().await;
     Ok(SchemaStatus {
         version,
         server,
         target,
     })
+}
+
+/// The highest migration applied (0: none, not even the version table).
+async fn schema_version(pool: &PgPool) -> Result<i32, StoreError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('hookgate_schema') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .map_err(db_err)?;
+    if !exists {
+        return Ok(0);
+    }
+    Ok(
+        sqlx::query_scalar::<_, Option<i32>>("SELECT max(version) FROM hookgate_schema")
+            .fetch_one(pool)
+            .await
+            .map_err(db_err)?
+            .unwrap_or(0),
+    )
 }
 
 /// Applies the missing migrations, one transaction each, under an advisory lock so that
@@ -332,6 +346,24 @@ impl PgStore {
         settings: &StorageSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
+        Self::open(settings, clock, true).await
+    }
+
+    /// Connects to a database `hookgate serve` has migrated, changing no schema (the CLI: a
+    /// newer CLI must not migrate under older replicas, and may run as a role without DDL
+    /// rights). Refuses a database on another schema version.
+    pub async fn connect_migrated(
+        settings: &StorageSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
+        Self::open(settings, clock, false).await
+    }
+
+    async fn open(
+        settings: &StorageSettings,
+        clock: Arc<dyn Clock>,
+        migrating: bool,
+    ) -> Result<Self, StoreError> {
         let options = connect_options(settings)?;
         // LISTEN holds its connection for good: its own, outside the request pool.
         let listen_pool = pool_options(settings)
@@ -357,6 +389,16 @@ impl PgStore {
                     .into(),
             ));
         }
+        let encoding: String = sqlx::query_scalar("SHOW server_encoding")
+            .fetch_one(&pool)
+            .await
+            .map_err(db_err)?;
+        if encoding != "UTF8" {
+            return Err(StoreError::Failed(format!(
+                "the database's encoding is {encoding}; hookgate needs a UTF8 database \
+                 (CREATE DATABASE ... ENCODING 'UTF8')"
+            )));
+        }
         let fsync: String = sqlx::query_scalar("SHOW fsync")
             .fetch_one(&pool)
             .await
@@ -367,7 +409,17 @@ impl PgStore {
                  hookgate acknowledged. Turn fsync on for production."
             );
         }
-        migrate(&pool).await?;
+        if migrating {
+            migrate(&pool).await?;
+        } else {
+            let version = schema_version(&pool).await?;
+            if version != SCHEMA_VERSION {
+                return Err(StoreError::Failed(format!(
+                    "the database is at schema version {version}, this hookgate works on \
+                     {SCHEMA_VERSION}; `hookgate serve` of the same version migrates it"
+                )));
+            }
+        }
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             pool,
@@ -380,6 +432,7 @@ impl PgStore {
             wakeups: watch::channel(0).0,
             notify_others: Notify::new(),
             stop,
+            leases: std::sync::Mutex::new(HashMap::new()),
         });
         tokio::spawn(listen(Arc::downgrade(&shared), shared.stop.subscribe()));
         tokio::spawn(notify(Arc::downgrade(&shared), shared.stop.subscribe()));
@@ -413,6 +466,19 @@ impl PgStore {
 impl Shared {
     fn now_secs(&self) -> i64 {
         self.clock.now().timestamp()
+    }
+
+    /// Remembers the lease tokens of tasks just taken.
+    fn leased(&self, rows: &[PgRow]) -> Result<(), StoreError> {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        for row in rows {
+            let key = (
+                row.try_get("envelope_id").map_err(db_err)?,
+                row.try_get("sink").map_err(db_err)?,
+            );
+            leases.insert(key, row.try_get("lease_token").map_err(db_err)?);
+        }
+        Ok(())
     }
 
     /// Tasks became pending: wake the local workers now, the other replicas soon.
@@ -544,18 +610,13 @@ impl IngestStore for PgStore {
 
     fn probe(&self) -> StoreFuture<()> {
         self.run(move |shared| async move {
-            // Writable: a primary, and a session that may write.
-            let writable: bool = sqlx::query_scalar(
-                "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'",
-            )
-            .fetch_one(&shared.pool)
-            .await
-            .map_err(db_err)?;
-            if writable {
-                Ok(())
-            } else {
-                Err(StoreError::Io("PostgreSQL is read-only (a standby?)".into()))
-            }
+            // A durable no-op write: a transaction id is assigned and its commit flushed to
+            // the WAL (a standby or a read-only session fails here).
+            sqlx::query("SELECT pg_current_xact_id()")
+                .execute(&shared.pool)
+                .await
+                .map_err(db_err)?;
+            Ok(())
         })
     }
 }
@@ -845,10 +906,17 @@ async fn commit_many(shared: &Shared, new: NewReceipt) -> Result<(Commit, bool),
     Ok((Commit::Stored(outcomes), any_tasks))
 }
 
-/// Only the oldest pending task of a lane may be handed out (per-object order).
-const LANE_HEAD: &str = "(c.lane_key IS NULL OR NOT EXISTS (
-    SELECT 1 FROM hookgate_tasks o
-    WHERE o.lane_key = c.lane_key AND o.status = 0 AND o.envelope_id < c.envelope_id))";
+/// Per-object order: a task of a lane may be handed out only when no older task of its lane is
+/// pending and no other task of its lane is leased (one delivery in flight per object, even
+/// when a redelivery made an older task pending again). `now` is the placeholder of the time.
+fn lane_head(now: &str) -> String {
+    format!(
+        "(c.lane_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM hookgate_tasks o
+            WHERE o.lane_key = c.lane_key AND o.status = 0
+              AND (o.seq < c.seq OR (o.seq <> c.seq AND o.leased_until > {now}))))"
+    )
+}
 
 impl TaskQueue for PgStore {
     fn take_due(&self, sink: String, now_ms: i64, limit: usize) -> StoreFuture<Due> {
@@ -859,20 +927,22 @@ impl TaskQueue for PgStore {
                 "WITH picked AS (
                      SELECT c.envelope_id FROM hookgate_tasks c
                      WHERE c.sink = $1 AND c.status = 0
-                       AND coalesce(c.next_attempt_ms, 0) <= $2
+                       AND c.next_attempt_ms <= $2
                        AND coalesce(c.leased_until, 0) <= $2
-                       AND {LANE_HEAD}
-                     ORDER BY c.envelope_id
+                       AND {head}
+                     ORDER BY c.seq
                      LIMIT $4
                      FOR UPDATE SKIP LOCKED
                  ), leased AS (
-                     UPDATE hookgate_tasks t SET leased_until = $3
+                     UPDATE hookgate_tasks t
+                     SET leased_until = $3, lease_token = t.lease_token + 1
                      FROM picked WHERE t.sink = $1 AND t.envelope_id = picked.envelope_id
                      RETURNING t.*
                  )
                  SELECT leased.*, e.envelope FROM leased
                  LEFT JOIN hookgate_envelopes e ON e.id = leased.envelope_id
-                 ORDER BY leased.envelope_id"
+                 ORDER BY leased.seq",
+                head = lane_head("$2")
             )))
             .bind(&sink)
             .bind(now_ms)
@@ -882,6 +952,7 @@ impl TaskQueue for PgStore {
             .await
             .map_err(db_err)?;
             let tasks = taken.iter().map(due_from).collect::<Result<Vec<_>, _>>()?;
+            shared.leased(&taken)?;
             let taken_ids: Vec<String> = tasks.iter().map(|t| t.task.envelope_id.clone()).collect();
             // The queue depth, and when the next lane head not taken now can be taken: its
             // due time or the end of its lease, whichever is later. When the limit was
@@ -889,18 +960,20 @@ impl TaskQueue for PgStore {
             let full = i64::try_from(tasks.len()).unwrap_or(i64::MAX) >= limit;
             let row = sqlx::query(AssertSqlSafe(format!(
                 "SELECT
-                   (SELECT count(*) FROM hookgate_tasks WHERE sink = $1 AND status = 0) AS pending,
+                   (SELECT count(*) FROM (SELECT 1 FROM hookgate_tasks
+                      WHERE sink = $1 AND status = 0 LIMIT {PENDING_COUNT_LIMIT}) p) AS pending,
                    CASE WHEN $4 THEN $2 ELSE least(
                      (SELECT c.next_attempt_ms FROM hookgate_tasks c
                       WHERE c.sink = $1 AND c.status = 0 AND c.next_attempt_ms > $2
                         AND coalesce(c.leased_until, 0) <= c.next_attempt_ms
-                        AND c.envelope_id <> ALL($3) AND {LANE_HEAD}
+                        AND c.envelope_id <> ALL($3) AND {head}
                       ORDER BY c.next_attempt_ms LIMIT 1),
                      (SELECT min(c.leased_until) FROM hookgate_tasks c
                       WHERE c.sink = $1 AND c.status = 0 AND c.leased_until > $2
                         AND c.leased_until > coalesce(c.next_attempt_ms, 0)
-                        AND c.envelope_id <> ALL($3) AND {LANE_HEAD})
-                   ) END AS next_due"
+                        AND c.envelope_id <> ALL($3) AND {head})
+                   ) END AS next_due",
+                head = lane_head("$2")
             )))
             .bind(&sink)
             .bind(now_ms)
@@ -932,15 +1005,17 @@ impl TaskQueue for PgStore {
                      SELECT c.envelope_id FROM hookgate_tasks c
                      WHERE c.sink = $1 AND c.envelope_id = ANY($2) AND c.status = 0
                        AND coalesce(c.leased_until, 0) <= $3
-                       AND {LANE_HEAD}
+                       AND {head}
                      FOR UPDATE SKIP LOCKED
                  ), leased AS (
-                     UPDATE hookgate_tasks t SET leased_until = $4
+                     UPDATE hookgate_tasks t
+                     SET leased_until = $4, lease_token = t.lease_token + 1
                      FROM picked WHERE t.sink = $1 AND t.envelope_id = picked.envelope_id
                      RETURNING t.*
                  )
                  SELECT leased.*, e.envelope FROM leased
-                 LEFT JOIN hookgate_envelopes e ON e.id = leased.envelope_id"
+                 LEFT JOIN hookgate_envelopes e ON e.id = leased.envelope_id",
+                head = lane_head("$3")
             )))
             .bind(&sink)
             .bind(&envelope_ids)
@@ -950,6 +1025,7 @@ impl TaskQueue for PgStore {
             .await
             .map_err(db_err)?;
             let mut out = rows.iter().map(due_from).collect::<Result<Vec<_>, _>>()?;
+            shared.leased(&rows)?;
             // In the order asked for.
             out.sort_by_key(|t| envelope_ids.iter().position(|id| *id == t.task.envelope_id));
             Ok(out)
@@ -961,6 +1037,16 @@ impl TaskQueue for PgStore {
             if done.is_empty() {
                 return Ok(());
             }
+            let tokens: Vec<Option<i64>> = {
+                let leases = shared.leases.lock().unwrap_or_else(|e| e.into_inner());
+                done.iter()
+                    .map(|(t, _)| {
+                        leases
+                            .get(&(t.envelope_id.clone(), t.sink.clone()))
+                            .copied()
+                    })
+                    .collect()
+            };
             let mut ids = Vec::with_capacity(done.len());
             let mut sinks = Vec::with_capacity(done.len());
             let mut statuses = Vec::with_capacity(done.len());
@@ -980,8 +1066,9 @@ impl TaskQueue for PgStore {
                 attempts.push(i32::try_from(task.attempts).unwrap_or(i32::MAX));
                 rounds.push(i32::try_from(task.round_attempts).unwrap_or(i32::MAX));
                 started.push(task.round_started_ms);
+                // A pending task always has a due time (the queue's index needs one).
                 next.push(task.next_attempt_ms.unwrap_or(0));
-                has_next.push(task.next_attempt_ms.is_some());
+                has_next.push(task.next_attempt_ms.is_some() || task.status == TaskStatus::Pending);
                 errors.push(
                     task.last_error
                         .as_deref()
@@ -992,14 +1079,17 @@ impl TaskQueue for PgStore {
                 numbers.push(i32::try_from(attempt.number).unwrap_or(i32::MAX));
                 records.push(encode(attempt)?);
             }
-            // One statement, so one transaction: the tasks' new states and their attempts.
-            sqlx::query(
+            let has_token: Vec<bool> = tokens.iter().map(Option::is_some).collect();
+            let tokens: Vec<i64> = tokens.iter().map(|t| t.unwrap_or(0)).collect();
+            // One statement, so one transaction: the tasks' new states and their attempts,
+            // for the tasks that still carry this worker's lease.
+            let updated: i64 = sqlx::query_scalar(
                 "WITH input AS (
                      SELECT * FROM UNNEST($1::text[], $2::text[], $3::smallint[], $4::int[],
                          $5::int[], $6::bigint[], $7::bigint[], $8::bool[], $9::text[],
-                         $10::bool[], $11::int[], $12::bytea[])
+                         $10::bool[], $11::int[], $12::bytea[], $13::bigint[], $14::bool[])
                      AS x(id, sink, status, attempts, rounds, started, next, has_next,
-                          error, has_error, number, record)
+                          error, has_error, number, record, token, has_token)
                  ), updated AS (
                      UPDATE hookgate_tasks t SET
                          status = input.status, attempts = input.attempts,
@@ -1008,13 +1098,17 @@ impl TaskQueue for PgStore {
                          last_error = CASE WHEN input.has_error THEN input.error END,
                          leased_until = NULL
                      FROM input WHERE t.envelope_id = input.id AND t.sink = input.sink
+                         AND (NOT input.has_token OR t.lease_token = input.token)
                      RETURNING t.envelope_id, t.sink
+                 ), attempts AS (
+                     INSERT INTO hookgate_attempts (envelope_id, sink, number, attempt)
+                     SELECT input.id, input.sink, input.number, input.record
+                     FROM input JOIN updated ON updated.envelope_id = input.id
+                         AND updated.sink = input.sink
+                     ON CONFLICT (envelope_id, sink, number) DO UPDATE
+                         SET attempt = EXCLUDED.attempt
                  )
-                 INSERT INTO hookgate_attempts (envelope_id, sink, number, attempt)
-                 SELECT input.id, input.sink, input.number, input.record
-                 FROM input JOIN updated ON updated.envelope_id = input.id
-                     AND updated.sink = input.sink
-                 ON CONFLICT (envelope_id, sink, number) DO UPDATE SET attempt = EXCLUDED.attempt",
+                 SELECT count(*) FROM updated",
             )
             .bind(ids)
             .bind(sinks)
@@ -1028,9 +1122,28 @@ impl TaskQueue for PgStore {
             .bind(has_error)
             .bind(numbers)
             .bind(records)
-            .execute(&shared.pool)
+            .bind(tokens)
+            .bind(has_token)
+            .fetch_one(&shared.pool)
             .await
             .map_err(db_err)?;
+            {
+                let mut leases = shared.leases.lock().unwrap_or_else(|e| e.into_inner());
+                for (task, _) in &done {
+                    leases.remove(&(task.envelope_id.clone(), task.sink.clone()));
+                }
+            }
+            let stale = done
+                .len()
+                .saturating_sub(usize::try_from(updated).unwrap_or(0));
+            if stale > 0 {
+                warn!(
+                    stale,
+                    "Delivery results came back after their lease had passed the task on (or a \
+                     redelivery reset it); they were not recorded. Raise storage.lease_secs \
+                     above the sinks' timeouts if this repeats."
+                );
+            }
             Ok(())
         })
     }
@@ -1043,8 +1156,9 @@ impl TaskQueue for PgStore {
     ) -> StoreFuture<usize> {
         self.run(move |shared| async move {
             let done = sqlx::query(
+                // A new lease token: an attempt in flight now does not undo the redelivery.
                 "UPDATE hookgate_tasks SET status = 0, round_attempts = 0,
-                     round_started_ms = $3, next_attempt_ms = $3
+                     round_started_ms = $3, next_attempt_ms = $3, lease_token = lease_token + 1
                  WHERE envelope_id = $1 AND ($2::text IS NULL OR sink = $2)",
             )
             .bind(&envelope_id)
@@ -1312,7 +1426,8 @@ impl Maintenance for PgStore {
                     return Ok(expired);
                 }
                 let deleted = sqlx::query(
-                    "DELETE FROM hookgate_claims WHERE key IN (
+                    // The outer condition again: a claim taken over meanwhile is re-checked.
+                    "DELETE FROM hookgate_claims WHERE expires_at <= $1 AND key IN (
                          SELECT key FROM hookgate_claims WHERE expires_at <= $1 LIMIT $2)",
                 )
                 .bind(now)
@@ -1333,6 +1448,11 @@ impl Maintenance for PgStore {
     fn purge_before(&self, cutoff_ms: i64, limit: usize) -> StoreFuture<usize> {
         self.run(move |shared| async move {
             let mut tx = shared.pool.begin().await.map_err(db_err)?;
+            // A task redelivered while this runs makes the round fail (and retry next time)
+            // instead of being deleted under the redelivery.
+            tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .await
+                .map_err(db_err)?;
             let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
                 .bind(LOCK_PURGE)
                 .fetch_one(&mut *tx)

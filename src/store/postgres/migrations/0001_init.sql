@@ -29,27 +29,33 @@ CREATE TABLE hookgate_envelopes (
 CREATE INDEX hookgate_envelopes_receipt ON hookgate_envelopes (receipt_id);
 
 -- One delivery task per (envelope, sink). status: 0 pending, 1 delivered, 2 dead.
--- A pending task is leased to a worker (of any replica) until leased_until.
+-- A pending task is leased to a worker (of any replica) until leased_until; lease_token changes
+-- at every lease and redelivery, so a worker whose lease ran out cannot record over the next.
+-- seq is the order tasks were written in (the database's, not a replica's clock): "oldest
+-- first" and per-lane order follow it.
+CREATE SEQUENCE hookgate_task_seq;
 CREATE TABLE hookgate_tasks (
     envelope_id      text COLLATE "C" NOT NULL,
     sink             text COLLATE "C" NOT NULL,
     receipt_id       text COLLATE "C" NOT NULL,
+    seq              bigint   NOT NULL DEFAULT nextval('hookgate_task_seq'),
     status           smallint NOT NULL,
     attempts         integer  NOT NULL,
     round_attempts   integer  NOT NULL,
     created_at_ms    bigint   NOT NULL,
     round_started_ms bigint   NOT NULL,
-    next_attempt_ms  bigint,
+    next_attempt_ms  bigint,              -- set whenever the task is pending
     last_error       text,
     lane             bytea    NOT NULL,   -- ordering lane; empty: no order
     lane_key         bytea,               -- sink \0 lane; NULL without a lane
     leased_until     bigint,              -- Unix ms; in no index, so a lease is a HOT update
+    lease_token      bigint   NOT NULL DEFAULT 0,
     PRIMARY KEY (envelope_id, sink)
 ) WITH (fillfactor = 70);
-CREATE INDEX hookgate_tasks_pending ON hookgate_tasks (sink, envelope_id) WHERE status = 0;
+CREATE INDEX hookgate_tasks_pending ON hookgate_tasks (sink, seq) WHERE status = 0;
 -- The only index on lane_key: "is an older task of this lane pending?" is one index probe,
 -- whatever the planner's statistics say.
-CREATE INDEX hookgate_tasks_lanes ON hookgate_tasks (lane_key, envelope_id)
+CREATE INDEX hookgate_tasks_lanes ON hookgate_tasks (lane_key, seq)
     WHERE status = 0 AND lane_key IS NOT NULL;
 CREATE INDEX hookgate_tasks_due ON hookgate_tasks (sink, next_attempt_ms) WHERE status = 0;
 CREATE INDEX hookgate_tasks_dead ON hookgate_tasks (envelope_id, sink) WHERE status = 2;
