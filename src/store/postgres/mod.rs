@@ -918,6 +918,22 @@ fn lane_head(now: &str) -> String {
     )
 }
 
+/// The end of a take: lease the `picked` tasks (of sink `$1`) until `until` with a new token,
+/// and return them with their envelopes, oldest first.
+fn lease_picked(until: &str) -> String {
+    format!(
+        ", leased AS (
+             UPDATE hookgate_tasks t
+             SET leased_until = {until}, lease_token = t.lease_token + 1
+             FROM picked WHERE t.sink = $1 AND t.envelope_id = picked.envelope_id
+             RETURNING t.*
+         )
+         SELECT leased.*, e.envelope FROM leased
+         LEFT JOIN hookgate_envelopes e ON e.id = leased.envelope_id
+         ORDER BY leased.seq"
+    )
+}
+
 impl TaskQueue for PgStore {
     fn take_due(&self, sink: String, now_ms: i64, limit: usize) -> StoreFuture<Due> {
         self.run(move |shared| async move {
@@ -933,16 +949,9 @@ impl TaskQueue for PgStore {
                      ORDER BY c.seq
                      LIMIT $4
                      FOR UPDATE SKIP LOCKED
-                 ), leased AS (
-                     UPDATE hookgate_tasks t
-                     SET leased_until = $3, lease_token = t.lease_token + 1
-                     FROM picked WHERE t.sink = $1 AND t.envelope_id = picked.envelope_id
-                     RETURNING t.*
-                 )
-                 SELECT leased.*, e.envelope FROM leased
-                 LEFT JOIN hookgate_envelopes e ON e.id = leased.envelope_id
-                 ORDER BY leased.seq",
-                head = lane_head("$2")
+                 ) {lease}",
+                head = lane_head("$2"),
+                lease = lease_picked("$3")
             )))
             .bind(&sink)
             .bind(now_ms)
@@ -1007,15 +1016,9 @@ impl TaskQueue for PgStore {
                        AND coalesce(c.leased_until, 0) <= $3
                        AND {head}
                      FOR UPDATE SKIP LOCKED
-                 ), leased AS (
-                     UPDATE hookgate_tasks t
-                     SET leased_until = $4, lease_token = t.lease_token + 1
-                     FROM picked WHERE t.sink = $1 AND t.envelope_id = picked.envelope_id
-                     RETURNING t.*
-                 )
-                 SELECT leased.*, e.envelope FROM leased
-                 LEFT JOIN hookgate_envelopes e ON e.id = leased.envelope_id",
-                head = lane_head("$3")
+                 ) {lease}",
+                head = lane_head("$3"),
+                lease = lease_picked("$4")
             )))
             .bind(&sink)
             .bind(&envelope_ids)
