@@ -141,6 +141,7 @@ impl Application {
             store,
             clock,
             trusted_proxies: server_settings.trusted_proxies.clone(),
+            forwarded_header: server_settings.forwarded_header,
             body_read_timeout: Duration::from_millis(server_settings.body_read_timeout_ms),
             max_header_bytes: server_settings.max_header_bytes,
             instance_metrics,
@@ -160,9 +161,9 @@ impl Application {
                 .service(
                     web::scope("")
                         .wrap(actix_web::middleware::from_fn(routes::limit_headers))
-                        .route("/health", web::get().to(health::health))
-                        .route("/ready", web::get().to(health::ready))
-                        .route("/metrics", web::get().to(health::metrics))
+                        .service(health::read_only("/health", health::health))
+                        .service(health::read_only("/ready", health::ready))
+                        .service(health::read_only("/metrics", health::metrics))
                         .service(admin::scope())
                         .default_service(web::to(routes::not_found)),
                 )

@@ -231,7 +231,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                     backend.get("/events", &params).await?
                 }
             };
-            print_list(&body);
+            print_list(&body)?;
             Ok(())
         }
         (Backend::Store(store), EventsCommand::Show { id }) => {
@@ -296,7 +296,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                     .as_u64()
                     .unwrap_or(0) as usize,
             };
-            println!("{count} delivery task(s) scheduled again");
+            outln!("{count} delivery task(s) scheduled again");
             Ok(())
         }
     };
@@ -315,11 +315,11 @@ fn text(value: &str) -> std::borrow::Cow<'_, str> {
 /// JSON for the terminal: serde_json escapes C0 controls; DEL and C1 are escaped here too.
 fn print_json(body: &Value) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(body)?;
-    println!("{}", escape_controls(&json, LineStyle::Json));
+    outln!("{}", escape_controls(&json, LineStyle::Json));
     Ok(())
 }
 
-fn print_list(body: &Value) {
+fn print_list(body: &Value) -> anyhow::Result<()> {
     let events = body["events"].as_array().cloned().unwrap_or_default();
     for event in &events {
         let deliveries: Vec<String> = event["deliveries"]
@@ -338,7 +338,7 @@ fn print_list(body: &Value) {
             })
             .unwrap_or_default();
         let field = |name: &str| text(event[name].as_str().unwrap_or_default()).into_owned();
-        println!(
+        outln!(
             "{}  {}  {:<12} {:<14} {:<40} {}",
             field("id"),
             field("received_at"),
@@ -349,6 +349,7 @@ fn print_list(body: &Value) {
         );
     }
     if let Some(next) = body["next"].as_str() {
-        println!("more: --before {}", text(next));
+        outln!("more: --before {}", text(next));
     }
+    Ok(())
 }

@@ -16,6 +16,7 @@
 
 pub mod command;
 pub mod file;
+pub mod filter;
 pub mod http;
 pub mod retry;
 pub mod worker;
@@ -36,40 +37,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::signature::standard::SigningKey;
 use crate::store::{Store, StoreError, TaskStatus};
 
-/// `events = ["stripe:customer.*", "pipedrive"]`: globs over `provider:object.action`.
-/// A bare provider name means all of its events; an empty list means everything.
-#[derive(Debug, Clone, Default)]
-pub struct EventFilter(Vec<glob::Pattern>);
-
-impl EventFilter {
-    pub fn parse_one(pattern: &str) -> Result<glob::Pattern, String> {
-        let full = if pattern.contains(':') || pattern == "*" {
-            pattern.to_owned()
-        } else {
-            format!("{pattern}:*")
-        };
-        glob::Pattern::new(&full).map_err(|e| format!("`{pattern}` is not a valid glob: {e}"))
-    }
-
-    pub fn parse(patterns: &[String]) -> Result<Self, String> {
-        patterns
-            .iter()
-            .map(|p| Self::parse_one(p))
-            .collect::<Result<_, _>>()
-            .map(Self)
-    }
-
-    pub fn matches(&self, envelope: &Envelope) -> bool {
-        if self.0.is_empty() {
-            return true;
-        }
-        let subject = format!(
-            "{}:{}.{}",
-            envelope.provider, envelope.object, envelope.action
-        );
-        self.0.iter().any(|p| p.matches(&subject))
-    }
-}
+pub use filter::EventFilter;
 
 /// The ordering lane of an envelope: provider, object and object id. Envelopes without an
 /// object id are not ordered against anything.
@@ -192,6 +160,12 @@ pub fn build_routes(
     handlers: Vec<HandlerRoute>,
 ) -> Result<Vec<SinkRoute>, ConfigError> {
     let file = loaded.file_name();
+    let instances: Vec<&str> = loaded
+        .settings
+        .providers
+        .keys()
+        .map(String::as_str)
+        .collect();
     let mut routes = loaded
         .settings
         .sinks
@@ -255,16 +229,10 @@ pub fn build_routes(
             } else {
                 common.concurrency
             };
-            let filter = common
-                .events
-                .iter()
-                .enumerate()
-                .map(|(j, p)| {
-                    EventFilter::parse_one(p).map_err(|m| err(&format!("events[{j}]"), m))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let filter = EventFilter::compile(&common.events, &common.conditions, &instances)
+                .map_err(|(field, m)| err(&field, m))?;
             Ok(SinkRoute {
-                filter: EventFilter(filter),
+                filter,
                 retry: common.retry,
                 concurrency,
                 name: common.name.clone(),
@@ -280,7 +248,8 @@ pub fn build_routes(
             return Err(err("this sink name is used twice".into()));
         }
         routes.push(SinkRoute {
-            filter: EventFilter::parse(&handler.events).map_err(err)?,
+            filter: EventFilter::compile(&handler.events, &Default::default(), &instances)
+                .map_err(|(field, m)| err(format!("{field}: {m}")))?,
             retry: handler.retry,
             concurrency: 8,
             name: handler.name,
@@ -435,17 +404,6 @@ mod tests {
             "received_at": "2024-01-01T00:00:00.000Z", "meta": {}
         }))
         .unwrap()
-    }
-
-    #[test]
-    fn filters_match_provider_object_action_globs() {
-        let f = EventFilter::parse(&["stripe:customer.*".into(), "pipedrive".into()]).unwrap();
-        assert!(f.matches(&envelope("stripe", "customer.subscription", "updated")));
-        assert!(f.matches(&envelope("stripe", "customer", "created")));
-        assert!(!f.matches(&envelope("stripe", "invoice", "paid")));
-        assert!(f.matches(&envelope("pipedrive", "deal", "updated")));
-        assert!(EventFilter::default().matches(&envelope("a", "b", "c")));
-        assert!(EventFilter::parse(&["[".into()]).is_err());
     }
 
     #[test]

@@ -13,22 +13,60 @@
 
 use actix_web::dev::HttpServiceFactory;
 use actix_web::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
 use crate::admin::{self, ListQuery};
+use crate::error::GatewayError;
 
 const BEARER: &str = "Bearer ";
 
 pub fn scope() -> impl HttpServiceFactory {
     web::scope("/admin")
-        .route("/events", web::get().to(list))
-        .route("/events/{id}", web::get().to(show))
-        .route("/events/{id}/redeliver", web::post().to(redeliver))
-        .route("/dead-letters", web::get().to(dead_letters))
-        .route("/dead-letters/redeliver", web::post().to(redeliver_dead))
+        .service(one_method("/events", Method::GET, list))
+        .service(one_method("/events/{id}", Method::GET, show))
+        .service(one_method(
+            "/events/{id}/redeliver",
+            Method::POST,
+            redeliver,
+        ))
+        .service(one_method("/dead-letters", Method::GET, dead_letters))
+        .service(one_method(
+            "/dead-letters/redeliver",
+            Method::POST,
+            redeliver_dead,
+        ))
+}
+
+/// A route with one method; the others are 405 with `Allow` (after the token check, so
+/// nothing about the API shows without it).
+fn one_method<F>(path: &str, method: Method, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<(HttpRequest, web::Data<AppState>)>,
+    F::Output: actix_web::Responder + 'static,
+{
+    let allow = if method == Method::POST {
+        "POST"
+    } else {
+        "GET"
+    };
+    web::resource(path)
+        .route(web::method(method).to(handler))
+        .default_service(web::to(
+            move |req: HttpRequest, state: web::Data<AppState>| async move {
+                if let Some(refusal) = refuse(&req, &state) {
+                    return refusal;
+                }
+                GatewayError::MethodNotAllowed {
+                    method: req.method().to_string(),
+                    allow,
+                }
+                .error_response()
+            },
+        ))
 }
 
 fn error(status: actix_web::http::StatusCode, code: &str, message: &str) -> HttpResponse {
@@ -189,6 +227,9 @@ async fn dead_letters(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
         Ok(query) => query,
         Err(reason) => return bad_query(&reason),
     };
+    if let Some(refusal) = check_sink(&state, query.sink.as_deref()) {
+        return refusal;
+    }
     let limit = query.limit.unwrap_or(admin::DEFAULT_LIMIT);
     match answered(admin::dead_letters(
         &*state.store,

@@ -1,12 +1,32 @@
 //! `GET /health` (the process answers), `GET /ready` (storage takes a durable write) and
 //! `GET /webhooks/{name}/health` (the instance exists; behind its Basic Auth when it has one).
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde_json::json;
 
 use super::AppState;
 use crate::envelope::format_millis;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, READ_METHODS};
+
+/// A read-only route: GET and HEAD (uptime monitors use HEAD) run `handler`; any other method
+/// is 405 with `Allow: GET, HEAD`.
+pub fn read_only<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(|req: HttpRequest| async move {
+            GatewayError::MethodNotAllowed {
+                method: req.method().to_string(),
+                allow: READ_METHODS,
+            }
+            .error_response()
+        }))
+}
 
 pub const SERVICE_NAME: &str = "hookgate";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -37,6 +37,8 @@ pub struct AppState {
     /// The sinks and their workers.
     pub dispatcher: Arc<Dispatcher>,
     pub trusted_proxies: Vec<IpNet>,
+    /// `server.forwarded_header`: the one header trusted proxies are believed in.
+    pub forwarded_header: crate::config::ForwardedHeader,
     pub body_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub metrics: Arc<Metrics>,
