@@ -736,3 +736,206 @@ async fn a_rate_limit_can_answer_503_for_senders_that_drop_on_4xx() {
     ));
     assert!(!ok && text.contains("rate_limit.status"), "{text}");
 }
+
+// Pause and resume
+
+async fn admin_post(app: &TestApp, path: &str) -> reqwest::Response {
+    app.client
+        .post(app.url(path))
+        .bearer_auth("day-two-token")
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn admin_get(app: &TestApp, path: &str) -> Value {
+    app.client
+        .get(app.url(path))
+        .bearer_auth("day-two-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_paused_instance_answers_503_paused_with_retry_after_even_after_a_restart() {
+    let extra = format!("{DEMO}{ADMIN}");
+    let app = spawn(&extra).await;
+    let paused: Value = admin_post(&app, "/admin/instances/demo/pause")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(paused["paused"], true);
+    assert_eq!(paused["changed"], true);
+    let body = generic_body("evt_pause", "post.created", "p1");
+    let response = app
+        .post_generic("demo", GENERIC_SECRET, "evt_pause", &body)
+        .await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(error_code(response).await, "paused");
+    let listed = admin_get(&app, "/admin/instances").await;
+    assert_eq!(listed["instances"][0]["name"], "demo");
+    assert_eq!(listed["instances"][0]["paused"], true);
+    // Unknown names are refused like the other admin routes.
+    let unknown = admin_post(&app, "/admin/instances/nope/pause").await;
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(error_code(unknown).await, "unknown_provider");
+
+    let dir = app.stop().await;
+    let app = spawn_in(dir, &extra, SpawnOptions::default()).await;
+    let response = app
+        .post_generic("demo", GENERIC_SECRET, "evt_pause", &body)
+        .await;
+    assert_eq!(response.status(), 503, "the pause survives a restart");
+    let resumed = admin_post(&app, "/admin/instances/demo/resume").await;
+    assert_eq!(resumed.status(), 200);
+    let response = app
+        .post_generic("demo", GENERIC_SECRET, "evt_pause", &body)
+        .await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_paused_sink_keeps_its_tasks_pending_until_it_is_resumed() {
+    let app = spawn(&format!("{DEMO}{ADMIN}")).await;
+    assert_eq!(
+        admin_post(&app, "/admin/sinks/audit/pause").await.status(),
+        200
+    );
+    let body = generic_body("evt_held", "post.created", "p1");
+    let answer: Value = app
+        .post_generic("demo", GENERIC_SECRET, "evt_held", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], "accepted");
+    let id = answer["id"].as_str().unwrap();
+    let event = admin_get(&app, &format!("/admin/events/{id}")).await;
+    let text = event.to_string();
+    assert!(text.contains("\"status\":\"pending\""), "{text}");
+    assert!(std::fs::read_to_string(app.sink_path())
+        .unwrap_or_default()
+        .is_empty());
+    assert_eq!(
+        admin_post(&app, "/admin/sinks/audit/resume").await.status(),
+        200
+    );
+    let delivered = app.sink_envelopes(1).await;
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0]["event_id"], "evt_held");
+}
+
+fn hookgate(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_cli_pauses_and_resumes_instances_and_sinks_on_a_stopped_gateway() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_in(dir.clone(), DEMO, SpawnOptions::default()).await;
+    let dir = app.stop().await;
+    let config = dir.path().join("config.toml");
+    let out = hookgate(&["instances", "pause", "demo"], &config);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("instance demo paused"));
+    let again = hookgate(&["instances", "pause", "demo"], &config);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already"));
+    let unknown = hookgate(&["sinks", "pause", "nope"], &config);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no sink named `nope`"));
+    let listed = hookgate(&["instances", "list"], &config);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("paused since"));
+
+    let app = spawn_in(dir, DEMO, SpawnOptions::default()).await;
+    let body = generic_body("evt_cli", "post.created", "p1");
+    let response = app
+        .post_generic("demo", GENERIC_SECRET, "evt_cli", &body)
+        .await;
+    assert_eq!(response.status(), 503);
+    let dir = app.stop().await;
+    let out = hookgate(&["instances", "resume", "demo"], &config);
+    assert!(out.status.success(), "{out:?}");
+    let app = spawn_in(dir, DEMO, SpawnOptions::default()).await;
+    let response = app
+        .post_generic("demo", GENERIC_SECRET, "evt_cli", &body)
+        .await;
+    assert_eq!(response.status(), 200);
+}
+
+// hookgate sinks test
+
+#[tokio::test]
+async fn sinks_test_sends_a_marked_test_envelope_and_prints_the_answer() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_in(
+        dir.clone(),
+        &format!("{DEMO}{ADMIN}"),
+        SpawnOptions::default(),
+    )
+    .await;
+    // Through the running gateway's API.
+    let config = dir.path().join("config.toml");
+    let config_text = std::fs::read_to_string(&config).unwrap().replace(
+        "bind = \"127.0.0.1:0\"",
+        &format!("bind = \"127.0.0.1:{}\"", app.port),
+    );
+    let online = dir.path().join("online.toml");
+    std::fs::write(&online, config_text).unwrap();
+    // The gateway runs on this test's runtime: wait for the command off it.
+    let out = tokio::task::spawn_blocking(move || hookgate(&["sinks", "test", "audit"], &online))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    let answer: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(answer["outcome"], "delivered");
+    let envelopes = app.sink_envelopes(1).await;
+    assert_eq!(envelopes[0]["type"], "hookgate.test");
+    assert_eq!(envelopes[0]["meta"]["test"], true);
+    // Nothing was stored: the event browser is empty.
+    let listed = admin_get(&app, "/admin/events").await;
+    assert_eq!(listed["events"].as_array().unwrap().len(), 0, "{listed}");
+    app.stop().await;
+
+    // A sink that refuses: the command says so and fails.
+    let down = dir.path().join("down.toml");
+    std::fs::write(&down, config_text_for_down_sink(dir.path())).unwrap();
+    let out = hookgate(&["sinks", "test", "down"], &down);
+    assert!(!out.status.success());
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["outcome"], "failed");
+    assert!(
+        answer["error"].as_str().unwrap().contains("request to"),
+        "{answer}"
+    );
+}
+
+fn config_text_for_down_sink(dir: &std::path::Path) -> String {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let store = tempfile::tempdir().unwrap().keep();
+    config_text(
+        &store,
+        "",
+        &format!(
+            "{DEMO}\n[[sinks]]\nname = \"down\"\nkind = \"http\"\nurl = \"http://127.0.0.1:{port}/x\"\n"
+        ),
+    )
+    .replace(
+        &format!("{}", store.join("envelopes.jsonl").display()),
+        &format!("{}", dir.join("down-audit.jsonl").display()),
+    )
+}

@@ -76,7 +76,7 @@ enum EventsCommand {
 }
 
 /// Where the commands run.
-enum Backend {
+pub(super) enum Backend {
     Api {
         client: reqwest::Client,
         base: String,
@@ -85,7 +85,7 @@ enum Backend {
     Store(Arc<dyn Store>),
 }
 
-async fn backend(loaded: &LoadedSettings) -> anyhow::Result<Backend> {
+pub(super) async fn backend(loaded: &LoadedSettings) -> anyhow::Result<Backend> {
     let settings = &loaded.settings;
     if let Some(token) = settings.admin.token.as_ref().filter(|t| !t.is_empty()) {
         let base = format!("{}/admin", loaded.local_url());
@@ -155,11 +155,11 @@ impl Backend {
         read(response).await
     }
 
-    async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+    pub(super) async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, query).await
     }
 
-    async fn post(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+    pub(super) async fn post(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
         self.call(reqwest::Method::POST, path, query).await
     }
 }
@@ -308,12 +308,12 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
 
 /// A stored value as it may go to a terminal: ids, types and errors come from senders and
 /// sinks, so their control characters are shown escaped, never sent to the terminal.
-fn text(value: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn text(value: &str) -> std::borrow::Cow<'_, str> {
     escape_controls(value, LineStyle::Text { ansi: false })
 }
 
 /// JSON for the terminal: serde_json escapes C0 controls; DEL and C1 are escaped here too.
-fn print_json(body: &Value) -> anyhow::Result<()> {
+pub(super) fn print_json(body: &Value) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(body)?;
     outln!("{}", escape_controls(&json, LineStyle::Json));
     Ok(())

@@ -10,6 +10,7 @@ macro_rules! outln {
     }};
 }
 
+mod control;
 mod events;
 mod replay;
 mod sign;
@@ -58,6 +59,10 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// List, show and redeliver stored events and dead letters.
     Events(events::EventsArgs),
+    /// List provider instances; pause or resume one (paused: 503 `paused`, providers retry).
+    Instances(control::ControlArgs),
+    /// List sinks; pause or resume one (paused: its tasks stay pending); send a test envelope.
+    Sinks(control::ControlArgs),
     /// Maintain the embedded store (the gateway must be stopped).
     Storage {
         #[command(subcommand)]
@@ -97,6 +102,12 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Sign(args) => sign::run(args),
         Command::Replay(args) => current_thread()?.block_on(replay::run(args)),
         Command::Events(args) => current_thread()?.block_on(events::run(args)),
+        Command::Instances(args) => {
+            current_thread()?.block_on(control::run(crate::store::PauseTarget::Instance, args))
+        }
+        Command::Sinks(args) => {
+            current_thread()?.block_on(control::run(crate::store::PauseTarget::Sink, args))
+        }
         Command::Storage { action, config } => storage(action, config),
     }
 }

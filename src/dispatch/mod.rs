@@ -34,8 +34,9 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use crate::config::{ConfigError, DeliveryMode, LoadedSettings, RetrySettings, SinkSettings};
 use crate::envelope::Envelope;
 use crate::metrics::Metrics;
+use crate::pause::Pauses;
 use crate::pipeline::signature::standard::SigningKey;
-use crate::store::{Store, StoreError, TaskStatus};
+use crate::store::{PauseTarget, Store, StoreError, TaskStatus};
 
 pub use filter::EventFilter;
 
@@ -148,6 +149,9 @@ pub struct HandlerRoute {
     pub retry: RetrySettings,
     pub handler: Arc<dyn SyncHandler>,
 }
+
+/// The `provider` (and `kind`, `object`) of `hookgate sinks test` envelopes.
+pub const TEST_PROVIDER: &str = "hookgate";
 
 /// How many envelopes the file sink writes per sync.
 const FILE_BATCH: usize = 512;
@@ -293,6 +297,8 @@ pub enum DeliveryError {
         "sink `{0}` is still delivering the event, or an earlier one about the same object; retry later"
     )]
     InFlight(String),
+    #[error("sink `{0}` is paused; the event is kept for it")]
+    Paused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -305,6 +311,8 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     /// How long a sync-mode request has its new tasks to itself (the store's lease).
     sync_lease_ms: i64,
+    /// Paused sinks are skipped (their tasks stay pending).
+    pauses: Arc<Pauses>,
 }
 
 impl Dispatcher {
@@ -314,6 +322,7 @@ impl Dispatcher {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         sync_lease: Duration,
+        pauses: Arc<Pauses>,
     ) -> Self {
         Self {
             routes: routes.into_iter().map(Arc::new).collect(),
@@ -321,6 +330,7 @@ impl Dispatcher {
             clock,
             metrics,
             sync_lease_ms: i64::try_from(sync_lease.as_millis()).unwrap_or(i64::MAX),
+            pauses,
         }
     }
 
@@ -357,6 +367,7 @@ impl Dispatcher {
             route: route.clone(),
             clock: self.clock.clone(),
             metrics: self.metrics.clone(),
+            pauses: self.pauses.clone(),
         }
     }
 
@@ -368,10 +379,69 @@ impl Dispatcher {
             .collect()
     }
 
+    /// `hookgate sinks test`: sends one clearly marked test envelope (provider `hookgate`,
+    /// type `hookgate.test`, `meta.test = true`) to the sink, outside its queue and filter;
+    /// nothing is stored. `None` when no such sink exists.
+    pub async fn test_sink(&self, name: &str) -> Option<serde_json::Value> {
+        let route = self.route(name)?;
+        let now = self.clock.now();
+        let id = ulid::Ulid::from_datetime(std::time::SystemTime::from(now)).to_string();
+        let mut meta = serde_json::Map::new();
+        meta.insert("test".into(), serde_json::Value::Bool(true));
+        let envelope = Envelope {
+            id: id.clone(),
+            provider: TEST_PROVIDER.into(),
+            kind: TEST_PROVIDER.into(),
+            event_id: format!("test:{id}"),
+            event_type: format!("{TEST_PROVIDER}.test"),
+            action: "test".into(),
+            object: TEST_PROVIDER.into(),
+            object_id: None,
+            current: Some(serde_json::json!({
+                "message": "A test envelope from `hookgate sinks test`; it is not a real event."
+            })),
+            previous: None,
+            occurred_at: None,
+            received_at: crate::envelope::format_millis(now),
+            meta,
+        };
+        let started = std::time::Instant::now();
+        let attempt = route.sink.deliver(std::slice::from_ref(&envelope)).await;
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (outcome, http_status, exit_code, error) = match attempt.into_iter().next() {
+            Some(Attempt::Delivered {
+                http_status,
+                exit_code,
+            }) => ("delivered", http_status, exit_code, None),
+            Some(Attempt::Retry {
+                error,
+                http_status,
+                exit_code,
+                ..
+            }) => ("failed", http_status, exit_code, Some(error)),
+            Some(Attempt::Permanent { error, http_status }) => {
+                ("rejected", http_status, None, Some(error))
+            }
+            None => ("failed", None, None, Some("no answer".to_owned())),
+        };
+        Some(serde_json::json!({
+            "sink": route.name,
+            "envelope_id": id,
+            "outcome": outcome,
+            "http_status": http_status,
+            "exit_code": exit_code,
+            "error": error,
+            "duration_ms": elapsed_ms,
+        }))
+    }
+
     /// Sync mode: delivers these envelopes' pending tasks now, sink by sink. `Ok` only when no
     /// task of theirs is left pending.
     pub async fn deliver_now(&self, envelope_ids: &[String]) -> Result<(), DeliveryError> {
         for route in &self.routes {
+            if self.pauses.is_paused(PauseTarget::Sink, &route.name) {
+                continue;
+            }
             let now = self.clock.now().timestamp_millis();
             let due = self
                 .store
@@ -385,6 +455,9 @@ impl Dispatcher {
         for id in envelope_ids {
             let tasks = self.store.tasks(id.clone()).await?;
             if let Some(task) = tasks.iter().find(|t| t.status == TaskStatus::Pending) {
+                if self.pauses.is_paused(PauseTarget::Sink, &task.sink) {
+                    return Err(DeliveryError::Paused(task.sink.clone()));
+                }
                 return Err(DeliveryError::InFlight(task.sink.clone()));
             }
         }

@@ -52,6 +52,8 @@ pub struct AppState {
     pub admin_token: Option<Secret>,
     /// `storage.retention_secs`; 0 keeps deliveries forever.
     pub retention_secs: u64,
+    /// Paused instances and sinks, as last read from the store.
+    pub pauses: Arc<crate::pause::Pauses>,
 }
 
 /// Any route that does not exist.

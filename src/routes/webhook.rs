@@ -21,6 +21,7 @@ use crate::provider::definition::HmacAlgorithm;
 use crate::provider::kind::{Handshake, Reply};
 use crate::provider::registry::Instance;
 use crate::provider::source::{text_of, Context};
+use crate::store::PauseTarget;
 
 /// Metric label for requests to names that are not configured (bounded label values).
 pub const UNKNOWN_PROVIDER_LABEL: &str = "unknown";
@@ -172,6 +173,10 @@ async fn handle(
             method: req.method().to_string(),
             allow: RECEIVER_METHODS,
         });
+    }
+    // paused: the provider retries later; nothing is read or stored
+    if state.pauses.is_paused(PauseTarget::Instance, name) {
+        return Err(GatewayError::Paused);
     }
     // 3. body
     let headers = req.headers();
