@@ -393,10 +393,47 @@ pub enum WhereValue {
     AnyOf(Vec<WhereValue>),
 }
 
-/// `retry = { max_attempts = 8, initial_backoff_ms = 1000, max_backoff_ms = 3600000 }`
-#[derive(Debug, Clone, Copy, Deserialize)]
+/// A delay written `30s`, `5m`, `2h` or `1d` (`retry.schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delay(pub std::time::Duration);
+
+impl std::str::FromStr for Delay {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("`{text}` is not a delay such as 30s, 5m, 2h or 1d");
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (number, unit) = text.split_at(split);
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        let secs = match unit {
+            "ms" => return Ok(Delay(std::time::Duration::from_millis(n))).and_then(positive),
+            "s" => n,
+            "m" => n.saturating_mul(60),
+            "h" => n.saturating_mul(3600),
+            "d" => n.saturating_mul(86_400),
+            _ => return Err(bad()),
+        };
+        positive(Delay(std::time::Duration::from_secs(secs)))
+    }
+}
+
+fn positive(delay: Delay) -> Result<Delay, String> {
+    if delay.0.is_zero() {
+        return Err("a delay must be longer than 0".into());
+    }
+    Ok(delay)
+}
+
+/// `retry = { max_attempts = 8, initial_backoff_ms = 1000, max_backoff_ms = 3600000 }`, or an
+/// explicit `schedule = ["1m", "5m", "30m"]`.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySettings {
+    /// Delays before retry 1, 2, ... instead of exponential backoff; the delivery becomes a
+    /// dead letter when they are used up (or after `max_attempts`, whichever comes first).
+    /// Checked at start (`check` names the entry); see [`Delay`].
+    pub schedule: Vec<String>,
     /// Attempts before the delivery becomes a dead letter.
     pub max_attempts: u32,
     /// Delay before the first retry; doubles each time, with jitter.
@@ -407,9 +444,20 @@ pub struct RetrySettings {
     pub max_age_secs: u64,
 }
 
+impl RetrySettings {
+    /// The scheduled delay before retry `n` (1-based), if the schedule has one.
+    pub fn scheduled(&self, n: u32) -> Option<std::time::Duration> {
+        let text = self
+            .schedule
+            .get(usize::try_from(n).ok()?.checked_sub(1)?)?;
+        text.parse::<Delay>().ok().map(|d| d.0)
+    }
+}
+
 impl Default for RetrySettings {
     fn default() -> Self {
         Self {
+            schedule: Vec::new(),
             max_attempts: 8,
             initial_backoff_ms: 1_000,
             max_backoff_ms: 3_600_000,
@@ -817,6 +865,11 @@ fn validate(settings: &Settings, file: &str) -> Result<SocketAddr, ConfigError> 
                     sink.name
                 ),
             ));
+        }
+        for (j, delay) in sink.retry.schedule.iter().enumerate() {
+            delay
+                .parse::<Delay>()
+                .map_err(|m| err(&key(&format!("retry.schedule[{j}]")), m))?;
         }
         if sink.concurrency == 0 {
             return Err(err(&key("concurrency"), "must be at least 1".into()));

@@ -939,3 +939,126 @@ fn config_text_for_down_sink(dir: &std::path::Path) -> String {
         &format!("{}", dir.join("down-audit.jsonl").display()),
     )
 }
+
+// Retry schedules and the answer of a successful attempt
+
+/// A receiver answering the statuses in `script` in turn (then 200), each with a short body.
+async fn scripted_receiver(script: Vec<u16>) -> (String, actix_web::dev::ServerHandle) {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let script = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+        script,
+    )));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(move || {
+        let script = script.clone();
+        App::new().default_service(web::to(move || {
+            let status = script.lock().unwrap().pop_front().unwrap_or(200);
+            async move {
+                HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                    .body(format!("answer {status}"))
+            }
+        }))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (format!("http://127.0.0.1:{port}/hooks"), handle)
+}
+
+async fn attempts_of(
+    app: &TestApp,
+    id: &str,
+    sink: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let event = admin_get(app, &format!("/admin/events/{id}")).await;
+        let attempts: Vec<Value> = event["envelopes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e["deliveries"].as_array().cloned().unwrap_or_default())
+            .filter(|d| d["sink"] == sink)
+            .flat_map(|d| d["attempts_made"].as_array().cloned().unwrap_or_default())
+            .collect();
+        if done(&attempts) || std::time::Instant::now() > deadline {
+            return attempts;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_retry_schedule_sets_the_delays_and_the_number_of_retries() {
+    let (url, _receiver) = scripted_receiver(vec![500; 10]).await;
+    let app = spawn_with(
+        &format!(
+            "{DEMO}{ADMIN}\n[[sinks]]\nname = \"app\"\nkind = \"http\"\nurl = \"{url}\"\nretry = {{ schedule = [\"100ms\", \"300ms\"] }}\n"
+        ),
+        SpawnOptions {
+            moving_clock: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = generic_body("evt_sched", "post.created", "p1");
+    let answer: Value = app
+        .post_generic("demo", GENERIC_SECRET, "evt_sched", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = answer["id"].as_str().unwrap();
+    let attempts = attempts_of(&app, id, "app", |a| {
+        a.last().is_some_and(|l| l["outcome"] == "dead")
+    })
+    .await;
+    let outcomes: Vec<&str> = attempts
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    // The first try and one retry per entry of the schedule, then a dead letter.
+    assert_eq!(outcomes, ["retry", "retry", "dead"], "{attempts:?}");
+    let at = |i: usize| {
+        chrono::DateTime::parse_from_rfc3339(attempts[i]["at"].as_str().unwrap()).unwrap()
+    };
+    assert!((at(1) - at(0)).num_milliseconds() >= 100, "{attempts:?}");
+    assert!((at(2) - at(1)).num_milliseconds() >= 300, "{attempts:?}");
+    let (ok, text) = check_config(&format!(
+        "{DEMO}\n[[sinks]]\nname = \"x\"\nkind = \"file\"\npath = \"/tmp/never\"\nretry = {{ schedule = [\"1m\", \"5x\"] }}\n"
+    ));
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("retry.schedule[1]") && text.contains("`5x`"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_successful_attempt_keeps_the_start_of_the_answer() {
+    let (url, _receiver) = scripted_receiver(vec![]).await;
+    let app = spawn_with(
+        &format!("{DEMO}{ADMIN}\n[[sinks]]\nname = \"app\"\nkind = \"http\"\nurl = \"{url}\"\n"),
+        SpawnOptions {
+            moving_clock: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = generic_body("evt_snip", "post.created", "p1");
+    let answer: Value = app
+        .post_generic("demo", GENERIC_SECRET, "evt_snip", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = answer["id"].as_str().unwrap();
+    let attempts = attempts_of(&app, id, "app", |a| !a.is_empty()).await;
+    assert_eq!(attempts[0]["outcome"], "delivered");
+    assert_eq!(attempts[0]["response"], "answer 200");
+}

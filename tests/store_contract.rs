@@ -540,6 +540,8 @@ fn attempted(
         exit_code: None,
         error: error.map(str::to_owned),
         duration_ms: 7,
+        // What a sink answered a delivery with is kept, and read back whole.
+        response: (outcome == AttemptOutcome::Delivered).then(|| "{\"ok\":true}".to_owned()),
     };
     (task, attempt)
 }

@@ -61,6 +61,8 @@ pub enum Attempt {
     Delivered {
         http_status: Option<u16>,
         exit_code: Option<i32>,
+        /// The start of the answer's body (HTTP sinks), bounded like error snippets.
+        response: Option<String>,
     },
     /// Worth retrying: 429, 5xx, a timeout, a connection error, a non-zero exit.
     Retry {
@@ -116,6 +118,7 @@ impl Sink {
                         Ok(()) => Attempt::Delivered {
                             http_status: None,
                             exit_code: None,
+                            response: None,
                         },
                         Err(error) => Attempt::Retry {
                             error,
@@ -237,7 +240,7 @@ pub fn build_routes(
                 .map_err(|(field, m)| err(&field, m))?;
             Ok(SinkRoute {
                 filter,
-                retry: common.retry,
+                retry: common.retry.clone(),
                 concurrency,
                 name: common.name.clone(),
                 sink,
@@ -250,6 +253,11 @@ pub fn build_routes(
         };
         if routes.iter().any(|r| r.name == handler.name) {
             return Err(err("this sink name is used twice".into()));
+        }
+        for delay in &handler.retry.schedule {
+            delay
+                .parse::<crate::config::Delay>()
+                .map_err(|m| err(format!("retry.schedule: {m}")))?;
         }
         routes.push(SinkRoute {
             filter: EventFilter::compile(&handler.events, &Default::default(), &instances)
@@ -408,21 +416,22 @@ impl Dispatcher {
         let started = std::time::Instant::now();
         let attempt = route.sink.deliver(std::slice::from_ref(&envelope)).await;
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let (outcome, http_status, exit_code, error) = match attempt.into_iter().next() {
+        let (outcome, http_status, exit_code, error, response) = match attempt.into_iter().next() {
             Some(Attempt::Delivered {
                 http_status,
                 exit_code,
-            }) => ("delivered", http_status, exit_code, None),
+                response,
+            }) => ("delivered", http_status, exit_code, None, response),
             Some(Attempt::Retry {
                 error,
                 http_status,
                 exit_code,
                 ..
-            }) => ("failed", http_status, exit_code, Some(error)),
+            }) => ("failed", http_status, exit_code, Some(error), None),
             Some(Attempt::Permanent { error, http_status }) => {
-                ("rejected", http_status, None, Some(error))
+                ("rejected", http_status, None, Some(error), None)
             }
-            None => ("failed", None, None, Some("no answer".to_owned())),
+            None => ("failed", None, None, Some("no answer".to_owned()), None),
         };
         Some(serde_json::json!({
             "sink": route.name,
@@ -431,6 +440,7 @@ impl Dispatcher {
             "http_status": http_status,
             "exit_code": exit_code,
             "error": error,
+            "response": response,
             "duration_ms": elapsed_ms,
         }))
     }

@@ -209,6 +209,10 @@ pub struct AttemptRecord {
     pub exit_code: Option<i32>,
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// The start of a successful answer's body (at most 512 bytes; errors keep theirs in
+    /// `error`). Absent in records made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
 }
 
 /// A task handed to a worker: the task and its envelope, leased to the caller until its
