@@ -244,8 +244,9 @@ pub struct InstanceSettings {
     pub allow_ips: Vec<IpNet>,
     /// Per client IP limit for this instance.
     pub rate_limit: Option<RateLimitSettings>,
-    /// HTTP Basic Auth credentials the provider sends.
-    pub basic_auth: Option<BasicAuthSettings>,
+    /// HTTP Basic Auth credentials the provider sends: one `{ username, password }`, or a
+    /// list of them, any of which is accepted (rotation, like `secrets`).
+    pub basic_auth: Option<BasicAuthList>,
     /// Body limit for this instance; default `server.body_limit_bytes`.
     pub body_limit_bytes: Option<u64>,
     /// The public URL the provider calls (`https://hooks.example.com/webhooks/twilio`), for
@@ -292,6 +293,36 @@ fn default_rate_limit_status() -> u16 {
 pub struct BasicAuthSettings {
     pub username: Expanded,
     pub password: Secret,
+}
+
+/// `basic_auth = { ... }` or `basic_auth = [{ ... }, { ... }]`: every pair is accepted.
+#[derive(Debug, Clone)]
+pub struct BasicAuthList(pub Vec<BasicAuthSettings>);
+
+impl BasicAuthList {
+    /// The pair a sender signing for this instance uses (`hookgate replay`): the first.
+    pub fn first(&self) -> Option<&BasicAuthSettings> {
+        self.0.first()
+    }
+}
+
+impl<'de> Deserialize<'de> for BasicAuthList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(BasicAuthSettings),
+            Many(Vec<BasicAuthSettings>),
+        }
+        match OneOrMany::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected { username = \"...\", password = \"...\" } or a list of them",
+            )
+        })? {
+            OneOrMany::One(one) => Ok(Self(vec![one])),
+            OneOrMany::Many(many) => Ok(Self(many)),
+        }
+    }
 }
 
 /// `[[sinks]]`: a sync handler, tagged by `kind`. Every envelope goes to every sink whose
@@ -836,15 +867,27 @@ fn validate(settings: &Settings, file: &str) -> Result<SocketAddr, ConfigError> 
                 ));
             }
         }
-        if let Some(auth) = &instance.basic_auth {
-            if auth.username.as_str().is_empty() || auth.username.as_str().contains(':') {
+        if let Some(list) = &instance.basic_auth {
+            if list.0.is_empty() {
                 return Err(err(
-                    &key("basic_auth.username"),
-                    "must be non-empty and contain no `:`".into(),
+                    &key("basic_auth"),
+                    "lists no credentials; remove it or add { username, password }".into(),
                 ));
             }
-            if auth.password.is_empty() {
-                return Err(err(&key("basic_auth.password"), "must not be empty".into()));
+            for (j, auth) in list.0.iter().enumerate() {
+                let field = |name: &str| match list.0.len() {
+                    1 => key(&format!("basic_auth.{name}")),
+                    _ => key(&format!("basic_auth[{j}].{name}")),
+                };
+                if auth.username.as_str().is_empty() || auth.username.as_str().contains(':') {
+                    return Err(err(
+                        &field("username"),
+                        "must be non-empty and contain no `:`".into(),
+                    ));
+                }
+                if auth.password.is_empty() {
+                    return Err(err(&field("password"), "must not be empty".into()));
+                }
             }
         }
     }

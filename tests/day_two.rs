@@ -1062,3 +1062,41 @@ async fn a_successful_attempt_keeps_the_start_of_the_answer() {
     assert_eq!(attempts[0]["outcome"], "delivered");
     assert_eq!(attempts[0]["response"], "answer 200");
 }
+
+// Basic Auth with several credentials
+
+#[tokio::test]
+async fn basic_auth_accepts_any_of_several_credentials_during_a_rotation() {
+    let app = spawn(
+        "[providers.crm]\nkind = \"pipedrive\"\nbasic_auth = [{ username = \"hooks\", password = \"old-pw\" }, { username = \"hooks2\", password = \"new-pw\" }]\n",
+    )
+    .await;
+    let body = r#"{"meta":{"action":"updated","object":"deal","id":7,"timestamp":1705314600,"v":1},"current":{"id":7},"previous":{"id":7},"event":"updated.deal"}"#;
+    let post = |user: &'static str, pass: &'static str| {
+        let app = &app;
+        async move {
+            use base64::Engine as _;
+            let auth = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+            );
+            let headers = vec![
+                ("Content-Type".to_owned(), "application/json".to_owned()),
+                ("Authorization".to_owned(), auth),
+            ];
+            app.post("crm", &headers, body.to_owned()).await.status()
+        }
+    };
+    assert_eq!(post("hooks", "old-pw").await, 200);
+    assert_eq!(post("hooks2", "new-pw").await, 200);
+    assert_eq!(post("hooks", "new-pw").await, 401);
+    assert_eq!(post("hooks2", "old-pw").await, 401);
+    let (ok, text) = check_config(
+        "[providers.crm]\nkind = \"pipedrive\"\nbasic_auth = [{ username = \"a\", password = \"x\" }, { username = \"b\", password = \"\" }]\n",
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("providers.crm.basic_auth[1].password"),
+        "{text}"
+    );
+}

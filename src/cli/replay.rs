@@ -98,6 +98,7 @@ fn target(
                 basic_auth: instance
                     .basic_auth
                     .as_ref()
+                    .and_then(|list| list.first())
                     .map(|a| (a.username.as_str().to_owned(), a.password.clone())),
                 providers_dir: loaded.providers_dir.clone(),
             })

@@ -216,36 +216,48 @@ impl ClientLimiter {
     }
 }
 
-/// Configured Basic Auth credentials, kept as digests so comparison time does not depend on
-/// where or whether the values differ, nor on their lengths.
+/// Configured Basic Auth credentials (one pair or several, for rotation), kept as digests so
+/// comparison time does not depend on where or whether the values differ, nor on their lengths,
+/// nor on which pair matched.
 pub struct BasicAuth {
-    username: [u8; 32],
-    password: [u8; 32],
+    pairs: Vec<([u8; 32], [u8; 32])>,
 }
 
 impl std::fmt::Debug for BasicAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BasicAuth(***)")
+        write!(f, "BasicAuth({} pair(s), ***)", self.pairs.len())
     }
 }
 
 impl BasicAuth {
-    pub fn new(settings: &BasicAuthSettings) -> Self {
+    pub fn new(settings: &[BasicAuthSettings]) -> Self {
         Self {
-            username: Sha256::digest(settings.username.as_str().as_bytes()).into(),
-            password: Sha256::digest(settings.password.expose()).into(),
+            pairs: settings
+                .iter()
+                .map(|s| {
+                    (
+                        Sha256::digest(s.username.as_str().as_bytes()).into(),
+                        Sha256::digest(s.password.expose()).into(),
+                    )
+                })
+                .collect(),
         }
     }
 
-    /// Whether the request carries these credentials.
+    /// Whether the request carries one of these pairs.
     pub fn check(&self, headers: &HeaderMap) -> bool {
         let Some((user, pass)) = basic_credentials(headers) else {
             return false;
         };
         let user: [u8; 32] = Sha256::digest(user.as_bytes()).into();
         let pass: [u8; 32] = Sha256::digest(pass.as_bytes()).into();
-        // Both comparisons always run.
-        let ok = user.ct_eq(&self.username) & pass.ct_eq(&self.password);
+        // Every comparison always runs.
+        let ok = self
+            .pairs
+            .iter()
+            .fold(subtle::Choice::from(0), |ok, (u, p)| {
+                ok | (user.ct_eq(u) & pass.ct_eq(p))
+            });
         ok.into()
     }
 }
@@ -377,10 +389,18 @@ mod tests {
 
     #[test]
     fn basic_auth_accepts_only_the_configured_pair() {
-        let auth = BasicAuth::new(&BasicAuthSettings {
-            username: "hooks".into(),
-            password: crate::secret::Secret::new("pw"),
-        });
+        let auth = BasicAuth::new(&[
+            BasicAuthSettings {
+                username: "hooks".into(),
+                password: crate::secret::Secret::new("pw"),
+            },
+            BasicAuthSettings {
+                username: "hooks".into(),
+                password: crate::secret::Secret::new("next"),
+            },
+        ]);
+        let next = format!("Basic {}", BASE64.encode("hooks:next"));
+        assert!(auth.check(&headers("authorization", &next)));
         let good = format!("Basic {}", BASE64.encode("hooks:pw"));
         assert!(auth.check(&headers("authorization", &good)));
         let bad = format!("Basic {}", BASE64.encode("hooks:px"));

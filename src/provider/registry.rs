@@ -148,7 +148,7 @@ impl Registry {
                         .rate_limit
                         .and_then(|r| actix_web::http::StatusCode::from_u16(r.status).ok())
                         .unwrap_or(actix_web::http::StatusCode::TOO_MANY_REQUESTS),
-                    basic_auth: cfg.basic_auth.as_ref().map(BasicAuth::new),
+                    basic_auth: cfg.basic_auth.as_ref().map(|list| BasicAuth::new(&list.0)),
                     body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
                     mode: cfg.mode,
                     batch_max_events: cfg.batch_max_events,
