@@ -503,6 +503,9 @@ impl Default for RetrySettings {
 pub struct AdminSettings {
     /// Bearer token for `/admin/...`; unset or empty disables the admin API.
     pub token: Option<Secret>,
+    /// `/metrics` answers only requests with the admin bearer token (needs `token`).
+    #[serde(default)]
+    pub protect_metrics: bool,
 }
 
 /// How an instance hands envelopes to the sinks.
@@ -890,6 +893,13 @@ fn validate(settings: &Settings, file: &str) -> Result<SocketAddr, ConfigError> 
                 }
             }
         }
+    }
+    if settings.admin.protect_metrics && settings.admin.token.as_ref().is_none_or(Secret::is_empty)
+    {
+        return Err(err(
+            "admin.protect_metrics",
+            "needs admin.token: /metrics would answer nobody".into(),
+        ));
     }
     let mut sink_names = std::collections::HashSet::new();
     for (i, sink_settings) in settings.sinks.iter().enumerate() {

@@ -168,6 +168,7 @@ impl Application {
             rejection_log: LogBudget::new(REJECTION_LOG_PER_SECOND, REJECTION_LOG_BURST),
             metrics,
             admin_token: settings.admin.token.clone().filter(|t| !t.is_empty()),
+            protect_metrics: settings.admin.protect_metrics,
             retention_secs: settings.storage.retention_secs,
             pauses,
         });

@@ -1100,3 +1100,78 @@ async fn basic_auth_accepts_any_of_several_credentials_during_a_rotation() {
         "{text}"
     );
 }
+
+// Per-provider health; /metrics behind the admin token
+
+#[tokio::test]
+async fn provider_health_tells_the_last_event_time_and_whether_it_is_paused() {
+    let app = spawn(&format!("{DEMO}{ADMIN}")).await;
+    let health = |app: &TestApp| {
+        let url = app.url("/webhooks/demo/health");
+        let client = app.client.clone();
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let before = health(&app).await;
+    assert_eq!(before["last_event_at"], Value::Null, "{before}");
+    assert_eq!(before["paused"], false);
+    let body = generic_body("evt_h1", "post.created", "p1");
+    app.post_generic("demo", GENERIC_SECRET, "evt_h1", &body)
+        .await;
+    let after = health(&app).await;
+    let at = after["last_event_at"].as_str().expect("a time");
+    let stored = admin_get(&app, "/admin/events").await;
+    assert_eq!(stored["events"][0]["received_at"], at, "{stored}");
+    admin_post(&app, "/admin/instances/demo/pause").await;
+    assert_eq!(health(&app).await["paused"], true);
+}
+
+#[tokio::test]
+async fn metrics_can_require_the_admin_token() {
+    let app = spawn(&format!("{DEMO}{ADMIN}protect_metrics = true\n")).await;
+    let anonymous = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(error_code(anonymous).await, "unauthorized");
+    let wrong = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let allowed = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth("day-two-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert!(allowed
+        .text()
+        .await
+        .unwrap()
+        .contains("hookgate_requests_total"));
+    // Without the option /metrics stays open.
+    let open = spawn(DEMO).await;
+    assert_eq!(
+        open.client
+            .get(open.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (ok, text) = check_config(&format!("{DEMO}[admin]\nprotect_metrics = true\n"));
+    assert!(!ok && text.contains("admin.protect_metrics"), "{text}");
+}

@@ -50,6 +50,8 @@ pub struct AppState {
     pub rejection_log: LogBudget,
     /// Bearer token of `/admin`; `None` disables it.
     pub admin_token: Option<Secret>,
+    /// `admin.protect_metrics`: `/metrics` needs the admin token too.
+    pub protect_metrics: bool,
     /// `storage.retention_secs`; 0 keeps deliveries forever.
     pub retention_secs: u64,
     /// Paused instances and sinks, as last read from the store.

@@ -49,7 +49,7 @@ pub async fn route(
         }
         Some((name, HEALTH_SUFFIX)) if !name.is_empty() => {
             if req.method() == Method::GET || req.method() == Method::HEAD {
-                super::health::provider_health(&req, name, &state)
+                super::health::provider_health(&req, name, &state).await
             } else {
                 Err(GatewayError::MethodNotAllowed {
                     method: req.method().to_string(),
