@@ -1,5 +1,5 @@
 //! The operator's view of the store: list and show stored events with their deliveries and
-//! attempts, and redeliver events or dead letters. Served under `/admin` ([`crate::routes::admin`])
+//! attempts, redeliver events or dead letters, and pause or resume instances and sinks. Served under `/admin` ([`crate::routes::admin`])
 //! and by `hookgate events`, which calls these functions on the running gateway's API or, when
 //! no gateway holds the store, on the store directly. Output never contains a secret:
 //! credential headers are not stored in the first place.
@@ -8,7 +8,9 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::store::{EventQuery, EventStatus, EventSummary, Store, StoreError, TaskRecord};
+use crate::store::{
+    EventQuery, EventStatus, EventSummary, PauseTarget, Store, StoreError, TaskRecord,
+};
 
 /// Default and largest page size of `list`.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -252,4 +254,45 @@ pub async fn redeliver_dead_letters(
             return Ok(count); // nothing left that can be rescheduled
         }
     }
+}
+
+/// Names of one target (instances or sinks) with their pause state:
+/// `{"<target>s": [{"name", "paused", "paused_at"}]}`.
+pub async fn pause_states(
+    store: &dyn Store,
+    target: PauseTarget,
+    names: &[String],
+) -> Result<Value, AdminError> {
+    let paused = store.paused().await?;
+    let list: Vec<Value> = names
+        .iter()
+        .map(|name| {
+            let pause = paused
+                .iter()
+                .find(|p| p.target == target && &p.name == name);
+            json!({
+                "name": name,
+                "paused": pause.is_some(),
+                "paused_at": pause
+                    .and_then(|p| chrono::DateTime::from_timestamp_millis(p.paused_at_ms))
+                    .map(crate::envelope::format_millis),
+            })
+        })
+        .collect();
+    Ok(json!({ format!("{}s", target.as_str()): list }))
+}
+
+/// Pauses or resumes one configured instance or sink, durably:
+/// `{"<target>": name, "paused": bool, "changed": bool}`.
+pub async fn set_paused(
+    store: &dyn Store,
+    target: PauseTarget,
+    name: &str,
+    paused: bool,
+    now_ms: i64,
+) -> Result<Value, AdminError> {
+    let changed = store
+        .set_paused(target, name.to_owned(), paused, now_ms)
+        .await?;
+    Ok(json!({ target.as_str(): name, "paused": paused, "changed": changed }))
 }

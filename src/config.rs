@@ -81,6 +81,9 @@ pub struct ServerSettings {
     pub body_limit_bytes: u64,
     /// CIDRs of reverse proxies whose `X-Forwarded-For` / `Forwarded` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Which header the trusted proxies set: `x-forwarded-for` (default) or `forwarded`. Only
+    /// that one is believed; a request carrying both that name different clients is 403.
+    pub forwarded_header: ForwardedHeader,
     /// Worker threads; default: one per core.
     pub workers: Option<usize>,
     /// Largest total size of the request headers (names + values); more is 431.
@@ -103,6 +106,7 @@ impl Default for ServerSettings {
             bind: Expanded::from("127.0.0.1:8080"),
             body_limit_bytes: 1024 * 1024,
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
             workers: None,
             max_header_bytes: 16 * 1024,
             header_read_timeout_ms: 5_000,
@@ -112,6 +116,17 @@ impl Default for ServerSettings {
             shutdown_timeout_secs: 10,
         }
     }
+}
+
+/// The header a trusted proxy writes the client address into (`server.forwarded_header`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, ...`
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`
+    Forwarded,
 }
 
 /// Which store the gateway runs on (`storage.backend`).
@@ -229,8 +244,9 @@ pub struct InstanceSettings {
     pub allow_ips: Vec<IpNet>,
     /// Per client IP limit for this instance.
     pub rate_limit: Option<RateLimitSettings>,
-    /// HTTP Basic Auth credentials the provider sends.
-    pub basic_auth: Option<BasicAuthSettings>,
+    /// HTTP Basic Auth credentials the provider sends: one `{ username, password }`, or a
+    /// list of them, any of which is accepted (rotation, like `secrets`).
+    pub basic_auth: Option<BasicAuthList>,
     /// Body limit for this instance; default `server.body_limit_bytes`.
     pub body_limit_bytes: Option<u64>,
     /// The public URL the provider calls (`https://hooks.example.com/webhooks/twilio`), for
@@ -261,6 +277,14 @@ pub struct RateLimitSettings {
     pub per_second: f64,
     /// Requests allowed at once above the sustained rate.
     pub burst: u32,
+    /// Status of the refusal: 429 (default) or 503, for senders that drop a delivery on any
+    /// 4xx instead of retrying (Pipedrive).
+    #[serde(default = "default_rate_limit_status")]
+    pub status: u16,
+}
+
+fn default_rate_limit_status() -> u16 {
+    429
 }
 
 /// `basic_auth = { username = "...", password = "..." }`
@@ -269,6 +293,36 @@ pub struct RateLimitSettings {
 pub struct BasicAuthSettings {
     pub username: Expanded,
     pub password: Secret,
+}
+
+/// `basic_auth = { ... }` or `basic_auth = [{ ... }, { ... }]`: every pair is accepted.
+#[derive(Debug, Clone)]
+pub struct BasicAuthList(pub Vec<BasicAuthSettings>);
+
+impl BasicAuthList {
+    /// The pair a sender signing for this instance uses (`hookgate replay`): the first.
+    pub fn first(&self) -> Option<&BasicAuthSettings> {
+        self.0.first()
+    }
+}
+
+impl<'de> Deserialize<'de> for BasicAuthList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(BasicAuthSettings),
+            Many(Vec<BasicAuthSettings>),
+        }
+        match OneOrMany::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected { username = \"...\", password = \"...\" } or a list of them",
+            )
+        })? {
+            OneOrMany::One(one) => Ok(Self(vec![one])),
+            OneOrMany::Many(many) => Ok(Self(many)),
+        }
+    }
 }
 
 /// `[[sinks]]`: a sync handler, tagged by `kind`. Every envelope goes to every sink whose
@@ -311,10 +365,15 @@ pub enum SinkSettings {
 pub struct SinkCommon {
     /// Unique sink name, used in logs, metrics and the event browser.
     pub name: String,
-    /// `provider:object.action` globs; a bare provider name means all of its events; empty
-    /// means every envelope.
+    /// `provider:object.action` globs; a bare instance name means all of its events, a glob
+    /// without a colon (`post.*`) matches `object.action` of every instance; empty means every
+    /// envelope.
     #[serde(default)]
     pub events: Vec<String>,
+    /// Conditions on envelope fields, all of which must hold:
+    /// `where = { "current.status" = "published", "current.channel" = "presence-*" }`.
+    #[serde(default, rename = "where")]
+    pub conditions: BTreeMap<String, WhereValue>,
     /// How failed deliveries are retried before they become dead letters.
     #[serde(default)]
     pub retry: RetrySettings,
@@ -325,6 +384,14 @@ pub struct SinkCommon {
 
 impl SinkSettings {
     pub fn common(&self) -> &SinkCommon {
+        match self {
+            SinkSettings::Http { common, .. }
+            | SinkSettings::Command { common, .. }
+            | SinkSettings::File { common, .. } => common,
+        }
+    }
+
+    fn common_mut(&mut self) -> &mut SinkCommon {
         match self {
             SinkSettings::Http { common, .. }
             | SinkSettings::Command { common, .. }
@@ -345,10 +412,59 @@ fn default_command_timeout_ms() -> u64 {
     30_000
 }
 
-/// `retry = { max_attempts = 8, initial_backoff_ms = 1000, max_backoff_ms = 3600000 }`
-#[derive(Debug, Clone, Copy, Deserialize)]
+/// A `where` value: a string is a glob (plain equality without `*`, `?`, `[`), a number or
+/// boolean must be equal, a list is any of its values.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum WhereValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    AnyOf(Vec<WhereValue>),
+}
+
+/// A delay written `30s`, `5m`, `2h` or `1d` (`retry.schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delay(pub std::time::Duration);
+
+impl std::str::FromStr for Delay {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("`{text}` is not a delay such as 30s, 5m, 2h or 1d");
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (number, unit) = text.split_at(split);
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        let secs = match unit {
+            "ms" => return Ok(Delay(std::time::Duration::from_millis(n))).and_then(positive),
+            "s" => n,
+            "m" => n.saturating_mul(60),
+            "h" => n.saturating_mul(3600),
+            "d" => n.saturating_mul(86_400),
+            _ => return Err(bad()),
+        };
+        positive(Delay(std::time::Duration::from_secs(secs)))
+    }
+}
+
+fn positive(delay: Delay) -> Result<Delay, String> {
+    if delay.0.is_zero() {
+        return Err("a delay must be longer than 0".into());
+    }
+    Ok(delay)
+}
+
+/// `retry = { max_attempts = 8, initial_backoff_ms = 1000, max_backoff_ms = 3600000 }`, or an
+/// explicit `schedule = ["1m", "5m", "30m"]`.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySettings {
+    /// Delays before retry 1, 2, ... instead of exponential backoff; the delivery becomes a
+    /// dead letter when they are used up (or after `max_attempts`, whichever comes first).
+    /// Checked at start (`check` names the entry); see [`Delay`].
+    pub schedule: Vec<String>,
     /// Attempts before the delivery becomes a dead letter.
     pub max_attempts: u32,
     /// Delay before the first retry; doubles each time, with jitter.
@@ -359,9 +475,20 @@ pub struct RetrySettings {
     pub max_age_secs: u64,
 }
 
+impl RetrySettings {
+    /// The scheduled delay before retry `n` (1-based), if the schedule has one.
+    pub fn scheduled(&self, n: u32) -> Option<std::time::Duration> {
+        let text = self
+            .schedule
+            .get(usize::try_from(n).ok()?.checked_sub(1)?)?;
+        text.parse::<Delay>().ok().map(|d| d.0)
+    }
+}
+
 impl Default for RetrySettings {
     fn default() -> Self {
         Self {
+            schedule: Vec::new(),
             max_attempts: 8,
             initial_backoff_ms: 1_000,
             max_backoff_ms: 3_600_000,
@@ -376,6 +503,9 @@ impl Default for RetrySettings {
 pub struct AdminSettings {
     /// Bearer token for `/admin/...`; unset or empty disables the admin API.
     pub token: Option<Secret>,
+    /// `/metrics` answers only requests with the admin bearer token (needs `token`).
+    #[serde(default)]
+    pub protect_metrics: bool,
 }
 
 /// How an instance hands envelopes to the sinks.
@@ -440,24 +570,148 @@ pub fn load(path: &Path) -> Result<LoadedSettings, ConfigError> {
         )
         .build()
         .map_err(|e| ConfigError::new(&file_name, None, e.to_string()))?;
-    let settings: Settings = serde_path_to_error::deserialize(layered).map_err(|e| {
-        let key = e.path().to_string();
-        ConfigError::new(
+    let mut settings: Settings = serde_path_to_error::deserialize(layered).map_err(|e| {
+        let mut key = e.path().to_string();
+        let mut message = e.into_inner().to_string();
+        // The `config` crate's own words for a bad value ("enum DeliveryMode does not have
+        // variant constructor fast") lose serde's list of choices; the file read by `toml`
+        // alone gives serde's message for the same mistake when it is in the file.
+        if let Some((file_key, file_message)) = file_error(path) {
+            if file_key == key || key == "." {
+                key = file_key;
+                message = file_message;
+            }
+        }
+        // serde names the table holding an unknown key; the key itself is what is wrong.
+        if let Some(field) = unknown_field(&message) {
+            key = if key == "." {
+                field.to_owned()
+            } else {
+                format!("{key}.{field}")
+            };
+        }
+        blame_environment(ConfigError::new(
             &file_name,
             (key != ".").then_some(key),
-            e.into_inner().to_string(),
-        )
+            message,
+        ))
     })?;
-    from_settings(settings, path)
+    restore_where_keys(path, &file_name, &mut settings)?;
+    from_settings(settings, path).map_err(blame_environment)
+}
+
+/// The error deserialising the file alone (no environment) gives, with its key.
+fn file_error(path: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let deserializer = toml::Deserializer::new(&text);
+    match serde_path_to_error::deserialize::<_, Settings>(deserializer) {
+        Ok(_) => None,
+        Err(e) => {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            Some((key, inner.message().to_owned()))
+        }
+    }
+}
+
+/// `unknown field `x`, expected ...` → `x`.
+fn unknown_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("unknown field `")?
+        .split('`')
+        .next()
+        .filter(|f| !f.is_empty())
+}
+
+/// The environment variable that would set `key` (`server.bind` → `HOOKGATE__SERVER__BIND`).
+pub fn env_name(key: &str) -> String {
+    let path: String = key
+        .split(['.', '['])
+        .map(|part| part.trim_end_matches(']').to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(ENV_SEPARATOR);
+    format!("{ENV_PREFIX}{ENV_SEPARATOR}{path}")
+}
+
+/// An error about a key that an environment variable overrides is that variable's fault, not
+/// the file's: say so.
+fn blame_environment(mut error: ConfigError) -> ConfigError {
+    let Some(key) = &error.key else {
+        return error;
+    };
+    // The key itself, or a table above it (a whole `HOOKGATE__SERVER__...` override).
+    let mut candidate = key.clone();
+    loop {
+        let name = env_name(&candidate);
+        if std::env::var_os(&name).is_some() {
+            error.file = format!("environment variable {name} (overrides {})", error.file);
+            return error;
+        }
+        match candidate.rsplit_once('.') {
+            Some((parent, _)) => candidate = parent.to_owned(),
+            None => return error,
+        }
+    }
+}
+
+/// The `config` crate lowercases keys; `where` names JSON fields, whose case matters
+/// (`current.firstName`), so its keys are taken as written in the file.
+fn restore_where_keys(
+    path: &Path,
+    file_name: &str,
+    settings: &mut Settings,
+) -> Result<(), ConfigError> {
+    let table = read_table(path, file_name)?;
+    let Some(toml::Value::Array(sinks)) = table.get("sinks") else {
+        return Ok(());
+    };
+    for (sink, written) in settings.sinks.iter_mut().zip(sinks) {
+        let Some(toml::Value::Table(conditions)) = written.get("where") else {
+            continue;
+        };
+        let common = sink.common_mut();
+        let mut restored = BTreeMap::new();
+        for (key, value) in std::mem::take(&mut common.conditions) {
+            let original = conditions
+                .keys()
+                .find(|k| k.to_lowercase() == key)
+                .cloned()
+                .unwrap_or(key);
+            restored.insert(original, value);
+        }
+        common.conditions = restored;
+    }
+    Ok(())
+}
+
+/// The file as a TOML table; a syntax error names its line and column.
+fn read_table(path: &Path, file_name: &str) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(file_name, None, format!("cannot read: {e}")))?;
+    toml::from_str(&text).map_err(|e| {
+        let at = e.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before[line_start..].chars().count() + 1;
+            format!("line {line}, column {column}: ")
+        });
+        ConfigError::new(
+            file_name,
+            None,
+            format!(
+                "TOML syntax error at {}{}",
+                at.unwrap_or_default(),
+                e.message()
+            ),
+        )
+    })
 }
 
 /// The `config` crate lowercases keys, which would silently move `[providers.Stripe]` to
 /// `/webhooks/stripe`; instance names are therefore checked as written in the file.
 fn check_instance_names_as_written(path: &Path, file_name: &str) -> Result<(), ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(file_name, None, format!("cannot read: {e}")))?;
-    let table: toml::Table = toml::from_str(&text)
-        .map_err(|e| ConfigError::new(file_name, None, e.message().to_owned()))?;
+    let table = read_table(path, file_name)?;
     if let Some(toml::Value::Table(providers)) = table.get("providers") {
         for name in providers.keys() {
             if !is_valid_instance_name(name) {
@@ -599,6 +853,12 @@ fn validate(settings: &Settings, file: &str) -> Result<SocketAddr, ConfigError> 
             if rate.burst == 0 {
                 return Err(err(&key("rate_limit.burst"), "must be at least 1".into()));
             }
+            if !matches!(rate.status, 429 | 503) {
+                return Err(err(
+                    &key("rate_limit.status"),
+                    format!("must be 429 or 503, got {}", rate.status),
+                ));
+            }
         }
         if let Some(url) = &instance.public_url {
             let text = url.as_str();
@@ -610,17 +870,36 @@ fn validate(settings: &Settings, file: &str) -> Result<SocketAddr, ConfigError> 
                 ));
             }
         }
-        if let Some(auth) = &instance.basic_auth {
-            if auth.username.as_str().is_empty() || auth.username.as_str().contains(':') {
+        if let Some(list) = &instance.basic_auth {
+            if list.0.is_empty() {
                 return Err(err(
-                    &key("basic_auth.username"),
-                    "must be non-empty and contain no `:`".into(),
+                    &key("basic_auth"),
+                    "lists no credentials; remove it or add { username, password }".into(),
                 ));
             }
-            if auth.password.is_empty() {
-                return Err(err(&key("basic_auth.password"), "must not be empty".into()));
+            for (j, auth) in list.0.iter().enumerate() {
+                let field = |name: &str| match list.0.len() {
+                    1 => key(&format!("basic_auth.{name}")),
+                    _ => key(&format!("basic_auth[{j}].{name}")),
+                };
+                if auth.username.as_str().is_empty() || auth.username.as_str().contains(':') {
+                    return Err(err(
+                        &field("username"),
+                        "must be non-empty and contain no `:`".into(),
+                    ));
+                }
+                if auth.password.is_empty() {
+                    return Err(err(&field("password"), "must not be empty".into()));
+                }
             }
         }
+    }
+    if settings.admin.protect_metrics && settings.admin.token.as_ref().is_none_or(Secret::is_empty)
+    {
+        return Err(err(
+            "admin.protect_metrics",
+            "needs admin.token: /metrics would answer nobody".into(),
+        ));
     }
     let mut sink_names = std::collections::HashSet::new();
     for (i, sink_settings) in settings.sinks.iter().enumerate() {
@@ -639,6 +918,11 @@ fn validate(settings: &Settings, file: &str) -> Result<SocketAddr, ConfigError> 
                     sink.name
                 ),
             ));
+        }
+        for (j, delay) in sink.retry.schedule.iter().enumerate() {
+            delay
+                .parse::<Delay>()
+                .map_err(|m| err(&key(&format!("retry.schedule[{j}]")), m))?;
         }
         if sink.concurrency == 0 {
             return Err(err(&key("concurrency"), "must be at least 1".into()));

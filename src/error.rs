@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
@@ -19,6 +19,14 @@ use crate::store::StoreError;
 
 /// `Retry-After` for storage trouble.
 const STORAGE_RETRY_AFTER_SECS: u64 = 5;
+/// `Retry-After` of a paused instance: long enough not to hammer, short enough that a resume
+/// is noticed soon.
+pub const PAUSED_RETRY_AFTER_SECS: u64 = 60;
+
+/// Methods of the receiver, `/webhooks/{name}`.
+pub const RECEIVER_METHODS: &str = "POST";
+/// Methods of the read-only routes: `/health`, `/ready`, `/metrics`, `/webhooks/{name}/health`.
+pub const READ_METHODS: &str = "GET, HEAD";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -26,8 +34,12 @@ pub enum GatewayError {
     UnknownProvider(String),
     #[error("the route was not found")]
     NotFound,
-    #[error("method {0} is not allowed here; use POST")]
-    MethodNotAllowed(String),
+    #[error("method {method} is not allowed here; use {allow}")]
+    MethodNotAllowed {
+        method: String,
+        /// The route's methods, as the `Allow` header lists them.
+        allow: &'static str,
+    },
     #[error("request body exceeds the {limit}-byte limit")]
     PayloadTooLarge { limit: usize },
     #[error("the delivery carries {count} events; at most {limit} are accepted in one request")]
@@ -38,8 +50,17 @@ pub enum GatewayError {
     RequestTimeout,
     #[error("client address is not in this provider's allowlist")]
     IpNotAllowed,
-    #[error("too many requests; retry after {} s", retry_after_secs(.0))]
-    RateLimited(Duration),
+    #[error(
+        "the X-Forwarded-For and Forwarded headers name different clients; a trusted proxy sets \
+         only one (server.forwarded_header)"
+    )]
+    ForwardedConflict,
+    #[error("too many requests; retry after {} s", retry_after_secs(.wait))]
+    RateLimited {
+        wait: Duration,
+        /// `rate_limit.status`: 429 by default, 503 for senders that give up on any 4xx.
+        status: StatusCode,
+    },
     #[error("valid HTTP Basic Auth credentials are required")]
     Unauthorized,
     #[error("{0}")]
@@ -53,6 +74,8 @@ pub enum GatewayError {
     TooDeep { limit: usize },
     #[error("the event cannot be normalised: {0}")]
     UnprocessableEvent(String),
+    #[error("this provider instance is paused; retry later")]
+    Paused,
     #[error("storage is temporarily unavailable; retry later")]
     StorageUnavailable(#[source] StoreError),
     #[error("the event is stored but was not delivered: {0}")]
@@ -63,78 +86,120 @@ fn retry_after_secs(wait: &Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
+/// One row of the error table: what an error is on the wire.
+pub struct ErrorSpec {
+    /// The stable code in the JSON body.
+    pub code: &'static str,
+    pub status: StatusCode,
+    /// Headers sent with it (`Retry-After`, `WWW-Authenticate`, `Allow`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Whether a sender should try again: every 5xx, and 429.
+    pub retryable: bool,
+}
+
 impl GatewayError {
+    /// The error table: code, status, headers and whether to retry, for every error, in one
+    /// `match`.
+    pub fn spec(&self) -> ErrorSpec {
+        let retry_after = |secs: u64| vec![(header::RETRY_AFTER, HeaderValue::from(secs.max(1)))];
+        let (code, status, headers) = match self {
+            GatewayError::UnknownProvider(_) => ("unknown_provider", StatusCode::NOT_FOUND, vec![]),
+            GatewayError::NotFound => ("not_found", StatusCode::NOT_FOUND, vec![]),
+            GatewayError::MethodNotAllowed { allow, .. } => (
+                "method_not_allowed",
+                StatusCode::METHOD_NOT_ALLOWED,
+                vec![(header::ALLOW, HeaderValue::from_static(allow))],
+            ),
+            GatewayError::PayloadTooLarge { .. } => {
+                ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE, vec![])
+            }
+            GatewayError::TooManyEvents { .. } => {
+                ("too_many_events", StatusCode::PAYLOAD_TOO_LARGE, vec![])
+            }
+            GatewayError::HeadersTooLarge { .. } => (
+                "headers_too_large",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                vec![],
+            ),
+            GatewayError::RequestTimeout => {
+                ("request_timeout", StatusCode::REQUEST_TIMEOUT, vec![])
+            }
+            GatewayError::IpNotAllowed | GatewayError::ForwardedConflict => {
+                ("ip_not_allowed", StatusCode::FORBIDDEN, vec![])
+            }
+            GatewayError::RateLimited { wait, status } => {
+                ("rate_limited", *status, retry_after(retry_after_secs(wait)))
+            }
+            GatewayError::Unauthorized => (
+                "unauthorized",
+                StatusCode::UNAUTHORIZED,
+                vec![(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(BASIC_CHALLENGE),
+                )],
+            ),
+            GatewayError::Signature(e) => (
+                match e {
+                    SignatureError::Missing(_) => "missing_signature",
+                    SignatureError::Malformed(_) => "malformed_signature_header",
+                    SignatureError::NoMatch { .. } | SignatureError::Other(_) => {
+                        "invalid_signature"
+                    }
+                    SignatureError::OutOfTolerance { .. } => "timestamp_out_of_tolerance",
+                },
+                StatusCode::UNAUTHORIZED,
+                vec![],
+            ),
+            GatewayError::InvalidPayload { .. } | GatewayError::TooDeep { .. } => {
+                ("invalid_payload", StatusCode::BAD_REQUEST, vec![])
+            }
+            GatewayError::UnprocessableEvent(_) => (
+                "unprocessable_event",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                vec![],
+            ),
+            GatewayError::Paused => (
+                "paused",
+                StatusCode::SERVICE_UNAVAILABLE,
+                retry_after(PAUSED_RETRY_AFTER_SECS),
+            ),
+            GatewayError::StorageUnavailable(_) => (
+                "storage_unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+                retry_after(STORAGE_RETRY_AFTER_SECS),
+            ),
+            GatewayError::DeliveryFailed(_) => (
+                "delivery_failed",
+                StatusCode::SERVICE_UNAVAILABLE,
+                retry_after(STORAGE_RETRY_AFTER_SECS),
+            ),
+        };
+        ErrorSpec {
+            code,
+            status,
+            retryable: status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS,
+            headers,
+        }
+    }
+
     /// The stable code in the JSON body.
     pub fn code(&self) -> &'static str {
-        match self {
-            GatewayError::UnknownProvider(_) => "unknown_provider",
-            GatewayError::NotFound => "not_found",
-            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
-            GatewayError::PayloadTooLarge { .. } => "payload_too_large",
-            GatewayError::TooManyEvents { .. } => "too_many_events",
-            GatewayError::HeadersTooLarge { .. } => "headers_too_large",
-            GatewayError::RequestTimeout => "request_timeout",
-            GatewayError::IpNotAllowed => "ip_not_allowed",
-            GatewayError::RateLimited(_) => "rate_limited",
-            GatewayError::Unauthorized => "unauthorized",
-            GatewayError::Signature(e) => match e {
-                SignatureError::Missing(_) => "missing_signature",
-                SignatureError::Malformed(_) => "malformed_signature_header",
-                SignatureError::NoMatch { .. } | SignatureError::Other(_) => "invalid_signature",
-                SignatureError::OutOfTolerance { .. } => "timestamp_out_of_tolerance",
-            },
-            GatewayError::InvalidPayload { .. } | GatewayError::TooDeep { .. } => "invalid_payload",
-            GatewayError::UnprocessableEvent(_) => "unprocessable_event",
-            GatewayError::StorageUnavailable(_) => "storage_unavailable",
-            GatewayError::DeliveryFailed(_) => "delivery_failed",
-        }
+        self.spec().code
     }
 }
 
 impl ResponseError for GatewayError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            GatewayError::UnknownProvider(_) | GatewayError::NotFound => StatusCode::NOT_FOUND,
-            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            GatewayError::PayloadTooLarge { .. } | GatewayError::TooManyEvents { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            GatewayError::IpNotAllowed => StatusCode::FORBIDDEN,
-            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::Unauthorized | GatewayError::Signature(_) => StatusCode::UNAUTHORIZED,
-            GatewayError::InvalidPayload { .. } | GatewayError::TooDeep { .. } => {
-                StatusCode::BAD_REQUEST
-            }
-            GatewayError::UnprocessableEvent(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            GatewayError::StorageUnavailable(_) | GatewayError::DeliveryFailed(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-        }
+        self.spec().status
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.status_code());
-        match self {
-            GatewayError::RateLimited(wait) => {
-                response.insert_header((header::RETRY_AFTER, retry_after_secs(wait).max(1)));
-            }
-            GatewayError::StorageUnavailable(_) | GatewayError::DeliveryFailed(_) => {
-                response.insert_header((header::RETRY_AFTER, STORAGE_RETRY_AFTER_SECS));
-            }
-            GatewayError::Unauthorized => {
-                response.insert_header((
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(BASIC_CHALLENGE),
-                ));
-            }
-            GatewayError::MethodNotAllowed(_) => {
-                response.insert_header((header::ALLOW, "POST"));
-            }
-            _ => {}
+        let spec = self.spec();
+        let mut response = HttpResponse::build(spec.status);
+        for header in spec.headers {
+            response.insert_header(header);
         }
-        response.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
+        response.json(json!({"error": {"code": spec.code, "message": self.to_string()}}))
     }
 }
 
@@ -200,7 +265,10 @@ mod tests {
                 "unknown_provider",
             ),
             (
-                GatewayError::MethodNotAllowed("GET".into()),
+                GatewayError::MethodNotAllowed {
+                    method: "GET".into(),
+                    allow: RECEIVER_METHODS,
+                },
                 405,
                 "method_not_allowed",
             ),
@@ -219,10 +287,14 @@ mod tests {
             ),
             (GatewayError::IpNotAllowed, 403, "ip_not_allowed"),
             (
-                GatewayError::RateLimited(Duration::from_millis(1500)),
+                GatewayError::RateLimited {
+                    wait: Duration::from_millis(1500),
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                },
                 429,
                 "rate_limited",
             ),
+            (GatewayError::Paused, 503, "paused"),
             (GatewayError::Unauthorized, 401, "unauthorized"),
             (
                 SignatureError::NoMatch { keys: 2 }.into(),
@@ -239,6 +311,7 @@ mod tests {
         for (error, status, code) in cases {
             assert_eq!(error.status_code().as_u16(), status, "{code}");
             assert_eq!(error.code(), code);
+            assert_eq!(error.spec().retryable, status >= 500 || status == 429);
         }
         assert_eq!(retry_after_secs(&Duration::from_millis(1500)), 2);
     }

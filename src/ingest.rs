@@ -174,7 +174,7 @@ impl Ingestor {
         let received_ms = delivery.received_at.timestamp_millis();
         let receipt_id = self.ids.next(delivery.received_at);
         let mut new_events = Vec::new();
-        for ((element, event_id), known) in plan.events.iter().zip(&known) {
+        for (index, ((element, event_id), known)) in plan.events.iter().zip(&known).enumerate() {
             if known.is_some() {
                 continue;
             }
@@ -192,12 +192,26 @@ impl Ingestor {
             let envelope =
                 match normalise::envelope(plan.rule, element, plan.root, plan.headers, info) {
                     Ok(envelope) => envelope,
-                    Err(e) => return Err(self.unprocessable(delivery, first_event_id, e).await),
+                    Err(e) => {
+                        let e = match &plan.rule.batch {
+                            Some(batch) => NormaliseError::Element {
+                                index,
+                                batch: batch.clone(),
+                                cause: Box::new(e),
+                            },
+                            None => e,
+                        };
+                        return Err(self.unprocessable(delivery, first_event_id, e).await);
+                    }
                 };
             let json = Bytes::from(
                 serde_json::to_vec(&envelope)
                     .map_err(|e| StoreError::Io(format!("cannot serialise the envelope: {e}")))?,
             );
+            if new_events.is_empty() {
+                // The request span's `event_type`, for its log lines ("Accepted.").
+                tracing::Span::current().record("event_type", envelope.event_type.as_str());
+            }
             let tasks = self.dispatcher.plan(&envelope, instance.mode, received_ms);
             new_events.push(NewEnvelope {
                 dedup: Self::key(instance, event_id),

@@ -25,6 +25,7 @@
 //!   plans tasks and runs one worker per sink, retries, dead letters, per-object order.
 //! - `error`: the one error type at the HTTP boundary, with stable codes; `admin`: the
 //!   operator's queries, shared by `/admin` and `hookgate events`.
+//! - [`pause`]: instances and sinks paused at run time (kept by the store, copied here).
 //! - [`metrics`], [`telemetry`]: Prometheus metrics; logging (non-blocking, rejections within a
 //!   budget).
 //! - [`fixture`]: recorded requests, shared by the golden test and `hookgate replay`.
@@ -46,6 +47,7 @@ pub mod fixture;
 mod ingest;
 pub mod json;
 pub mod metrics;
+pub mod pause;
 pub mod pipeline;
 pub mod provider;
 mod routes;

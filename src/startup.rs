@@ -17,6 +17,7 @@ use crate::config::{ConfigError, LoadedSettings};
 use crate::dispatch::{self, Dispatcher, HandlerRoute};
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
+use crate::pause::{self, Pauses};
 use crate::provider::registry::Registry;
 use crate::routes::{self, admin, health, webhook, AppState};
 use crate::store::log::LogStore;
@@ -123,12 +124,30 @@ impl Application {
                 }
             },
         };
+        let pauses = Arc::new(Pauses::default());
+        // A pause made before this start holds from the first request on.
+        match store.paused().await {
+            Ok(list) => {
+                pauses.replace(&list);
+                for pause in &list {
+                    warn!(
+                        target = pause.target.as_str(),
+                        name = %pause.name,
+                        "Paused (resume with `hookgate {}s resume {}`).",
+                        pause.target.as_str(),
+                        pause.name
+                    );
+                }
+            }
+            Err(e) => warn!(error = %e, "Cannot read the pauses yet; retrying in the background."),
+        }
         let dispatcher = Arc::new(Dispatcher::new(
             routes,
             store.clone(),
             clock.clone(),
             metrics.clone(),
             Duration::from_secs(settings.storage.lease_secs),
+            pauses.clone(),
         ));
         let instance_metrics = registry
             .iter()
@@ -141,6 +160,7 @@ impl Application {
             store,
             clock,
             trusted_proxies: server_settings.trusted_proxies.clone(),
+            forwarded_header: server_settings.forwarded_header,
             body_read_timeout: Duration::from_millis(server_settings.body_read_timeout_ms),
             max_header_bytes: server_settings.max_header_bytes,
             instance_metrics,
@@ -148,7 +168,9 @@ impl Application {
             rejection_log: LogBudget::new(REJECTION_LOG_PER_SECOND, REJECTION_LOG_BURST),
             metrics,
             admin_token: settings.admin.token.clone().filter(|t| !t.is_empty()),
+            protect_metrics: settings.admin.protect_metrics,
             retention_secs: settings.storage.retention_secs,
+            pauses,
         });
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {
@@ -160,9 +182,9 @@ impl Application {
                 .service(
                     web::scope("")
                         .wrap(actix_web::middleware::from_fn(routes::limit_headers))
-                        .route("/health", web::get().to(health::health))
-                        .route("/ready", web::get().to(health::ready))
-                        .route("/metrics", web::get().to(health::metrics))
+                        .service(health::read_only("/health", health::health))
+                        .service(health::read_only("/ready", health::ready))
+                        .service(health::read_only("/metrics", health::metrics))
                         .service(admin::scope())
                         .default_service(web::to(routes::not_found)),
                 )
@@ -204,6 +226,7 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let store = self.state.store.clone();
         let workers = self.state.dispatcher.spawn_workers(&stop_rx);
+        let refresh = tokio::spawn(refresh_pauses(self.state.clone(), stop_rx.clone()));
         let maintenance = tokio::spawn(maintain(self.state.clone(), stop_rx));
         let result = self.server.await;
         info!("HTTP server stopped; finishing background work.");
@@ -218,10 +241,37 @@ impl Application {
             warn!("Deliveries still in flight at shutdown; they will be retried after restart.");
         }
         let _ = maintenance.await;
+        let _ = refresh.await;
         drop(self.state);
         store.close();
         info!("Stopped.");
         result
+    }
+}
+
+/// Reads the store's pauses every [`pause::REFRESH`]: what another replica (or a `hookgate
+/// instances|sinks pause` run against the database) changed takes effect here too.
+async fn refresh_pauses(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(pause::REFRESH);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => match state.store.paused().await {
+                Ok(list) => {
+                    failing = false;
+                    if state.pauses.replace(&list) {
+                        info!(paused = list.len(), "Pauses changed.");
+                    }
+                }
+                // The last copy stays in force; one line per outage, not one per second.
+                Err(e) if !failing => {
+                    failing = true;
+                    warn!(error = %e, "Cannot read the pauses; keeping the last ones read.");
+                }
+                Err(_) => {}
+            },
+            _ = stop.changed() => break,
+        }
     }
 }
 

@@ -411,7 +411,7 @@ async fn the_command_sink_gets_the_envelope_on_stdin_and_failures_keep_stderr() 
     let out = tempfile::tempdir().unwrap();
     let target = out.path().join("got.jsonl");
     let extra = format!(
-        r#"events = ["nothing:*"]
+        r#"events = ["*:nothing.*"]
 
 [[sinks]]
 name = "script"

@@ -13,8 +13,9 @@ use hookgate::config::StorageSettings;
 use hookgate::envelope::Envelope;
 use hookgate::store::log::LogStore;
 use hookgate::store::{
-    AttemptRecord, Commit, DedupKey, Due, DueTask, EventBrowser, EventPage, EventQuery,
-    IngestStore, Maintenance, NewReceipt, Receipt, StoreError, StoreFuture, TaskQueue, TaskRecord,
+    AttemptRecord, Commit, Controls, DedupKey, Due, DueTask, EventBrowser, EventPage, EventQuery,
+    IngestStore, Maintenance, NewReceipt, Pause, PauseTarget, Receipt, StoreError, StoreFuture,
+    TaskQueue, TaskRecord,
 };
 use serde_json::Value;
 
@@ -123,6 +124,15 @@ impl EventBrowser for BrokenStore {
         unplugged()
     }
     fn dead_letters(&self, _: Option<String>, _: usize) -> StoreFuture<Vec<TaskRecord>> {
+        unplugged()
+    }
+}
+
+impl Controls for BrokenStore {
+    fn set_paused(&self, _: PauseTarget, _: String, _: bool, _: i64) -> StoreFuture<bool> {
+        unplugged()
+    }
+    fn paused(&self) -> StoreFuture<Vec<Pause>> {
         unplugged()
     }
 }

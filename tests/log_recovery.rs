@@ -124,6 +124,7 @@ async fn deliver(store: &LogStore, events: std::ops::Range<u64>) {
             exit_code: None,
             error: None,
             duration_ms: 1,
+            response: None,
         };
         done.push((task, attempt));
     }

@@ -527,7 +527,8 @@ async fn replicas_starting_at_once_migrate_the_database_once() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(versions, [hookgate::store::postgres::SCHEMA_VERSION]);
+    let every: Vec<i32> = (1..=hookgate::store::postgres::SCHEMA_VERSION).collect();
+    assert_eq!(versions, every);
 
     // A database migrated by a newer hookgate is refused, not downgraded.
     sqlx::query("INSERT INTO hookgate_schema (version, name) VALUES (99, 'future')")
@@ -929,4 +930,92 @@ async fn per_object_order_follows_commits_not_replica_clocks() {
     assert_eq!(again[0].task.envelope_id, first);
     hookgate::store::Maintenance::close(&a);
     hookgate::store::Maintenance::close(&b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pause_made_on_one_replica_holds_on_the_others_and_after_a_restart() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = common::postgres::fresh_database("replicas_pause").await;
+    let sink = sink(Duration::ZERO).await;
+    let config = write_config(dir.path(), &database, &sink);
+    let mut replicas = start(&config, 2).await;
+    let client = client();
+    let admin = |port: u16, path: &str| format!("http://127.0.0.1:{port}/admin{path}");
+    let action = |port: u16, path: &'static str| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .post(admin(port, path))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+        }
+    };
+    // Poll a replica until `done` holds for one of its answers (no fixed sleep).
+    async fn until(
+        client: &reqwest::Client,
+        port: u16,
+        id: &str,
+        done: impl Fn(u16, &Value) -> bool,
+    ) -> (u16, Value) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = post(client, port, id).await;
+            if done(status, &body) || Instant::now() > deadline {
+                return (status, body);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    action(replicas[0].port, "/instances/demo/pause").await;
+    let (status, body) = until(&client, replicas[1].port, "evt_paused", |s, _| s == 503).await;
+    assert_eq!(status, 503, "the other replica pauses too: {body}");
+    assert_eq!(body["error"]["code"], "paused");
+
+    // A restarted replica starts paused.
+    let port = replicas[1].port;
+    replicas.pop().unwrap().sigkill();
+    let mut restarted = start(&config, 1).await;
+    assert_ne!(restarted[0].port, port);
+    let (status, _) = post(&client, restarted[0].port, "evt_paused").await;
+    assert_eq!(status, 503);
+
+    // A paused sink keeps its task pending across replicas; resuming delivers it.
+    // The sink is paused before the instance resumes, so a replica that answers 200 again
+    // has read the sink's pause too (one refresh reads both).
+    action(restarted[0].port, "/sinks/app/pause").await;
+    action(restarted[0].port, "/instances/demo/resume").await;
+    let (status, body) = until(&client, replicas[0].port, "evt_held", |s, _| s == 200).await;
+    assert_eq!(status, 200, "{body}");
+    let sinks: Value = client
+        .get(admin(replicas[0].port, "/sinks"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sinks["sinks"][0]["paused"], true, "{sinks}");
+    // (`evt_paused` may have been accepted and delivered before the pause reached replica 1.)
+    let held = || {
+        sink.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event_id"] == "evt_held")
+            .count()
+    };
+    assert_eq!(held(), 0, "a paused sink got a delivery");
+    action(replicas[0].port, "/sinks/app/resume").await;
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    while held() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(held(), 1, "resuming delivers the held task once");
+    drop(restarted.pop());
 }

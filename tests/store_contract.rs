@@ -37,8 +37,8 @@ use hookgate::store::log::LogStore;
 use hookgate::store::postgres::PgStore;
 use hookgate::store::{
     AttemptOutcome, AttemptRecord, Commit, Committed, DedupKey, DueTask, EventPage, EventQuery,
-    EventStatus, NewEnvelope, NewReceipt, Receipt, ReceiptStatus, Store, StoreError, StoreFuture,
-    TaskRecord, TaskStatus,
+    EventStatus, NewEnvelope, NewReceipt, Pause, PauseTarget, Receipt, ReceiptStatus, Store,
+    StoreError, StoreFuture, TaskRecord, TaskStatus,
 };
 use tokio::sync::watch;
 use ulid::Ulid;
@@ -83,6 +83,7 @@ macro_rules! contract_suite {
                 unknown_ids_read_as_nothing,
                 a_long_backlog_behind_one_failing_object_does_not_starve_other_objects,
                 an_envelope_as_deep_as_the_gateway_writes_reads_back_whole,
+                pauses_are_kept_per_target_and_name_and_survive_reopening,
             );
         }
     };
@@ -539,6 +540,8 @@ fn attempted(
         exit_code: None,
         error: error.map(str::to_owned),
         duration_ms: 7,
+        // What a sink answered a delivery with is kept, and read back whole.
+        response: (outcome == AttemptOutcome::Delivered).then(|| "{\"ok\":true}".to_owned()),
     };
     (task, attempt)
 }
@@ -2146,4 +2149,52 @@ async fn an_envelope_as_deep_as_the_gateway_writes_reads_back_whole(h: &mut Harn
     assert_eq!(ids(&due.tasks), std::slice::from_ref(&id));
     assert_eq!(due.tasks[0].envelope.as_ref().ok(), Some(&event.envelope));
     assert_eq!(h.envelope(id).done().await, Some(event.envelope));
+}
+
+/// `Controls`: a pause is one per (target, name), keeps its first time, survives reopening, and
+/// resuming removes it; an instance and a sink of the same name are separate.
+async fn pauses_are_kept_per_target_and_name_and_survive_reopening(h: &mut Harness) {
+    let now = h.now_ms();
+    assert_eq!(h.paused().done().await, Vec::new());
+    let pause = |target, name: &str, paused| h.set_paused(target, name.to_owned(), paused, now);
+    assert!(pause(PauseTarget::Instance, "shop", true).done().await);
+    assert!(pause(PauseTarget::Sink, "shop", true).done().await);
+    assert!(pause(PauseTarget::Sink, "audit", true).done().await);
+    // Pausing again changes nothing, not even the time.
+    assert!(
+        !h.set_paused(PauseTarget::Sink, "audit".into(), true, now + SECOND)
+            .done()
+            .await
+    );
+    let expected = |target, name: &str| Pause {
+        target,
+        name: name.to_owned(),
+        paused_at_ms: now,
+    };
+    let all = vec![
+        expected(PauseTarget::Instance, "shop"),
+        expected(PauseTarget::Sink, "audit"),
+        expected(PauseTarget::Sink, "shop"),
+    ];
+    assert_eq!(h.paused().done().await, all);
+    h.reopen().await;
+    assert_eq!(h.paused().done().await, all);
+    assert!(
+        h.set_paused(PauseTarget::Sink, "shop".into(), false, now)
+            .done()
+            .await
+    );
+    assert!(
+        !h.set_paused(PauseTarget::Sink, "never".into(), false, now)
+            .done()
+            .await
+    );
+    h.reopen().await;
+    assert_eq!(
+        h.paused().done().await,
+        vec![
+            expected(PauseTarget::Instance, "shop"),
+            expected(PauseTarget::Sink, "audit"),
+        ]
+    );
 }

@@ -76,7 +76,7 @@ enum EventsCommand {
 }
 
 /// Where the commands run.
-enum Backend {
+pub(super) enum Backend {
     Api {
         client: reqwest::Client,
         base: String,
@@ -85,7 +85,7 @@ enum Backend {
     Store(Arc<dyn Store>),
 }
 
-async fn backend(loaded: &LoadedSettings) -> anyhow::Result<Backend> {
+pub(super) async fn backend(loaded: &LoadedSettings) -> anyhow::Result<Backend> {
     let settings = &loaded.settings;
     if let Some(token) = settings.admin.token.as_ref().filter(|t| !t.is_empty()) {
         let base = format!("{}/admin", loaded.local_url());
@@ -155,11 +155,11 @@ impl Backend {
         read(response).await
     }
 
-    async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+    pub(super) async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, query).await
     }
 
-    async fn post(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+    pub(super) async fn post(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
         self.call(reqwest::Method::POST, path, query).await
     }
 }
@@ -231,7 +231,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                     backend.get("/events", &params).await?
                 }
             };
-            print_list(&body);
+            print_list(&body)?;
             Ok(())
         }
         (Backend::Store(store), EventsCommand::Show { id }) => {
@@ -296,7 +296,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                     .as_u64()
                     .unwrap_or(0) as usize,
             };
-            println!("{count} delivery task(s) scheduled again");
+            outln!("{count} delivery task(s) scheduled again");
             Ok(())
         }
     };
@@ -308,18 +308,18 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
 
 /// A stored value as it may go to a terminal: ids, types and errors come from senders and
 /// sinks, so their control characters are shown escaped, never sent to the terminal.
-fn text(value: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn text(value: &str) -> std::borrow::Cow<'_, str> {
     escape_controls(value, LineStyle::Text { ansi: false })
 }
 
 /// JSON for the terminal: serde_json escapes C0 controls; DEL and C1 are escaped here too.
-fn print_json(body: &Value) -> anyhow::Result<()> {
+pub(super) fn print_json(body: &Value) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(body)?;
-    println!("{}", escape_controls(&json, LineStyle::Json));
+    outln!("{}", escape_controls(&json, LineStyle::Json));
     Ok(())
 }
 
-fn print_list(body: &Value) {
+fn print_list(body: &Value) -> anyhow::Result<()> {
     let events = body["events"].as_array().cloned().unwrap_or_default();
     for event in &events {
         let deliveries: Vec<String> = event["deliveries"]
@@ -338,7 +338,7 @@ fn print_list(body: &Value) {
             })
             .unwrap_or_default();
         let field = |name: &str| text(event[name].as_str().unwrap_or_default()).into_owned();
-        println!(
+        outln!(
             "{}  {}  {:<12} {:<14} {:<40} {}",
             field("id"),
             field("received_at"),
@@ -349,6 +349,7 @@ fn print_list(body: &Value) {
         );
     }
     if let Some(next) = body["next"].as_str() {
-        println!("more: --before {}", text(next));
+        outln!("more: --before {}", text(next));
     }
+    Ok(())
 }

@@ -1,5 +1,16 @@
-//! The command line: `serve`, `check`, `sign` and `replay`.
+//! The command line: `serve`, `check`, `sign`, `replay`, `events`, `instances`, `sinks` and
+//! `storage`. Output goes through [`outln!`], so a closed pipe (`hookgate events list | head`)
+//! ends the command quietly instead of panicking.
 
+/// `println!` that hands the write error back (`?`) instead of panicking on a closed pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+mod control;
 mod events;
 mod replay;
 mod sign;
@@ -48,6 +59,10 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// List, show and redeliver stored events and dead letters.
     Events(events::EventsArgs),
+    /// List provider instances; pause or resume one (paused: 503 `paused`, providers retry).
+    Instances(control::ControlArgs),
+    /// List sinks; pause or resume one (paused: its tasks stay pending); send a test envelope.
+    Sinks(control::ControlArgs),
     /// Maintain the embedded store (the gateway must be stopped).
     Storage {
         #[command(subcommand)]
@@ -63,14 +78,36 @@ pub enum StorageCommand {
     RebuildIndex,
 }
 
-/// Runs the parsed command.
+/// Runs the parsed command. A closed stdout (the reader of a pipe went away) is success: the
+/// reader has what it wanted.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match run_command(cli) {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        result => result,
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn run_command(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Check { config, storage } => check(config, storage),
         Command::Sign(args) => sign::run(args),
         Command::Replay(args) => current_thread()?.block_on(replay::run(args)),
         Command::Events(args) => current_thread()?.block_on(events::run(args)),
+        Command::Instances(args) => {
+            current_thread()?.block_on(control::run(crate::store::PauseTarget::Instance, args))
+        }
+        Command::Sinks(args) => {
+            current_thread()?.block_on(control::run(crate::store::PauseTarget::Sink, args))
+        }
         Command::Storage { action, config } => storage(action, config),
     }
 }
@@ -81,7 +118,7 @@ fn storage(action: StorageCommand, path: PathBuf) -> anyhow::Result<()> {
     match action {
         StorageCommand::RebuildIndex => {
             let records = crate::store::log::LogStore::rebuild_index(&loaded.settings.storage)?;
-            println!(
+            outln!(
                 "Rebuilt the index of {} from its log: {records} records applied.",
                 loaded.settings.storage.path.as_str()
             );
@@ -120,7 +157,7 @@ fn check(path: PathBuf, storage: bool) -> anyhow::Result<()> {
         .map(|i| format!("{} ({})", i.name, i.kind.name))
         .collect();
     names.sort();
-    println!(
+    outln!(
         "{}: OK: {} provider instance(s) [{}], {} sink(s), providers from {}",
         loaded.file_name(),
         names.len(),
@@ -129,7 +166,7 @@ fn check(path: PathBuf, storage: bool) -> anyhow::Result<()> {
         loaded.providers_dir.display()
     );
     for instance in registry.iter().filter(|i| i.uses_demo_secret()) {
-        println!(
+        outln!(
             "warning: providers.{} uses the public demo secret; replace it before going live",
             instance.name
         );
@@ -153,7 +190,7 @@ fn check_storage(settings: &config::StorageSettings) -> anyhow::Result<()> {
             } else {
                 "does not exist yet (created at the first start)"
             };
-            println!("storage: embedded at {}: {state}", path.display());
+            outln!("storage: embedded at {}: {state}", path.display());
         }
         config::StorageBackend::Postgres => {
             let status = current_thread()?
@@ -175,9 +212,10 @@ fn check_storage(settings: &config::StorageSettings) -> anyhow::Result<()> {
                      rest at start)"
                 ),
             };
-            println!(
+            outln!(
                 "storage: PostgreSQL {} at {} is reachable, {migrated}",
-                status.server, status.target
+                status.server,
+                status.target
             );
         }
     }

@@ -98,6 +98,7 @@ fn target(
                 basic_auth: instance
                     .basic_auth
                     .as_ref()
+                    .and_then(|list| list.first())
                     .map(|a| (a.username.as_str().to_owned(), a.password.clone())),
                 providers_dir: loaded.providers_dir.clone(),
             })
@@ -146,7 +147,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
             Err(e) => {
                 // One kind without a target does not stop the others.
                 for case in &set.cases {
-                    println!("{:<48} SKIP {e}", format!("{}/{}", set.kind, case.name));
+                    outln!("{:<48} SKIP {e}", format!("{}/{}", set.kind, case.name));
                 }
                 sent += set.cases.len();
                 failed += set.cases.len();
@@ -196,19 +197,19 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
                     // with control characters escaped, never sent to the terminal as they are.
                     let summary = summarize(&text);
                     let summary = escape_controls(&summary, LineStyle::Text { ansi: false });
-                    println!("{label:<48} {} {summary}", status.as_u16());
+                    outln!("{label:<48} {} {summary}", status.as_u16());
                     if !status.is_success() {
                         failed += 1;
                     }
                 }
                 Err(e) => {
                     failed += 1;
-                    println!("{label:<48} ERR {e}");
+                    outln!("{label:<48} ERR {e}");
                 }
             }
         }
     }
-    println!("{} passed, {} failed", sent - failed, failed);
+    outln!("{} passed, {} failed", sent - failed, failed);
     if failed > 0 {
         bail!("{failed} of {sent} fixture deliveries were not acknowledged");
     }

@@ -3,8 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use anyhow::{anyhow, bail, Context as _};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use clap::Args;
 
@@ -17,9 +19,14 @@ pub struct SignArgs {
     /// Provider kind (a file in the providers directory).
     #[arg(long)]
     kind: String,
-    /// Signing secret (for ed25519 / ecdsa kinds: the private key).
+    /// Signing secret (for ed25519 / ecdsa kinds: the private key). Not used by kinds that
+    /// are authenticated by Basic Auth only (pipedrive).
     #[arg(long, env = "HOOKGATE_SIGN_SECRET")]
-    secret: String,
+    secret: Option<String>,
+    /// HTTP Basic Auth credentials, `user:password`, sent as `Authorization`; required by
+    /// kinds authenticated by Basic Auth only (pipedrive).
+    #[arg(long, env = "HOOKGATE_SIGN_BASIC_AUTH")]
+    basic_auth: Option<String>,
     /// Unix timestamp to sign at; default now.
     #[arg(long)]
     timestamp: Option<i64>,
@@ -141,14 +148,28 @@ pub fn run(args: SignArgs) -> anyhow::Result<()> {
         };
         headers.insert(0, ("Content-Type".into(), content_type.into()));
     }
-    let signed = resign(
-        &kind,
-        &Secret::new(args.secret),
-        &body,
-        &headers,
-        args.url.as_deref(),
-        now,
-    )?;
+    if let Some(credentials) = &args.basic_auth {
+        if !credentials.contains(':') {
+            bail!("--basic-auth is `user:password`");
+        }
+        headers.push((
+            AUTHORIZATION.to_string(),
+            format!("Basic {}", BASE64.encode(credentials)),
+        ));
+    }
+    let secret = match (&args.secret, kind.scheme.needs_secrets()) {
+        (Some(secret), _) => Secret::new(secret.clone()),
+        (None, false) => Secret::new(""),
+        (None, true) => bail!("kind `{}` signs deliveries: pass --secret", kind.name),
+    };
+    if kind.scheme.needs_basic_auth() && args.basic_auth.is_none() {
+        bail!(
+            "kind `{}` is authenticated by Basic Auth only: pass --basic-auth user:password \
+             (the instance's basic_auth), or the gateway refuses the request with 401",
+            kind.name
+        );
+    }
+    let signed = resign(&kind, &secret, &body, &headers, args.url.as_deref(), now)?;
     let mut body_arg = args.file.display().to_string();
     if signed.body != body {
         let path = format!("{}.signed", args.file.display());
@@ -157,7 +178,7 @@ pub fn run(args: SignArgs) -> anyhow::Result<()> {
         body_arg = path;
     }
     for (name, value) in &signed.headers {
-        println!("{name}: {}", value.to_str().unwrap_or_default());
+        outln!("{name}: {}", value.to_str().unwrap_or_default());
     }
     let url = signed
         .url
@@ -171,6 +192,6 @@ pub fn run(args: SignArgs) -> anyhow::Result<()> {
         )));
     }
     curl.push_str(&format!(" \\\n  --data-binary @{}", shell_quote(&body_arg)));
-    println!("\n{curl}");
+    outln!("\n{curl}");
     Ok(())
 }

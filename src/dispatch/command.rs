@@ -100,6 +100,7 @@ impl CommandSink {
                     Attempt::Delivered {
                         http_status: None,
                         exit_code: Some(0),
+                        response: None,
                     }
                 } else {
                     let text = String::from_utf8_lossy(&stderr).trim().to_owned();

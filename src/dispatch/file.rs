@@ -126,6 +126,7 @@ impl FileSink {
             Ok(Ok(())) => Attempt::Delivered {
                 http_status: None,
                 exit_code: None,
+                response: None,
             },
             Ok(Err(e)) => Attempt::Retry {
                 error: format!("{}: {e}", self.path.display()),

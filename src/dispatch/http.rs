@@ -169,9 +169,11 @@ async fn classify(response: reqwest::Response) -> Attempt {
     let status = response.status();
     let code = status.as_u16();
     if status.is_success() {
+        let body = snippet(response).await;
         return Attempt::Delivered {
             http_status: Some(code),
             exit_code: None,
+            response: (!body.is_empty()).then_some(body),
         };
     }
     let retry_after = response

@@ -16,6 +16,7 @@
 
 pub mod command;
 pub mod file;
+pub mod filter;
 pub mod http;
 pub mod retry;
 pub mod worker;
@@ -33,43 +34,11 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use crate::config::{ConfigError, DeliveryMode, LoadedSettings, RetrySettings, SinkSettings};
 use crate::envelope::Envelope;
 use crate::metrics::Metrics;
+use crate::pause::Pauses;
 use crate::pipeline::signature::standard::SigningKey;
-use crate::store::{Store, StoreError, TaskStatus};
+use crate::store::{PauseTarget, Store, StoreError, TaskStatus};
 
-/// `events = ["stripe:customer.*", "pipedrive"]`: globs over `provider:object.action`.
-/// A bare provider name means all of its events; an empty list means everything.
-#[derive(Debug, Clone, Default)]
-pub struct EventFilter(Vec<glob::Pattern>);
-
-impl EventFilter {
-    pub fn parse_one(pattern: &str) -> Result<glob::Pattern, String> {
-        let full = if pattern.contains(':') || pattern == "*" {
-            pattern.to_owned()
-        } else {
-            format!("{pattern}:*")
-        };
-        glob::Pattern::new(&full).map_err(|e| format!("`{pattern}` is not a valid glob: {e}"))
-    }
-
-    pub fn parse(patterns: &[String]) -> Result<Self, String> {
-        patterns
-            .iter()
-            .map(|p| Self::parse_one(p))
-            .collect::<Result<_, _>>()
-            .map(Self)
-    }
-
-    pub fn matches(&self, envelope: &Envelope) -> bool {
-        if self.0.is_empty() {
-            return true;
-        }
-        let subject = format!(
-            "{}:{}.{}",
-            envelope.provider, envelope.object, envelope.action
-        );
-        self.0.iter().any(|p| p.matches(&subject))
-    }
-}
+pub use filter::EventFilter;
 
 /// The ordering lane of an envelope: provider, object and object id. Envelopes without an
 /// object id are not ordered against anything.
@@ -92,6 +61,8 @@ pub enum Attempt {
     Delivered {
         http_status: Option<u16>,
         exit_code: Option<i32>,
+        /// The start of the answer's body (HTTP sinks), bounded like error snippets.
+        response: Option<String>,
     },
     /// Worth retrying: 429, 5xx, a timeout, a connection error, a non-zero exit.
     Retry {
@@ -147,6 +118,7 @@ impl Sink {
                         Ok(()) => Attempt::Delivered {
                             http_status: None,
                             exit_code: None,
+                            response: None,
                         },
                         Err(error) => Attempt::Retry {
                             error,
@@ -181,6 +153,9 @@ pub struct HandlerRoute {
     pub handler: Arc<dyn SyncHandler>,
 }
 
+/// The `provider` (and `kind`, `object`) of `hookgate sinks test` envelopes.
+pub const TEST_PROVIDER: &str = "hookgate";
+
 /// How many envelopes the file sink writes per sync.
 const FILE_BATCH: usize = 512;
 
@@ -192,6 +167,12 @@ pub fn build_routes(
     handlers: Vec<HandlerRoute>,
 ) -> Result<Vec<SinkRoute>, ConfigError> {
     let file = loaded.file_name();
+    let instances: Vec<&str> = loaded
+        .settings
+        .providers
+        .keys()
+        .map(String::as_str)
+        .collect();
     let mut routes = loaded
         .settings
         .sinks
@@ -255,17 +236,11 @@ pub fn build_routes(
             } else {
                 common.concurrency
             };
-            let filter = common
-                .events
-                .iter()
-                .enumerate()
-                .map(|(j, p)| {
-                    EventFilter::parse_one(p).map_err(|m| err(&format!("events[{j}]"), m))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let filter = EventFilter::compile(&common.events, &common.conditions, &instances)
+                .map_err(|(field, m)| err(&field, m))?;
             Ok(SinkRoute {
-                filter: EventFilter(filter),
-                retry: common.retry,
+                filter,
+                retry: common.retry.clone(),
                 concurrency,
                 name: common.name.clone(),
                 sink,
@@ -279,8 +254,14 @@ pub fn build_routes(
         if routes.iter().any(|r| r.name == handler.name) {
             return Err(err("this sink name is used twice".into()));
         }
+        for delay in &handler.retry.schedule {
+            delay
+                .parse::<crate::config::Delay>()
+                .map_err(|m| err(format!("retry.schedule: {m}")))?;
+        }
         routes.push(SinkRoute {
-            filter: EventFilter::parse(&handler.events).map_err(err)?,
+            filter: EventFilter::compile(&handler.events, &Default::default(), &instances)
+                .map_err(|(field, m)| err(format!("{field}: {m}")))?,
             retry: handler.retry,
             concurrency: 8,
             name: handler.name,
@@ -324,6 +305,8 @@ pub enum DeliveryError {
         "sink `{0}` is still delivering the event, or an earlier one about the same object; retry later"
     )]
     InFlight(String),
+    #[error("sink `{0}` is paused; the event is kept for it")]
+    Paused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -336,6 +319,8 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     /// How long a sync-mode request has its new tasks to itself (the store's lease).
     sync_lease_ms: i64,
+    /// Paused sinks are skipped (their tasks stay pending).
+    pauses: Arc<Pauses>,
 }
 
 impl Dispatcher {
@@ -345,6 +330,7 @@ impl Dispatcher {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         sync_lease: Duration,
+        pauses: Arc<Pauses>,
     ) -> Self {
         Self {
             routes: routes.into_iter().map(Arc::new).collect(),
@@ -352,6 +338,7 @@ impl Dispatcher {
             clock,
             metrics,
             sync_lease_ms: i64::try_from(sync_lease.as_millis()).unwrap_or(i64::MAX),
+            pauses,
         }
     }
 
@@ -388,6 +375,7 @@ impl Dispatcher {
             route: route.clone(),
             clock: self.clock.clone(),
             metrics: self.metrics.clone(),
+            pauses: self.pauses.clone(),
         }
     }
 
@@ -399,10 +387,71 @@ impl Dispatcher {
             .collect()
     }
 
+    /// `hookgate sinks test`: sends one clearly marked test envelope (provider `hookgate`,
+    /// type `hookgate.test`, `meta.test = true`) to the sink, outside its queue and filter;
+    /// nothing is stored. `None` when no such sink exists.
+    pub async fn test_sink(&self, name: &str) -> Option<serde_json::Value> {
+        let route = self.route(name)?;
+        let now = self.clock.now();
+        let id = ulid::Ulid::from_datetime(std::time::SystemTime::from(now)).to_string();
+        let mut meta = serde_json::Map::new();
+        meta.insert("test".into(), serde_json::Value::Bool(true));
+        let envelope = Envelope {
+            id: id.clone(),
+            provider: TEST_PROVIDER.into(),
+            kind: TEST_PROVIDER.into(),
+            event_id: format!("test:{id}"),
+            event_type: format!("{TEST_PROVIDER}.test"),
+            action: "test".into(),
+            object: TEST_PROVIDER.into(),
+            object_id: None,
+            current: Some(serde_json::json!({
+                "message": "A test envelope from `hookgate sinks test`; it is not a real event."
+            })),
+            previous: None,
+            occurred_at: None,
+            received_at: crate::envelope::format_millis(now),
+            meta,
+        };
+        let started = std::time::Instant::now();
+        let attempt = route.sink.deliver(std::slice::from_ref(&envelope)).await;
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (outcome, http_status, exit_code, error, response) = match attempt.into_iter().next() {
+            Some(Attempt::Delivered {
+                http_status,
+                exit_code,
+                response,
+            }) => ("delivered", http_status, exit_code, None, response),
+            Some(Attempt::Retry {
+                error,
+                http_status,
+                exit_code,
+                ..
+            }) => ("failed", http_status, exit_code, Some(error), None),
+            Some(Attempt::Permanent { error, http_status }) => {
+                ("rejected", http_status, None, Some(error), None)
+            }
+            None => ("failed", None, None, Some("no answer".to_owned()), None),
+        };
+        Some(serde_json::json!({
+            "sink": route.name,
+            "envelope_id": id,
+            "outcome": outcome,
+            "http_status": http_status,
+            "exit_code": exit_code,
+            "error": error,
+            "response": response,
+            "duration_ms": elapsed_ms,
+        }))
+    }
+
     /// Sync mode: delivers these envelopes' pending tasks now, sink by sink. `Ok` only when no
     /// task of theirs is left pending.
     pub async fn deliver_now(&self, envelope_ids: &[String]) -> Result<(), DeliveryError> {
         for route in &self.routes {
+            if self.pauses.is_paused(PauseTarget::Sink, &route.name) {
+                continue;
+            }
             let now = self.clock.now().timestamp_millis();
             let due = self
                 .store
@@ -416,6 +465,9 @@ impl Dispatcher {
         for id in envelope_ids {
             let tasks = self.store.tasks(id.clone()).await?;
             if let Some(task) = tasks.iter().find(|t| t.status == TaskStatus::Pending) {
+                if self.pauses.is_paused(PauseTarget::Sink, &task.sink) {
+                    return Err(DeliveryError::Paused(task.sink.clone()));
+                }
                 return Err(DeliveryError::InFlight(task.sink.clone()));
             }
         }
@@ -435,17 +487,6 @@ mod tests {
             "received_at": "2024-01-01T00:00:00.000Z", "meta": {}
         }))
         .unwrap()
-    }
-
-    #[test]
-    fn filters_match_provider_object_action_globs() {
-        let f = EventFilter::parse(&["stripe:customer.*".into(), "pipedrive".into()]).unwrap();
-        assert!(f.matches(&envelope("stripe", "customer.subscription", "updated")));
-        assert!(f.matches(&envelope("stripe", "customer", "created")));
-        assert!(!f.matches(&envelope("stripe", "invoice", "paid")));
-        assert!(f.matches(&envelope("pipedrive", "deal", "updated")));
-        assert!(EventFilter::default().matches(&envelope("a", "b", "c")));
-        assert!(EventFilter::parse(&["[".into()]).is_err());
     }
 
     #[test]

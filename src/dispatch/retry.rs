@@ -1,6 +1,6 @@
-//! What happens after an attempt: delivered, retried later (exponential backoff with jitter,
-//! `Retry-After` honoured), or dead-lettered (a permanent failure, the attempt budget spent, or
-//! the delivery too old).
+//! What happens after an attempt: delivered, retried later (exponential backoff with jitter, or
+//! the sink's explicit `retry.schedule`; `Retry-After` honoured), or dead-lettered (a permanent
+//! failure, the attempt budget or the schedule spent, or the delivery too old).
 
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
@@ -35,6 +35,7 @@ pub fn apply(
         Attempt::Delivered {
             http_status,
             exit_code,
+            ..
         } => (
             AttemptOutcome::Delivered,
             *http_status,
@@ -64,7 +65,11 @@ pub fn apply(
     };
     let too_old = now_ms.saturating_sub(task.round_started_ms)
         >= i64::try_from(policy.max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-    if outcome == AttemptOutcome::Retry && (task.round_attempts >= policy.max_attempts || too_old) {
+    let schedule_spent =
+        !policy.schedule.is_empty() && task.round_attempts as usize > policy.schedule.len();
+    if outcome == AttemptOutcome::Retry
+        && (task.round_attempts >= policy.max_attempts || too_old || schedule_spent)
+    {
         outcome = AttemptOutcome::Dead;
     }
     match outcome {
@@ -81,13 +86,19 @@ pub fn apply(
         AttemptOutcome::Retry => {
             let delay = match retry_after {
                 Some(wait) => wait.min(Duration::from_millis(policy.max_backoff_ms)),
-                None => backoff(policy, task.round_attempts, &task.envelope_id),
+                None => policy
+                    .scheduled(task.round_attempts)
+                    .unwrap_or_else(|| backoff(policy, task.round_attempts, &task.envelope_id)),
             };
             task.status = TaskStatus::Pending;
             task.next_attempt_ms = Some(now_ms + delay.as_millis() as i64);
             task.last_error = error.clone();
         }
     }
+    let response = match attempt {
+        Attempt::Delivered { response, .. } => response.clone(),
+        _ => None,
+    };
     AttemptRecord {
         number: task.attempts,
         at,
@@ -96,6 +107,7 @@ pub fn apply(
         exit_code,
         error,
         duration_ms: duration.as_millis() as u64,
+        response,
     }
 }
 
@@ -105,6 +117,7 @@ mod tests {
 
     fn policy() -> RetrySettings {
         RetrySettings {
+            schedule: Vec::new(),
             max_attempts: 3,
             initial_backoff_ms: 1000,
             max_backoff_ms: 5000,

@@ -13,7 +13,10 @@ use super::{retry, Attempt, SinkRoute};
 use crate::clock::Clock;
 use crate::envelope::{format_millis, Envelope};
 use crate::metrics::Metrics;
-use crate::store::{AttemptOutcome, AttemptRecord, DueTask, Store, StoreError, TaskRecord};
+use crate::pause::Pauses;
+use crate::store::{
+    AttemptOutcome, AttemptRecord, DueTask, PauseTarget, Store, StoreError, TaskRecord,
+};
 
 /// Wake-up interval without commits or due retries.
 const IDLE_POLL: Duration = Duration::from_secs(5);
@@ -32,17 +35,29 @@ pub struct Worker {
     pub route: Arc<SinkRoute>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// While this sink is paused, its tasks stay pending.
+    pub pauses: Arc<Pauses>,
 }
 
 impl Worker {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut wakeups = self.store.wakeups();
+        let mut pause_changes = self.pauses.subscribe();
         let name = self.route.name.clone();
         debug!(sink = %name, "Delivery worker started.");
         let mut depth_counted: Option<Instant> = None;
         loop {
             if *stop.borrow() {
                 break;
+            }
+            if self.pauses.is_paused(PauseTarget::Sink, &name) {
+                // Take nothing: the tasks stay pending (and unleased) until the sink resumes.
+                tokio::select! {
+                    _ = pause_changes.changed() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = stop.changed() => break,
+                }
+                continue;
             }
             if depth_counted.is_none_or(|at| at.elapsed() >= DEPTH_REFRESH) {
                 match self.store.pending_count(name.clone()).await {
@@ -66,6 +81,7 @@ impl Worker {
             };
             tokio::select! {
                 _ = wakeups.changed() => {}
+                _ = pause_changes.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => break,
             }

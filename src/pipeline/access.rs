@@ -2,7 +2,8 @@
 //! per-client rate limit (GCRA via `governor`) and HTTP Basic Auth in constant time.
 //!
 //! The client IP is the TCP peer unless the peer is a trusted proxy; then the right-most address
-//! in `X-Forwarded-For` (or `Forwarded: for=`) that is not itself a trusted proxy is the client.
+//! in the configured header (`X-Forwarded-For` or `Forwarded: for=`, `server.forwarded_header`)
+//! that is not itself a trusted proxy is the client; the other header, when present, must agree.
 //! A forwarded chain that cannot be parsed yields no client IP, which fails any allowlist.
 
 use std::net::{IpAddr, Ipv6Addr};
@@ -19,7 +20,7 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{BasicAuthSettings, RateLimitSettings};
+use crate::config::{BasicAuthSettings, ForwardedHeader, RateLimitSettings};
 
 /// `X-Forwarded-For`, set by most proxies.
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -28,45 +29,78 @@ pub const FORWARDED: &str = "forwarded";
 /// The `WWW-Authenticate` challenge sent with 401 `unauthorized`.
 pub const BASIC_CHALLENGE: &str = "Basic realm=\"hookgate\", charset=\"UTF-8\"";
 
+/// A trusted proxy's request whose `X-Forwarded-For` and `Forwarded` headers name different
+/// clients: one of them was written by the client, so neither is believed (403).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedConflict;
+
 /// Resolves the client address of a request that arrived from `peer`. IPv4-mapped addresses
 /// (`::ffff:a.b.c.d`, what a dual-stack listener reports for IPv4 peers) are IPv4 from here on,
 /// so they match IPv4 `trusted_proxies` and `allow_ips` and are stored as IPv4.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+///
+/// Only `source` (`server.forwarded_header`) is believed; when a trusted proxy's request also
+/// carries the other header and it names a different client, the request is refused.
+pub fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    source: ForwardedHeader,
+) -> Result<Option<IpAddr>, ForwardedConflict> {
     let peer = canonical(peer);
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(&peer) {
-        return Some(peer);
+    if !trusted.iter().any(|net| net.contains(&peer)) {
+        return Ok(Some(peer));
     }
-    let chain = forwarded_chain(headers);
-    let Some(chain) = chain else {
-        return Some(peer);
+    let xff = x_forwarded_for_chain(headers);
+    let forwarded = forwarded_chain(headers);
+    let (chosen, other) = match source {
+        ForwardedHeader::XForwardedFor => (xff, forwarded),
+        ForwardedHeader::Forwarded => (forwarded, xff),
     };
-    // Walk from the nearest hop outwards; the first hop we do not trust is the client.
+    let Some(chosen) = chosen else {
+        return Ok(Some(peer));
+    };
+    let client = walk(peer, &chosen, trusted);
+    if let Some(other) = other {
+        if walk(peer, &other, trusted) != client {
+            return Err(ForwardedConflict);
+        }
+    }
+    Ok(client)
+}
+
+/// Walks a forwarded chain from the nearest hop outwards; the first hop not trusted is the
+/// client. A hop that cannot be parsed gives no client.
+fn walk(peer: IpAddr, chain: &[Option<IpAddr>], trusted: &[IpNet]) -> Option<IpAddr> {
     let mut candidate = peer;
     for hop in chain.iter().rev() {
         let ip = canonical((*hop)?);
         candidate = ip;
-        if !is_trusted(&ip) {
+        if !trusted.iter().any(|net| net.contains(&ip)) {
             return Some(ip);
         }
     }
     Some(candidate)
 }
 
-/// All forwarded hops, left (origin) to right (nearest); `None` entries failed to parse.
-fn forwarded_chain(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
+/// `X-Forwarded-For` hops, left (origin) to right (nearest); `None` entries failed to parse.
+fn x_forwarded_for_chain(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
     let xff: Vec<&str> = headers
         .get_all(X_FORWARDED_FOR)
         .filter_map(|v| v.to_str().ok())
         .collect();
-    if !xff.is_empty() {
-        return Some(
-            xff.iter()
-                .flat_map(|v| v.split(','))
-                .map(|hop| parse_hop(hop.trim()))
-                .collect(),
-        );
+    if xff.is_empty() {
+        return None;
     }
+    Some(
+        xff.iter()
+            .flat_map(|v| v.split(','))
+            .map(|hop| parse_hop(hop.trim()))
+            .collect(),
+    )
+}
+
+/// RFC 7239 `Forwarded: for=` hops, left to right.
+fn forwarded_chain(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
     let forwarded: Vec<&str> = headers
         .get_all(FORWARDED)
         .filter_map(|v| v.to_str().ok())
@@ -182,36 +216,48 @@ impl ClientLimiter {
     }
 }
 
-/// Configured Basic Auth credentials, kept as digests so comparison time does not depend on
-/// where or whether the values differ, nor on their lengths.
+/// Configured Basic Auth credentials (one pair or several, for rotation), kept as digests so
+/// comparison time does not depend on where or whether the values differ, nor on their lengths,
+/// nor on which pair matched.
 pub struct BasicAuth {
-    username: [u8; 32],
-    password: [u8; 32],
+    pairs: Vec<([u8; 32], [u8; 32])>,
 }
 
 impl std::fmt::Debug for BasicAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BasicAuth(***)")
+        write!(f, "BasicAuth({} pair(s), ***)", self.pairs.len())
     }
 }
 
 impl BasicAuth {
-    pub fn new(settings: &BasicAuthSettings) -> Self {
+    pub fn new(settings: &[BasicAuthSettings]) -> Self {
         Self {
-            username: Sha256::digest(settings.username.as_str().as_bytes()).into(),
-            password: Sha256::digest(settings.password.expose()).into(),
+            pairs: settings
+                .iter()
+                .map(|s| {
+                    (
+                        Sha256::digest(s.username.as_str().as_bytes()).into(),
+                        Sha256::digest(s.password.expose()).into(),
+                    )
+                })
+                .collect(),
         }
     }
 
-    /// Whether the request carries these credentials.
+    /// Whether the request carries one of these pairs.
     pub fn check(&self, headers: &HeaderMap) -> bool {
         let Some((user, pass)) = basic_credentials(headers) else {
             return false;
         };
         let user: [u8; 32] = Sha256::digest(user.as_bytes()).into();
         let pass: [u8; 32] = Sha256::digest(pass.as_bytes()).into();
-        // Both comparisons always run.
-        let ok = user.ct_eq(&self.username) & pass.ct_eq(&self.password);
+        // Every comparison always runs.
+        let ok = self
+            .pairs
+            .iter()
+            .fold(subtle::Choice::from(0), |ok, (u, p)| {
+                ok | (user.ct_eq(u) & pass.ct_eq(p))
+            });
         ok.into()
     }
 }
@@ -242,6 +288,11 @@ mod tests {
         map
     }
 
+    /// The client as `X-Forwarded-For` tells it (the default), conflicts as `None`.
+    fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+        super::client_ip(peer, headers, trusted, ForwardedHeader::XForwardedFor).ok()?
+    }
+
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|n| n.parse().unwrap()).collect()
     }
@@ -268,11 +319,38 @@ mod tests {
             r#"for=192.0.2.60;proto=http, for="[2001:db8::1]:4711""#,
         );
         assert_eq!(
-            client_ip(peer, &h, &trusted),
-            Some("2001:db8::1".parse().unwrap())
+            super::client_ip(peer, &h, &trusted, ForwardedHeader::Forwarded),
+            Ok(Some("2001:db8::1".parse().unwrap()))
         );
         let h = headers(X_FORWARDED_FOR, "not-an-ip");
         assert_eq!(client_ip(peer, &h, &trusted), None);
+    }
+
+    #[test]
+    fn only_the_configured_header_is_believed_and_the_other_must_agree() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut h = headers(FORWARDED, "for=203.0.113.9");
+        let from_forwarded =
+            |h: &HeaderMap| super::client_ip(peer, h, &trusted, ForwardedHeader::Forwarded);
+        assert_eq!(from_forwarded(&h), Ok(Some("203.0.113.9".parse().unwrap())));
+        h.insert(
+            HeaderName::from_static(X_FORWARDED_FOR),
+            HeaderValue::from_static("192.0.2.1"),
+        );
+        assert_eq!(from_forwarded(&h), Err(ForwardedConflict));
+        assert_eq!(
+            super::client_ip(peer, &h, &trusted, ForwardedHeader::XForwardedFor),
+            Err(ForwardedConflict)
+        );
+        h.insert(
+            HeaderName::from_static(X_FORWARDED_FOR),
+            HeaderValue::from_static("203.0.113.9"),
+        );
+        assert_eq!(from_forwarded(&h), Ok(Some("203.0.113.9".parse().unwrap())));
+        // Only the other header: not believed, the peer is the client.
+        let h = headers(X_FORWARDED_FOR, "192.0.2.1");
+        assert_eq!(from_forwarded(&h), Ok(Some(peer)));
     }
 
     #[test]
@@ -311,10 +389,18 @@ mod tests {
 
     #[test]
     fn basic_auth_accepts_only_the_configured_pair() {
-        let auth = BasicAuth::new(&BasicAuthSettings {
-            username: "hooks".into(),
-            password: crate::secret::Secret::new("pw"),
-        });
+        let auth = BasicAuth::new(&[
+            BasicAuthSettings {
+                username: "hooks".into(),
+                password: crate::secret::Secret::new("pw"),
+            },
+            BasicAuthSettings {
+                username: "hooks".into(),
+                password: crate::secret::Secret::new("next"),
+            },
+        ]);
+        let next = format!("Basic {}", BASE64.encode("hooks:next"));
+        assert!(auth.check(&headers("authorization", &next)));
         let good = format!("Basic {}", BASE64.encode("hooks:pw"));
         assert!(auth.check(&headers("authorization", &good)));
         let bad = format!("Basic {}", BASE64.encode("hooks:px"));
@@ -328,6 +414,7 @@ mod tests {
         let limiter = ClientLimiter::new(RateLimitSettings {
             per_second: 0.001,
             burst: 2,
+            status: 429,
         });
         let a: IpAddr = "2001:db8::1".parse().unwrap();
         let b: IpAddr = "2001:db8::2".parse().unwrap();

@@ -31,6 +31,15 @@ pub enum NormaliseError {
     NoObjectAction(String),
     #[error("the batch at `{0}` is not an array")]
     NotABatch(String),
+    #[error("the batch at `{0}` holds no events")]
+    EmptyBatch(String),
+    /// One element of a batch; the batch is refused as a whole (it is stored in one commit).
+    #[error("event {index} of the batch (`{batch}/{index}`): {cause}")]
+    Element {
+        index: usize,
+        batch: String,
+        cause: Box<NormaliseError>,
+    },
 }
 
 /// The events in a payload: the elements of the rule's batch array, or the body itself.
@@ -64,6 +73,19 @@ pub fn event_id(rule: Option<&EventRule>, ctx: &Context<'_>, raw_body: &[u8]) ->
     event_id_from(rule, ctx, raw_body)
 }
 
+/// The derived ID of a batch element that repeats an earlier element's derived ID: the
+/// element's position in the batch is hashed in (a resent batch keeps its order, so the same
+/// element gets the same ID again).
+pub fn with_position(derived: &str, position: usize) -> String {
+    derive(
+        [
+            derived.as_bytes().to_vec(),
+            position.to_string().into_bytes(),
+        ]
+        .into_iter(),
+    )
+}
+
 /// A provider's event ID as kept: as sent, or its hash when it is absurdly long.
 pub fn bounded_event_id(id: String) -> String {
     if id.len() > MAX_EVENT_ID_LEN {
@@ -85,7 +107,19 @@ fn event_id_from(rule: Option<&EventRule>, ctx: &Context<'_>, raw_body: &[u8]) -
             .map(|s| s.resolve(ctx).map(|v| v.to_string().into_bytes()))
             .collect();
         if parts.iter().any(Option::is_some) {
-            return derive(parts.into_iter().map(Option::unwrap_or_default));
+            // What tells identical batch elements apart joins the hash only when present, so
+            // the IDs of events that never carried it stay what they were.
+            let distinct = rule
+                .id_distinct
+                .0
+                .iter()
+                .filter_map(|s| s.resolve(ctx).map(|v| v.to_string().into_bytes()));
+            return derive(
+                parts
+                    .into_iter()
+                    .map(Option::unwrap_or_default)
+                    .chain(distinct),
+            );
         }
     }
     derive(std::iter::once(raw_body.to_vec()))

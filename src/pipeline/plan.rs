@@ -63,20 +63,35 @@ pub fn plan<'a>(
         Ok(elements) => elements,
         Err(e) => return Plan::Unprocessable(e),
     };
+    if let (Some(pointer), true) = (&rule.batch, elements.is_empty()) {
+        return Plan::Unprocessable(NormaliseError::EmptyBatch(pointer.clone()));
+    }
     if elements.len() > max_events {
         return Plan::TooManyEvents {
             count: elements.len(),
             limit: max_events,
         };
     }
+    // Derived IDs repeated inside one batch are told apart by position (provider IDs that
+    // repeat are the same event twice, and stay so).
+    let mut seen = std::collections::HashSet::new();
     let events = elements
         .into_iter()
-        .map(|element| {
+        .enumerate()
+        .map(|(position, element)| {
             let ctx = Context {
                 body: element,
                 ..ctx
             };
-            (element, normalise::event_id(Some(rule), &ctx, raw))
+            let mut id = normalise::event_id(Some(rule), &ctx, raw);
+            if rule.batch.is_some()
+                && id.starts_with(normalise::DERIVED_ID_PREFIX)
+                && !seen.insert(id.clone())
+            {
+                id = normalise::with_position(&id, position);
+                seen.insert(id.clone());
+            }
+            (element, id)
         })
         .collect();
     let replay_guard = kind

@@ -277,6 +277,12 @@ pub struct EventDef {
     /// When no `id` source is present: hash these sources into a stable ID (default: the body).
     #[serde(default)]
     pub id_derive: Vec<String>,
+    /// Inside a batch: sources that tell otherwise identical elements apart (Sockudo's
+    /// per-event `time_ms`). When one is present it is hashed into the derived ID too; when
+    /// none is, an element whose derived ID repeats an earlier one of the same batch gets its
+    /// position hashed in, so `member_added`, `member_removed`, `member_added` stay three events.
+    #[serde(default)]
+    pub id_distinct: Vec<String>,
     /// Sources joined with `type_separator` into the provider's event type; absent parts skipped.
     #[serde(rename = "type")]
     pub type_parts: Vec<String>,

@@ -60,6 +60,8 @@ pub struct EventRule {
     pub batch: Option<String>,
     pub id: Sources,
     pub id_derive: Sources,
+    /// Batch elements: what tells identical ones apart (see `EventDef::id_distinct`).
+    pub id_distinct: Sources,
     /// Each part is a list of alternatives (`a | b`): the first present one is used.
     pub type_parts: Vec<Sources>,
     pub type_separator: String,
@@ -284,6 +286,7 @@ fn compile_event(i: usize, e: &EventDef) -> Result<EventRule, CompileError> {
             .map_err(|m| (key("when"), m))?,
         id: list("id", &e.id)?,
         id_derive: list("id_derive", &e.id_derive)?,
+        id_distinct: list("id_distinct", &e.id_distinct)?,
         type_parts: e
             .type_parts
             .iter()

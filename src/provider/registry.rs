@@ -29,8 +29,12 @@ pub struct Instance {
     pub keys: Vec<Key>,
     pub public_url: Option<String>,
     pub tolerance_secs: u64,
+    /// The instance sets `tolerance_secs` itself: a delivery without a timestamp is refused.
+    pub require_timestamp: bool,
     pub allow_ips: Vec<IpNet>,
     pub limiter: Option<ClientLimiter>,
+    /// Status of a rate-limit refusal (`rate_limit.status`: 429 or 503).
+    pub rate_limit_status: actix_web::http::StatusCode,
     pub basic_auth: Option<BasicAuth>,
     pub body_limit: usize,
     /// Whether sinks run before the answer.
@@ -88,6 +92,20 @@ impl Registry {
                     format!("kind `{kind_name}` verifies signatures, so at least one non-empty secret is required"),
                 ));
             }
+            if !kind.scheme.needs_secrets() && !cfg.secrets.is_empty() {
+                return Err(ConfigError::new(
+                    &file,
+                    key("secrets"),
+                    format!("kind `{kind_name}` is authenticated by Basic Auth only and checks no signature, so `secrets` would be ignored; remove it and set basic_auth"),
+                ));
+            }
+            if cfg.tolerance_secs.is_some() && !kind.scheme.has_timestamp() {
+                return Err(ConfigError::new(
+                    &file,
+                    key("tolerance_secs"),
+                    format!("kind `{kind_name}` carries no signed timestamp, so `tolerance_secs` would be ignored; remove it"),
+                ));
+            }
             if kind.scheme.needs_basic_auth() && cfg.basic_auth.is_none() {
                 return Err(ConfigError::new(
                     &file,
@@ -119,13 +137,18 @@ impl Registry {
                     tolerance_secs: cfg
                         .tolerance_secs
                         .unwrap_or_else(|| kind.scheme.default_tolerance_secs()),
+                    require_timestamp: cfg.tolerance_secs.is_some(),
                     kind,
                     secrets,
                     keys,
                     public_url: cfg.public_url.as_ref().map(|u| u.as_str().to_owned()),
                     allow_ips: cfg.allow_ips.clone(),
                     limiter: cfg.rate_limit.map(ClientLimiter::new),
-                    basic_auth: cfg.basic_auth.as_ref().map(BasicAuth::new),
+                    rate_limit_status: cfg
+                        .rate_limit
+                        .and_then(|r| actix_web::http::StatusCode::from_u16(r.status).ok())
+                        .unwrap_or(actix_web::http::StatusCode::TOO_MANY_REQUESTS),
+                    basic_auth: cfg.basic_auth.as_ref().map(|list| BasicAuth::new(&list.0)),
                     body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
                     mode: cfg.mode,
                     batch_max_events: cfg.batch_max_events,

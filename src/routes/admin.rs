@@ -10,25 +10,214 @@
 //! | `POST /admin/events/{id}/redeliver?sink=` | deliver again (all sinks, or one) |
 //! | `GET /admin/dead-letters?sink=&limit=` | dead letters |
 //! | `POST /admin/dead-letters/redeliver?sink=` | redeliver every dead letter |
+//! | `GET /admin/instances`, `GET /admin/sinks` | names with their pause state |
+//! | `POST /admin/instances/{name}/pause` (`/resume`) | pause or resume an instance |
+//! | `POST /admin/sinks/{name}/pause` (`/resume`) | pause or resume a sink |
+//! | `POST /admin/sinks/{name}/test` | send one test envelope, answer the sink's result |
 
 use actix_web::dev::HttpServiceFactory;
 use actix_web::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
 use crate::admin::{self, ListQuery};
+use crate::error::GatewayError;
+use crate::store::PauseTarget;
 
 const BEARER: &str = "Bearer ";
 
 pub fn scope() -> impl HttpServiceFactory {
     web::scope("/admin")
-        .route("/events", web::get().to(list))
-        .route("/events/{id}", web::get().to(show))
-        .route("/events/{id}/redeliver", web::post().to(redeliver))
-        .route("/dead-letters", web::get().to(dead_letters))
-        .route("/dead-letters/redeliver", web::post().to(redeliver_dead))
+        .service(one_method("/events", Method::GET, list))
+        .service(one_method("/events/{id}", Method::GET, show))
+        .service(one_method(
+            "/events/{id}/redeliver",
+            Method::POST,
+            redeliver,
+        ))
+        .service(one_method("/dead-letters", Method::GET, dead_letters))
+        .service(one_method(
+            "/dead-letters/redeliver",
+            Method::POST,
+            redeliver_dead,
+        ))
+        .service(one_method("/instances", Method::GET, instances))
+        .service(one_method("/sinks", Method::GET, sinks))
+        .service(one_method(
+            "/instances/{name}/{action}",
+            Method::POST,
+            instance_action,
+        ))
+        .service(one_method(
+            "/sinks/{name}/{action}",
+            Method::POST,
+            sink_action,
+        ))
+}
+
+fn instance_names(state: &AppState) -> Vec<String> {
+    let mut names: Vec<String> = state.registry.iter().map(|i| i.name.clone()).collect();
+    names.sort();
+    names
+}
+
+fn sink_names(state: &AppState) -> Vec<String> {
+    state
+        .dispatcher
+        .routes()
+        .iter()
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+async fn instances(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(refusal) = refuse(&req, &state) {
+        return refusal;
+    }
+    let names = instance_names(&state);
+    match answered(admin::pause_states(
+        &*state.store,
+        PauseTarget::Instance,
+        &names,
+    ))
+    .await
+    {
+        Ok(body) => HttpResponse::Ok().json(body),
+        Err(response) => response,
+    }
+}
+
+async fn sinks(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(refusal) = refuse(&req, &state) {
+        return refusal;
+    }
+    let names = sink_names(&state);
+    match answered(admin::pause_states(
+        &*state.store,
+        PauseTarget::Sink,
+        &names,
+    ))
+    .await
+    {
+        Ok(body) => HttpResponse::Ok().json(body),
+        Err(response) => response,
+    }
+}
+
+/// `pause` / `resume`: `Some(true)` / `Some(false)`.
+fn pause_action(action: &str) -> Option<bool> {
+    match action {
+        "pause" => Some(true),
+        "resume" => Some(false),
+        _ => None,
+    }
+}
+
+async fn instance_action(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(refusal) = refuse(&req, &state) {
+        return refusal;
+    }
+    let name = req.match_info().get("name").unwrap_or_default().to_owned();
+    let Some(paused) = pause_action(req.match_info().get("action").unwrap_or_default()) else {
+        return GatewayError::NotFound.error_response();
+    };
+    if state.registry.get(&name).is_none() {
+        return error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "unknown_provider",
+            "no provider instance with this name is configured",
+        );
+    }
+    set_pause(&state, PauseTarget::Instance, &name, paused).await
+}
+
+async fn sink_action(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(refusal) = refuse(&req, &state) {
+        return refusal;
+    }
+    let name = req.match_info().get("name").unwrap_or_default().to_owned();
+    let action = req
+        .match_info()
+        .get("action")
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(refusal) = check_sink(&state, Some(&name)) {
+        return refusal;
+    }
+    if action == "test" {
+        return test_sink(&state, &name).await;
+    }
+    let Some(paused) = pause_action(&action) else {
+        return GatewayError::NotFound.error_response();
+    };
+    set_pause(&state, PauseTarget::Sink, &name, paused).await
+}
+
+/// `POST /admin/sinks/{name}/test`: one test envelope, the sink's answer.
+async fn test_sink(state: &AppState, name: &str) -> HttpResponse {
+    match state.dispatcher.test_sink(name).await {
+        Some(body) => HttpResponse::Ok().json(body),
+        None => GatewayError::NotFound.error_response(),
+    }
+}
+
+/// Stores the change, then applies it here at once (other replicas within their refresh).
+async fn set_pause(
+    state: &AppState,
+    target: PauseTarget,
+    name: &str,
+    paused: bool,
+) -> HttpResponse {
+    let now = state.clock.now().timestamp_millis();
+    let body = match answered(admin::set_paused(&*state.store, target, name, paused, now)).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    match state.store.paused().await {
+        Ok(list) => {
+            state.pauses.replace(&list);
+        }
+        Err(e) => tracing::warn!(error = %e, "Cannot re-read the pauses; the refresh will."),
+    }
+    tracing::info!(
+        target = target.as_str(),
+        %name,
+        paused,
+        "{}.",
+        if paused { "Paused" } else { "Resumed" }
+    );
+    HttpResponse::Ok().json(body)
+}
+
+/// A route with one method; the others are 405 with `Allow` (after the token check, so
+/// nothing about the API shows without it).
+fn one_method<F>(path: &str, method: Method, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<(HttpRequest, web::Data<AppState>)>,
+    F::Output: actix_web::Responder + 'static,
+{
+    let allow = if method == Method::POST {
+        "POST"
+    } else {
+        "GET"
+    };
+    web::resource(path)
+        .route(web::method(method).to(handler))
+        .default_service(web::to(
+            move |req: HttpRequest, state: web::Data<AppState>| async move {
+                if let Some(refusal) = refuse(&req, &state) {
+                    return refusal;
+                }
+                GatewayError::MethodNotAllowed {
+                    method: req.method().to_string(),
+                    allow,
+                }
+                .error_response()
+            },
+        ))
 }
 
 fn error(status: actix_web::http::StatusCode, code: &str, message: &str) -> HttpResponse {
@@ -189,6 +378,9 @@ async fn dead_letters(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
         Ok(query) => query,
         Err(reason) => return bad_query(&reason),
     };
+    if let Some(refusal) = check_sink(&state, query.sink.as_deref()) {
+        return refusal;
+    }
     let limit = query.limit.unwrap_or(admin::DEFAULT_LIMIT);
     match answered(admin::dead_letters(
         &*state.store,

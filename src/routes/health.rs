@@ -1,12 +1,34 @@
-//! `GET /health` (the process answers), `GET /ready` (storage takes a durable write) and
-//! `GET /webhooks/{name}/health` (the instance exists; behind its Basic Auth when it has one).
+//! `GET /health` (the process answers), `GET /ready` (storage takes a durable write),
+//! `GET /webhooks/{name}/health` (the instance exists, paused or not, its last delivery; behind
+//! its Basic Auth when it has one) and `GET /metrics`.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde_json::json;
 
 use super::AppState;
 use crate::envelope::format_millis;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, READ_METHODS};
+use crate::store::{EventQuery, PauseTarget};
+
+/// A read-only route: GET and HEAD (uptime monitors use HEAD) run `handler`; any other method
+/// is 405 with `Allow: GET, HEAD`.
+pub fn read_only<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(|req: HttpRequest| async move {
+            GatewayError::MethodNotAllowed {
+                method: req.method().to_string(),
+                allow: READ_METHODS,
+            }
+            .error_response()
+        }))
+}
 
 pub const SERVICE_NAME: &str = "hookgate";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -33,7 +55,9 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-pub fn provider_health(
+/// `GET /webhooks/{name}/health`: the instance exists (behind its Basic Auth when it has
+/// one), whether it is paused, and when its last delivery was received (`null` when none).
+pub async fn provider_health(
     req: &HttpRequest,
     name: &str,
     state: &AppState,
@@ -47,15 +71,50 @@ pub fn provider_health(
             return Err(GatewayError::Unauthorized);
         }
     }
+    let page = state
+        .store
+        .events(EventQuery {
+            provider: Some(instance.name.clone()),
+            limit: 1,
+            ..EventQuery::default()
+        })
+        .await?;
+    let last = page.events.first().map(|e| e.receipt.received_at.clone());
     Ok(HttpResponse::Ok().json(json!({
         "status": "ok",
         "provider": instance.name,
         "kind": instance.kind.name,
+        "paused": state.pauses.is_paused(PauseTarget::Instance, &instance.name),
+        "last_event_at": last,
     })))
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// `GET /metrics`: Prometheus text format; with `[admin] protect_metrics = true` only for the
+/// admin bearer token.
+pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if state.protect_metrics {
+        let sent = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let allowed = state
+            .admin_token
+            .as_ref()
+            .is_some_and(|token| token.matches(sent.as_bytes()));
+        if !allowed {
+            let mut response = HttpResponse::Unauthorized().json(json!({"error": {
+                "code": "unauthorized",
+                "message": "/metrics needs the admin bearer token (admin.protect_metrics)",
+            }}));
+            response.headers_mut().insert(
+                actix_web::http::header::WWW_AUTHENTICATE,
+                actix_web::http::header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

@@ -37,6 +37,8 @@ pub struct AppState {
     /// The sinks and their workers.
     pub dispatcher: Arc<Dispatcher>,
     pub trusted_proxies: Vec<IpNet>,
+    /// `server.forwarded_header`: the one header trusted proxies are believed in.
+    pub forwarded_header: crate::config::ForwardedHeader,
     pub body_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub metrics: Arc<Metrics>,
@@ -48,8 +50,12 @@ pub struct AppState {
     pub rejection_log: LogBudget,
     /// Bearer token of `/admin`; `None` disables it.
     pub admin_token: Option<Secret>,
+    /// `admin.protect_metrics`: `/metrics` needs the admin token too.
+    pub protect_metrics: bool,
     /// `storage.retention_secs`; 0 keeps deliveries forever.
     pub retention_secs: u64,
+    /// Paused instances and sinks, as last read from the store.
+    pub pauses: Arc<crate::pause::Pauses>,
 }
 
 /// Any route that does not exist.

@@ -11,7 +11,7 @@ use serde_json::json;
 use tracing::{field, info, warn, Instrument};
 
 use super::AppState;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, READ_METHODS, RECEIVER_METHODS};
 use crate::ingest::{Ingested, Status};
 use crate::metrics::OUTCOME_REJECTED;
 use crate::pipeline::plan::{self, Plan};
@@ -21,6 +21,7 @@ use crate::provider::definition::HmacAlgorithm;
 use crate::provider::kind::{Handshake, Reply};
 use crate::provider::registry::Instance;
 use crate::provider::source::{text_of, Context};
+use crate::store::PauseTarget;
 
 /// Metric label for requests to names that are not configured (bounded label values).
 pub const UNKNOWN_PROVIDER_LABEL: &str = "unknown";
@@ -48,9 +49,12 @@ pub async fn route(
         }
         Some((name, HEALTH_SUFFIX)) if !name.is_empty() => {
             if req.method() == Method::GET || req.method() == Method::HEAD {
-                super::health::provider_health(&req, name, &state)
+                super::health::provider_health(&req, name, &state).await
             } else {
-                Err(GatewayError::MethodNotAllowed(req.method().to_string()))
+                Err(GatewayError::MethodNotAllowed {
+                    method: req.method().to_string(),
+                    allow: READ_METHODS,
+                })
             }
         }
         _ => Err(GatewayError::NotFound),
@@ -74,11 +78,23 @@ async fn receive(
         "webhook",
         provider = %label,
         event_id = field::Empty,
+        event_type = field::Empty,
         outcome = field::Empty,
     );
     async move {
         let started = std::time::Instant::now();
-        let result = handle(&req, payload, &name, &state).await;
+        let peer = req
+            .peer_addr()
+            .map(|a| a.ip())
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        // Resolved once: stage 4 uses it, and every rejection line names it.
+        let client = access::client_ip(
+            peer,
+            req.headers(),
+            &state.trusted_proxies,
+            state.forwarded_header,
+        );
+        let result = handle(&req, payload, &name, &state, client).await;
         let known = state.instance_metrics.get(&name);
         let metrics = known.unwrap_or(&state.unknown_metrics);
         metrics.duration.observe(started.elapsed().as_secs_f64());
@@ -96,7 +112,7 @@ async fn receive(
                     .with_label_values(&[label, OUTCOME_REJECTED, e.code()])
                     .inc();
                 tracing::Span::current().record("outcome", e.code());
-                log_rejection(&req, &state, label, e);
+                log_rejection(&req, &state, label, client.ok().flatten(), e);
             }
         }
         result
@@ -107,20 +123,34 @@ async fn receive(
 
 /// One INFO line per rejection (WARN for storage trouble), with the client's address, unless
 /// the budget is spent; the next line says how many were left out.
-fn log_rejection(req: &HttpRequest, state: &AppState, provider: &str, error: &GatewayError) {
+fn log_rejection(
+    req: &HttpRequest,
+    state: &AppState,
+    provider: &str,
+    client: Option<std::net::IpAddr>,
+    error: &GatewayError,
+) {
     let Some(suppressed) = state.rejection_log.admit() else {
         return;
     };
     let peer = req.peer_addr().map(|a| a.ip());
+    // The client as resolved through trusted proxies; the peer when it could not be.
+    let client_ip = client
+        .or(peer)
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    let spec = error.spec();
+    let (code, retryable) = (spec.code, spec.retryable);
     match error {
         GatewayError::StorageUnavailable(cause) => {
-            warn!(%provider, ?peer, error = %cause, suppressed, "Rejected: storage unavailable.")
+            warn!(%provider, %client_ip, ?peer, code, retryable, error = %cause, suppressed, "Rejected: storage unavailable.")
         }
         // Its message repeats the path the caller sent; the code says enough.
         GatewayError::UnknownProvider(_) => {
-            info!(%provider, ?peer, code = error.code(), suppressed, "Rejected.")
+            info!(%provider, %client_ip, ?peer, code, retryable, suppressed, "Rejected.")
         }
-        _ => info!(%provider, ?peer, code = error.code(), reason = %error, suppressed, "Rejected."),
+        _ => {
+            info!(%provider, %client_ip, ?peer, code, retryable, reason = %error, suppressed, "Rejected.")
+        }
     }
 }
 
@@ -129,6 +159,7 @@ async fn handle(
     payload: web::Payload,
     name: &str,
     state: &AppState,
+    client: Result<Option<std::net::IpAddr>, access::ForwardedConflict>,
 ) -> Result<HttpResponse, GatewayError> {
     // 1. route
     let instance = state
@@ -138,7 +169,14 @@ async fn handle(
         .ok_or_else(|| GatewayError::UnknownProvider(name.to_owned()))?;
     // 2. method
     if req.method() != Method::POST {
-        return Err(GatewayError::MethodNotAllowed(req.method().to_string()));
+        return Err(GatewayError::MethodNotAllowed {
+            method: req.method().to_string(),
+            allow: RECEIVER_METHODS,
+        });
+    }
+    // paused: the provider retries later; nothing is read or stored
+    if state.pauses.is_paused(PauseTarget::Instance, name) {
+        return Err(GatewayError::Paused);
     }
     // 3. body
     let headers = req.headers();
@@ -150,11 +188,7 @@ async fn handle(
     )
     .await?;
     // 4. allowlist
-    let peer = req
-        .peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-    let client_ip = access::client_ip(peer, headers, &state.trusted_proxies);
+    let client_ip = client.map_err(|_| GatewayError::ForwardedConflict)?;
     if !access::is_allowed(client_ip, &instance.allow_ips) {
         return Err(GatewayError::IpNotAllowed);
     }
@@ -162,7 +196,10 @@ async fn handle(
     if let Some(limiter) = &instance.limiter {
         limiter
             .check(client_ip)
-            .map_err(GatewayError::RateLimited)?;
+            .map_err(|wait| GatewayError::RateLimited {
+                wait,
+                status: instance.rate_limit_status,
+            })?;
     }
     // 6. Basic Auth
     if let Some(auth) = &instance.basic_auth {
@@ -307,6 +344,9 @@ fn acknowledge(state: &AppState, instance: &str, ingested: &Ingested) -> HttpRes
                 .collect()
         }),
     };
+    if ingested.status() == Status::Accepted {
+        tracing::debug!("Accepted.");
+    }
     if ingested.status() == Status::Duplicate {
         if let Some(metrics) = state.instance_metrics.get(instance) {
             metrics.duplicates.inc();

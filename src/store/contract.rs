@@ -11,8 +11,8 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::{
-    AttemptRecord, Commit, DedupKey, Due, DueTask, EventPage, EventQuery, NewReceipt, Receipt,
-    StoreError, TaskRecord,
+    AttemptRecord, Commit, DedupKey, Due, DueTask, EventPage, EventQuery, NewReceipt, Pause,
+    PauseTarget, Receipt, StoreError, TaskRecord,
 };
 use crate::envelope::Envelope;
 
@@ -111,7 +111,24 @@ pub trait Maintenance: Send + Sync {
     fn close(&self);
 }
 
-/// A whole store: what the gateway runs on.
-pub trait Store: IngestStore + TaskQueue + EventBrowser + Maintenance + 'static {}
+/// Run-time switches that outlive restarts and are shared by every replica of one store.
+pub trait Controls: Send + Sync {
+    /// Pauses (`paused`) or resumes `name`, durably: it resolves `Ok` once a restart (or
+    /// another replica's next [`Controls::paused`]) sees the change. Pausing what is paused
+    /// keeps its first time. Returns whether anything changed.
+    fn set_paused(
+        &self,
+        target: PauseTarget,
+        name: String,
+        paused: bool,
+        now_ms: i64,
+    ) -> StoreFuture<bool>;
 
-impl<T: IngestStore + TaskQueue + EventBrowser + Maintenance + 'static> Store for T {}
+    /// Everything paused, by target then name.
+    fn paused(&self) -> StoreFuture<Vec<Pause>>;
+}
+
+/// A whole store: what the gateway runs on.
+pub trait Store: IngestStore + TaskQueue + EventBrowser + Maintenance + Controls + 'static {}
+
+impl<T: IngestStore + TaskQueue + EventBrowser + Maintenance + Controls + 'static> Store for T {}

@@ -3,7 +3,7 @@
 //!
 //! [`contract`] is what a backend must do, split by its consumers: [`IngestStore`] (the request
 //! path), [`TaskQueue`] (the delivery workers), [`EventBrowser`] (admin API, CLI, dashboard) and
-//! [`Maintenance`] (claim expiry, retention). [`Store`] is all four. [`log::LogStore`] is the
+//! [`Maintenance`] (claim expiry, retention) and [`Controls`] (pauses). [`Store`] is all five. [`log::LogStore`] is the
 //! embedded backend (a commit log, with sled as the event-ID table and index);
 //! [`postgres::PgStore`] the shared one for several replicas. Every backend passes the one
 //! contract suite in `tests/store_contract.rs`.
@@ -22,8 +22,38 @@ pub mod postgres;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::contract::{EventBrowser, IngestStore, Maintenance, Store, StoreFuture, TaskQueue};
+pub use self::contract::{
+    Controls, EventBrowser, IngestStore, Maintenance, Store, StoreFuture, TaskQueue,
+};
 use crate::envelope::Envelope;
+
+/// What can be paused at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseTarget {
+    /// A provider instance: its deliveries are answered 503 `paused`.
+    Instance,
+    /// A sink: its tasks stay pending.
+    Sink,
+}
+
+impl PauseTarget {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseTarget::Instance => "instance",
+            PauseTarget::Sink => "sink",
+        }
+    }
+}
+
+/// One paused instance or sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    pub target: PauseTarget,
+    pub name: String,
+    /// When it was paused (Unix milliseconds).
+    pub paused_at_ms: i64,
+}
 
 /// The idempotency key: one event ID per provider instance.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -179,6 +209,10 @@ pub struct AttemptRecord {
     pub exit_code: Option<i32>,
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// The start of a successful answer's body (at most 512 bytes; errors keep theirs in
+    /// `error`). Absent in records made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
 }
 
 /// A task handed to a worker: the task and its envelope, leased to the caller until its

@@ -275,7 +275,7 @@ impl HmacScheme {
         let timestamp = match &self.timestamp {
             Some(source) => match message.text(source) {
                 Some(text) => Some((text.to_string(), parse_timestamp(&text, "timestamp")?)),
-                None if self.timestamp_required => {
+                None if self.timestamp_required || message.require_timestamp => {
                     return Err(SignatureError::Missing(describe(&Sources(vec![
                         source.clone()
                     ]))))

@@ -66,7 +66,11 @@ pub enum SignatureError {
     Malformed(String),
     #[error("signature matched none of the {keys} configured secret(s)")]
     NoMatch { keys: usize },
-    #[error("timestamp is {skew_secs} s away from now, outside the {tolerance_secs} s tolerance")]
+    #[error(
+        "timestamp is {} s {}, outside the {tolerance_secs} s tolerance",
+        skew_secs.unsigned_abs(),
+        if *skew_secs < 0 { "in the future" } else { "old" }
+    )]
     OutOfTolerance { skew_secs: i64, tolerance_secs: u64 },
     #[error("{0}")]
     Other(String),
@@ -79,6 +83,9 @@ pub struct Message<'a> {
     pub body: &'a [u8],
     /// The URL the provider called (instance `public_url` plus the query string).
     pub url: Option<&'a str>,
+    /// The instance set its own `tolerance_secs`: a delivery without a timestamp is refused
+    /// even where the kind's timestamp is optional.
+    pub require_timestamp: bool,
     json: OnceLock<Option<Value>>,
 }
 
@@ -88,6 +95,7 @@ impl<'a> Message<'a> {
             headers,
             body,
             url,
+            require_timestamp: false,
             json: OnceLock::new(),
         }
     }
@@ -166,7 +174,8 @@ pub fn verify(received: Received<'_>, now: i64) -> Result<Verified<'_>, Signatur
             "" => base.to_owned(),
             q => format!("{base}?{q}"),
         });
-    let message = Message::new(received.headers, &received.body, url.as_deref());
+    let mut message = Message::new(received.headers, &received.body, url.as_deref());
+    message.require_timestamp = instance.require_timestamp;
     instance
         .kind
         .scheme
@@ -362,6 +371,18 @@ impl Scheme {
             Scheme::Hmac(h) => h.signs_url(),
             Scheme::OneOf(s) => s.iter().any(Scheme::needs_url),
             _ => false,
+        }
+    }
+
+    /// Whether deliveries carry a timestamp this scheme checks (so `tolerance_secs` means
+    /// something).
+    pub fn has_timestamp(&self) -> bool {
+        match self {
+            Scheme::Hmac(h) => h.timestamp.is_some(),
+            Scheme::Ed25519(a) | Scheme::EcdsaP256(a) => a.timestamp.is_some(),
+            Scheme::Keyed(_) | Scheme::StandardWebhooks(_) => true,
+            Scheme::OneOf(s) => s.iter().any(Scheme::has_timestamp),
+            Scheme::Basic | Scheme::Token(_) | Scheme::Twilio(_) => false,
         }
     }
 

@@ -49,9 +49,9 @@ use self::record::{
     FRAME_HEADER,
 };
 use super::{
-    AttemptRecord, Commit, Committed, DedupKey, Due, DueTask, EventBrowser, EventPage, EventQuery,
-    EventSummary, IngestStore, Maintenance, NewReceipt, Receipt, StoreError, StoreFuture,
-    TaskQueue, TaskRecord, TaskStatus,
+    AttemptRecord, Commit, Committed, Controls, DedupKey, Due, DueTask, EventBrowser, EventPage,
+    EventQuery, EventSummary, IngestStore, Maintenance, NewReceipt, Pause, PauseTarget, Receipt,
+    StoreError, StoreFuture, TaskQueue, TaskRecord, TaskStatus,
 };
 use crate::clock::Clock;
 use crate::config::StorageSettings;
@@ -444,6 +444,8 @@ struct Shared {
     db: sled::Db,
     index: sled::Tree,
     root: PathBuf,
+    /// Serialises rewrites of [`PAUSES_FILE`].
+    pauses: Mutex<()>,
     log_dir: PathBuf,
     /// Open segments for reads by position.
     segments: RwLock<BTreeMap<u64, Arc<File>>>,
@@ -788,6 +790,7 @@ impl LogStore {
             db,
             index,
             root: root.clone(),
+            pauses: Mutex::new(()),
             log_dir: log_dir.clone(),
             segments: RwLock::new(recovered.files),
             active_segment: AtomicU64::new(scans.last().map_or(0, |s| s.number)),
@@ -2420,6 +2423,85 @@ impl EventBrowser for LogStore {
             }
             Ok(out)
         })
+    }
+}
+
+/// The paused instances and sinks, beside `log/` and `index/`: a small file replaced
+/// atomically (written, fsynced, renamed, directory fsynced). Not a log record: retention
+/// deletes old segments and `rebuild-index` rebuilds from the log, and a pause must survive both.
+const PAUSES_FILE: &str = "pauses.json";
+
+fn read_pauses(root: &Path) -> Result<Vec<Pause>, StoreError> {
+    match std::fs::read(root.join(PAUSES_FILE)) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            StoreError::Failed(format!(
+                "{} is damaged ({e}); delete it to resume everything",
+                root.join(PAUSES_FILE).display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+fn write_pauses(root: &Path, pauses: &[Pause]) -> Result<(), StoreError> {
+    use std::io::Write as _;
+    let tmp = root.join(format!("{PAUSES_FILE}.new"));
+    let bytes = serde_json::to_vec_pretty(pauses).map_err(io_err)?;
+    let mut file = File::create(&tmp).map_err(io_err)?;
+    file.write_all(&bytes).map_err(io_err)?;
+    file.sync_all().map_err(io_err)?;
+    std::fs::rename(&tmp, root.join(PAUSES_FILE)).map_err(io_err)?;
+    segment::sync_dir(root).map_err(io_err)
+}
+
+impl Controls for LogStore {
+    fn set_paused(
+        &self,
+        target: PauseTarget,
+        name: String,
+        paused: bool,
+        now_ms: i64,
+    ) -> StoreFuture<bool> {
+        let shared = self.shared.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let _one_writer = lock(&shared.pauses);
+                let mut pauses = read_pauses(&shared.root)?;
+                let at = pauses
+                    .iter()
+                    .position(|p| p.target == target && p.name == name);
+                match (at, paused) {
+                    (Some(_), true) | (None, false) => return Ok(false),
+                    (Some(i), false) => {
+                        pauses.remove(i);
+                    }
+                    (None, true) => {
+                        pauses.push(Pause {
+                            target,
+                            name,
+                            paused_at_ms: now_ms,
+                        });
+                        pauses.sort_by(|a, b| (a.target, &a.name).cmp(&(b.target, &b.name)));
+                    }
+                }
+                write_pauses(&shared.root, &pauses)?;
+                Ok(true)
+            })
+            .await
+            .map_err(io_err)?
+        }
+        .boxed()
+    }
+
+    fn paused(&self) -> StoreFuture<Vec<Pause>> {
+        let shared = self.shared.clone();
+        async move {
+            tokio::task::spawn_blocking(move || read_pauses(&shared.root))
+                .await
+                .map_err(io_err)?
+        }
+        .boxed()
     }
 }
 

@@ -88,6 +88,7 @@ fn delivered(mut task: TaskRecord) -> (TaskRecord, crate::store::AttemptRecord) 
         exit_code: None,
         error: None,
         duration_ms: 0,
+        response: None,
     };
     (task, attempt)
 }
@@ -447,6 +448,7 @@ async fn a_damaged_task_entry_becomes_a_dead_letter_not_a_failed_round() {
         exit_code: None,
         error: Some(error.clone()),
         duration_ms: 0,
+        response: None,
     };
     store.record_attempts(vec![(task, attempt)]).await.unwrap();
     let tasks = store.tasks(ulid(3_001)).await.unwrap();

@@ -35,18 +35,22 @@ use ulid::Ulid;
 
 use super::{
     AttemptRecord, Commit, Committed, DedupKey, Due, DueTask, EventPage, EventQuery, EventStatus,
-    EventSummary, NewReceipt, Receipt, StoreError, StoreFuture, TaskRecord, TaskStatus,
+    EventSummary, NewReceipt, Pause, PauseTarget, Receipt, StoreError, StoreFuture, TaskRecord,
+    TaskStatus,
 };
 use crate::clock::Clock;
 use crate::config::StorageSettings;
 use crate::envelope::Envelope;
-use crate::store::contract::{EventBrowser, IngestStore, Maintenance, TaskQueue};
+use crate::store::contract::{Controls, EventBrowser, IngestStore, Maintenance, TaskQueue};
 
 /// The versioned migrations, in order. A database records the versions it has in
 /// `hookgate_schema`; start-up applies the missing ones.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (2, "pauses", include_str!("migrations/0002_pauses.sql")),
+];
 /// The schema version this build runs on.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Advisory lock keys (one namespace for hookgate: `0x686B6774` is "hkgt").
 const LOCK_MIGRATE: i64 = 0x686B_6774_0000_0001;
@@ -1408,6 +1412,65 @@ impl EventBrowser for PgStore {
             .iter()
             .map(task_from)
             .collect()
+        })
+    }
+}
+
+impl Controls for PgStore {
+    fn set_paused(
+        &self,
+        target: PauseTarget,
+        name: String,
+        paused: bool,
+        now_ms: i64,
+    ) -> StoreFuture<bool> {
+        self.run(move |shared| async move {
+            let query = if paused {
+                sqlx::query(
+                    "INSERT INTO hookgate_pauses (target, name, paused_at_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (target, name) DO NOTHING",
+                )
+                .bind(target.as_str())
+                .bind(&name)
+                .bind(now_ms)
+            } else {
+                sqlx::query("DELETE FROM hookgate_pauses WHERE target = $1 AND name = $2")
+                    .bind(target.as_str())
+                    .bind(&name)
+            };
+            let changed = query
+                .execute(&shared.pool)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+            Ok(changed > 0)
+        })
+    }
+
+    fn paused(&self) -> StoreFuture<Vec<Pause>> {
+        self.run(move |shared| async move {
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT target, name, paused_at_ms FROM hookgate_pauses ORDER BY target, name",
+            )
+            .fetch_all(&shared.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(target, name, paused_at_ms)| {
+                    let target = match target.as_str() {
+                        "instance" => PauseTarget::Instance,
+                        "sink" => PauseTarget::Sink,
+                        // Written by a newer hookgate: not ours to interpret.
+                        _ => return None,
+                    };
+                    Some(Pause {
+                        target,
+                        name,
+                        paused_at_ms,
+                    })
+                })
+                .collect())
         })
     }
 }
