@@ -785,6 +785,7 @@ fn attempted(
         exit_code: None,
         error: None,
         duration_ms: 1,
+        response: None,
     };
     (next, attempt)
 }
