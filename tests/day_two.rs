@@ -1175,3 +1175,61 @@ async fn metrics_can_require_the_admin_token() {
     let (ok, text) = check_config(&format!("{DEMO}[admin]\nprotect_metrics = true\n"));
     assert!(!ok && text.contains("admin.protect_metrics"), "{text}");
 }
+
+// Pipedrive meta across v1 and v2
+
+#[tokio::test]
+async fn pipedrive_meta_has_the_same_fields_and_types_in_v1_and_v2() {
+    let app = spawn(
+        "[providers.crm]\nkind = \"pipedrive\"\nbasic_auth = { username = \"hooks\", password = \"pw\" }\n",
+    )
+    .await;
+    let fixtures = fixtures_dir().join("pipedrive");
+    for case in ["v1_deal_updated", "v2_deal_change"] {
+        use base64::Engine as _;
+        let body = std::fs::read(fixtures.join(format!("{case}.json"))).unwrap();
+        let headers = vec![
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+            (
+                "Authorization".to_owned(),
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode("hooks:pw")
+                ),
+            ),
+        ];
+        assert_eq!(
+            app.post("crm", &headers, body).await.status(),
+            200,
+            "{case}"
+        );
+    }
+    let envelopes = app.sink_envelopes(2).await;
+    let kind_of = |v: &Value| match v {
+        Value::Number(n) if n.is_i64() => "integer",
+        Value::Bool(_) => "boolean",
+        Value::String(_) => "string",
+        _ => "other",
+    };
+    for (field, expected) in [
+        ("retry", "integer"),
+        ("is_retry", "boolean"),
+        ("change_source", "string"),
+        ("is_bulk_update", "boolean"),
+        ("user_id", "integer"),
+        ("company_id", "integer"),
+    ] {
+        for envelope in &envelopes {
+            assert_eq!(
+                kind_of(&envelope["meta"][field]),
+                expected,
+                "meta.{field} of {}",
+                envelope["meta"]["version"]
+            );
+        }
+    }
+    // A first delivery in both: v1 `retry` 0, v2 `attempt` 1.
+    assert!(envelopes
+        .iter()
+        .all(|e| e["meta"]["retry"] == 0 && e["meta"]["is_retry"] == false));
+}
