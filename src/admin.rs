@@ -16,7 +16,7 @@ use crate::store::{
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 1000;
 
-/// `?provider=&status=&event_id=&type=&since=&until=&limit=&before=`
+/// `?provider=&status=&event_id=&type=&object=&action=&since=&until=&limit=&before=`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -28,6 +28,10 @@ pub struct ListQuery {
     /// A glob over the provider's event type, e.g. `customer.*`.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
+    /// A glob over the envelope `object`, e.g. `deal` or `customer*`.
+    pub object: Option<String>,
+    /// The canonical `action`, e.g. `updated` (with `object`: of the same envelope).
+    pub action: Option<String>,
     /// Received at or after this time (RFC 3339).
     pub since: Option<String>,
     /// Received before this time (RFC 3339).
@@ -92,11 +96,21 @@ impl ListQuery {
                     .map_err(|e| AdminError::Invalid(format!("`type` is not a valid glob: {e}")))
             })
             .transpose()?;
+        let object = self
+            .object
+            .as_deref()
+            .map(|t| {
+                glob::Pattern::new(t)
+                    .map_err(|e| AdminError::Invalid(format!("`object` is not a valid glob: {e}")))
+            })
+            .transpose()?;
         Ok(EventQuery {
             provider: self.provider.clone(),
             status,
             event_id: self.event_id.clone(),
             event_type,
+            object,
+            action: self.action.clone(),
             since_ms: time_ms("since", &self.since)?,
             until_ms: time_ms("until", &self.until)?,
             before: self.before.clone(),

@@ -1233,3 +1233,65 @@ async fn pipedrive_meta_has_the_same_fields_and_types_in_v1_and_v2() {
         .iter()
         .all(|e| e["meta"]["retry"] == 0 && e["meta"]["is_retry"] == false));
 }
+
+// Search by object and action
+
+#[tokio::test]
+async fn events_can_be_searched_by_object_and_action_over_the_api_and_the_cli() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_in(
+        dir.clone(),
+        &format!("{DEMO}{ADMIN}"),
+        SpawnOptions::default(),
+    )
+    .await;
+    for (id, event_type) in [
+        ("evt_s1", "post.created"),
+        ("evt_s2", "post.deleted"),
+        ("evt_s3", "comment.created"),
+    ] {
+        let body = generic_body(id, event_type, "o1");
+        app.post_generic("demo", GENERIC_SECRET, id, &body).await;
+    }
+    let ids = |body: Value| -> Vec<String> {
+        body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(admin_get(&app, "/admin/events?object=post").await),
+        ["evt_s2", "evt_s1"]
+    );
+    assert_eq!(
+        ids(admin_get(&app, "/admin/events?action=created").await),
+        ["evt_s3", "evt_s1"]
+    );
+    assert_eq!(
+        ids(admin_get(&app, "/admin/events?object=post&action=created").await),
+        ["evt_s1"]
+    );
+    let bad = app
+        .client
+        .get(app.url("/admin/events?object=%5B"))
+        .bearer_auth("day-two-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let dir = app.stop().await;
+    let out = hookgate(
+        &[
+            "events", "list", "--object", "comment", "--action", "created",
+        ],
+        &dir.path().join("config.toml"),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("evt_s3") && !stdout.contains("evt_s1"),
+        "{stdout}"
+    );
+}

@@ -711,6 +711,7 @@ async fn a_commit_on_one_replica_wakes_the_workers_of_another() {
             error: None,
             envelope_ids: Vec::new(),
             types: Vec::new(),
+            subjects: Vec::new(),
             event_ids: Vec::new(),
         },
         body: "{}".into(),

@@ -43,6 +43,12 @@ enum EventsCommand {
         /// A glob over the provider's event type, e.g. 'customer.*'.
         #[arg(long = "type")]
         event_type: Option<String>,
+        /// A glob over the envelope object, e.g. 'deal'.
+        #[arg(long)]
+        object: Option<String>,
+        /// The canonical action, e.g. 'updated'.
+        #[arg(long)]
+        action: Option<String>,
         /// Received at or after this RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
@@ -199,6 +205,8 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                 status,
                 event_id,
                 event_type,
+                object,
+                action,
                 since,
                 until,
                 limit,
@@ -210,6 +218,8 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                 status,
                 event_id,
                 event_type,
+                object,
+                action,
                 since,
                 until,
                 limit: Some(limit),
@@ -225,6 +235,8 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                     params.extend(opt("status", &query.status));
                     params.extend(opt("event_id", &query.event_id));
                     params.extend(opt("type", &query.event_type));
+                    params.extend(opt("object", &query.object));
+                    params.extend(opt("action", &query.action));
                     params.extend(opt("since", &query.since));
                     params.extend(opt("until", &query.until));
                     params.extend(opt("before", &query.before));
