@@ -1295,3 +1295,118 @@ async fn events_can_be_searched_by_object_and_action_over_the_api_and_the_cli() 
         "{stdout}"
     );
 }
+
+// Reprocess
+
+#[tokio::test]
+async fn an_unprocessable_event_is_reprocessed_after_a_definition_fix() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let providers = dir.path().join("providers");
+    std::fs::create_dir_all(&providers).unwrap();
+    let generic = std::fs::read_to_string(providers_dir().join("generic.toml")).unwrap();
+    std::fs::write(providers.join("acme.toml"), &generic).unwrap();
+    let extra = format!("{ADMIN}[providers.acme]\nsecrets = [\"test-generic-secret\"]\n");
+    // The committed config shape, but with our providers directory.
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        config_text(dir.path(), "", &extra).replace(
+            &providers_dir().display().to_string(),
+            &providers.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let start = || async {
+        let loaded = hookgate::config::load(&config).unwrap();
+        let app = hookgate::startup::Application::build(loaded).await.unwrap();
+        let port = app.port();
+        let handle = app.handle();
+        let join = tokio::spawn(app.run_until_stopped());
+        (port, handle, join)
+    };
+    let (port, handle, join) = start().await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    // The sender writes its type under `kind`; the definition reads `/type` only.
+    let body = r#"{"id":"evt_rp","kind":"post.created","data":{"object":{"id":"p1"}}}"#;
+    let mut request = client.post(url("/webhooks/acme"));
+    for (k, v) in generic_headers(
+        GENERIC_SECRET,
+        "evt_rp",
+        chrono::Utc::now().timestamp(),
+        body.as_bytes(),
+    ) {
+        request = request.header(k, v);
+    }
+    assert_eq!(request.body(body).send().await.unwrap().status(), 422);
+    let listed: Value = client
+        .get(url("/admin/events?status=unprocessable"))
+        .bearer_auth("day-two-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = listed["events"][0]["id"].as_str().unwrap().to_owned();
+    // Still broken: reprocessing says so and stores nothing.
+    let still = client
+        .post(url(&format!("/admin/events/{id}/reprocess")))
+        .bearer_auth("day-two-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still.status(), 400);
+    assert!(still
+        .text()
+        .await
+        .unwrap()
+        .contains("still cannot be normalised"));
+    let listed: Value = client
+        .get(url("/admin/events"))
+        .bearer_auth("day-two-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["events"].as_array().unwrap().len(),
+        1,
+        "nothing new stored"
+    );
+    handle.stop(true).await;
+    join.await.unwrap().unwrap();
+
+    // The fix: take the type from `/kind` too. Reprocess with the gateway stopped (the CLI
+    // opens the store), then once more through the API of the restarted gateway.
+    std::fs::write(
+        providers.join("acme.toml"),
+        generic.replace("type = [\"/type\"]", "type = [\"/type | /kind\"]"),
+    )
+    .unwrap();
+    let out = hookgate(&["events", "reprocess", &id], &config);
+    assert!(out.status.success(), "{out:?}");
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["status"], "accepted", "{answer}");
+    assert_eq!(answer["events"][0]["event_id"], "evt_rp");
+    let (port, _handle, _join) = start().await;
+    let again: Value = client
+        .post(format!(
+            "http://127.0.0.1:{port}/admin/events/{id}/reprocess"
+        ))
+        .bearer_auth("day-two-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["status"], "duplicate", "{again}");
+    // The reprocessed envelope reaches the sink once.
+    let envelopes = wait_for_lines(&dir.path().join("envelopes.jsonl"), 1).await;
+    assert_eq!(envelopes.len(), 1);
+    assert_eq!(envelopes[0]["type"], "post.created");
+    assert_eq!(envelopes[0]["event_id"], "evt_rp");
+}

@@ -63,6 +63,9 @@ enum EventsCommand {
     },
     /// One event: the raw delivery, its envelopes, and every attempt per sink (JSON).
     Show { id: String },
+    /// Run a stored delivery (e.g. an unprocessable one, after a definition fix) through the
+    /// current definitions again, without verification; new envelopes are stored and delivered.
+    Reprocess { id: String },
     /// Dead letters.
     DeadLetters {
         #[arg(long)]
@@ -251,6 +254,34 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow!(e))?
                 .ok_or_else(|| anyhow!("no stored event has id {id}"))?;
+            print_json(&body)?;
+            Ok(())
+        }
+        (Backend::Store(store), EventsCommand::Reprocess { id }) => {
+            // The stopped gateway's own parts: its definitions, sinks (their tasks are
+            // delivered at its next start) and ingest step.
+            let registry = crate::provider::registry::Registry::build(&loaded)?;
+            let routes = crate::dispatch::build_routes(&loaded, Vec::new())?;
+            let dispatcher = Arc::new(crate::dispatch::Dispatcher::new(
+                routes,
+                store.clone(),
+                Arc::new(SystemClock),
+                Arc::new(Metrics::new()),
+                Duration::from_secs(loaded.settings.storage.lease_secs),
+                Arc::new(crate::pause::Pauses::default()),
+            ));
+            let ingestor = crate::ingest::Ingestor::new(store.clone(), dispatcher);
+            let body = admin::reprocess(&**store, &registry, &ingestor, &id, SystemClock.now())
+                .await
+                .map_err(|e| anyhow!(e))?
+                .ok_or_else(|| anyhow!("no stored event has id {id}"))?;
+            print_json(&body)?;
+            Ok(())
+        }
+        (Backend::Api { .. }, EventsCommand::Reprocess { id }) => {
+            let body = backend
+                .post(&format!("/events/{id}/reprocess"), &[])
+                .await?;
             print_json(&body)?;
             Ok(())
         }
