@@ -1410,3 +1410,88 @@ async fn an_unprocessable_event_is_reprocessed_after_a_definition_fix() {
     assert_eq!(envelopes[0]["type"], "post.created");
     assert_eq!(envelopes[0]["event_id"], "evt_rp");
 }
+
+// Export
+
+#[tokio::test]
+async fn a_stored_event_exports_as_a_fixture_that_replays_and_expects_its_envelope() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_in(dir.clone(), DEMO, SpawnOptions::default()).await;
+    let body = generic_body("evt_export", "post.updated", "p9");
+    let answer: Value = app
+        .post_generic("demo", GENERIC_SECRET, "evt_export", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let stored = app.sink_envelopes(1).await.remove(0);
+    let dir = app.stop().await;
+    let fixture = dir.path().join("exported");
+    let out = hookgate(
+        &[
+            "events",
+            "export",
+            &id,
+            "--fixture",
+            fixture.to_str().unwrap(),
+        ],
+        &dir.path().join("config.toml"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read(fixture.join("evt_export.json")).unwrap(),
+        body.as_bytes(),
+        "the body byte-exact"
+    );
+    let headers: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture.join("evt_export.headers.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(headers["x-webhook-id"], "evt_export");
+    let instance = std::fs::read_to_string(fixture.join("instance.toml")).unwrap();
+    assert!(!instance.contains(GENERIC_SECRET), "no secret is exported");
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture.join("evt_export.expected.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(expected["status"], 200);
+    assert_eq!(expected["response"]["event_id"], "evt_export");
+    let mut envelope = stored.clone();
+    envelope.as_object_mut().unwrap().remove("id");
+    envelope["received_at"] = expected["envelopes"][0]["received_at"].clone();
+    assert_eq!(expected["envelopes"][0], envelope);
+
+    // `hookgate replay` sends it, freshly signed, to a gateway that accepts it.
+    let other = spawn(DEMO).await;
+    let config = dir.path().join("config.toml");
+    let to = other.address.clone();
+    let fixture_arg = fixture.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .args([
+                "replay",
+                "--provider",
+                "demo",
+                "--secret",
+                GENERIC_SECRET,
+                "--to",
+                &to,
+            ])
+            .arg("--config")
+            .arg(&config)
+            .arg(&fixture_arg)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
+    assert_eq!(other.sink_envelopes(1).await[0]["event_id"], "evt_export");
+}
