@@ -4,10 +4,17 @@
 //! no gateway holds the store, on the store directly. Output never contains a secret:
 //! credential headers are not stored in the first place.
 
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::ingest::{IngestError, Ingestor};
+use crate::pipeline::normalise::{self, EnvelopeInfo};
+use crate::pipeline::plan::{self, Plan};
+use crate::pipeline::signature::Verified;
+use crate::pipeline::{parse, Received};
+use crate::provider::registry::Registry;
 use crate::store::{
     EventQuery, EventStatus, EventSummary, PauseTarget, Store, StoreError, TaskRecord,
 };
@@ -16,7 +23,7 @@ use crate::store::{
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 1000;
 
-/// `?provider=&status=&event_id=&type=&since=&until=&limit=&before=`
+/// `?provider=&status=&event_id=&type=&object=&action=&since=&until=&limit=&before=`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -28,6 +35,10 @@ pub struct ListQuery {
     /// A glob over the provider's event type, e.g. `customer.*`.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
+    /// A glob over the envelope `object`, e.g. `deal` or `customer*`.
+    pub object: Option<String>,
+    /// The canonical `action`, e.g. `updated` (with `object`: of the same envelope).
+    pub action: Option<String>,
     /// Received at or after this time (RFC 3339).
     pub since: Option<String>,
     /// Received before this time (RFC 3339).
@@ -92,11 +103,21 @@ impl ListQuery {
                     .map_err(|e| AdminError::Invalid(format!("`type` is not a valid glob: {e}")))
             })
             .transpose()?;
+        let object = self
+            .object
+            .as_deref()
+            .map(|t| {
+                glob::Pattern::new(t)
+                    .map_err(|e| AdminError::Invalid(format!("`object` is not a valid glob: {e}")))
+            })
+            .transpose()?;
         Ok(EventQuery {
             provider: self.provider.clone(),
             status,
             event_id: self.event_id.clone(),
             event_type,
+            object,
+            action: self.action.clone(),
             since_ms: time_ms("since", &self.since)?,
             until_ms: time_ms("until", &self.until)?,
             before: self.before.clone(),
@@ -295,4 +316,108 @@ pub async fn set_paused(
         .set_paused(target, name.to_owned(), paused, now_ms)
         .await?;
     Ok(json!({ target.as_str(): name, "paused": paused, "changed": changed }))
+}
+
+/// `hookgate events reprocess ID`: the stored raw delivery `id` (typically `unprocessable`,
+/// after a definition fix) through parsing and normalisation with the current definitions,
+/// without verification (it was verified when it arrived). New envelopes are stored and
+/// delivered like any event, as a new receipt; events already stored are `duplicate`.
+/// `Ok(None)` when no receipt has this id.
+pub async fn reprocess(
+    store: &dyn Store,
+    registry: &Registry,
+    ingestor: &Ingestor,
+    id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<Value>, AdminError> {
+    let Some((receipt, body)) = store.receipt(id.to_owned()).await? else {
+        return Ok(None);
+    };
+    let instance = registry.get(&receipt.provider).cloned().ok_or_else(|| {
+        AdminError::Invalid(format!(
+            "instance `{}` is no longer configured",
+            receipt.provider
+        ))
+    })?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in &receipt.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let verified = Verified::stored(Received {
+        instance,
+        headers: &headers,
+        query: "",
+        body,
+        client_ip: receipt.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        received_at: now,
+    });
+    let value = parse::parse(&verified)
+        .map_err(|e| AdminError::Invalid(format!("the stored body does not parse: {e}")))?;
+    let kind = &verified.instance.kind;
+    let max_events = verified.instance.batch_max_events;
+    let events = match plan::plan(kind, &value, &headers, &verified.body, max_events) {
+        Plan::Events(events) => events,
+        Plan::Unprocessable(e) => {
+            return Err(AdminError::Invalid(format!(
+                "still cannot be normalised with the current definition of `{}`: {e}",
+                kind.name
+            )))
+        }
+        Plan::Handshake(h) => {
+            return Err(AdminError::Invalid(format!(
+                "the stored delivery is a `{}` handshake",
+                h.name
+            )))
+        }
+        Plan::TooManyEvents { count, limit } => {
+            return Err(AdminError::Invalid(format!(
+                "the stored delivery carries {count} events, more than batch_max_events ({limit})"
+            )))
+        }
+    };
+    // Normalise once without storing, so a delivery that still fails leaves no new receipt.
+    for (index, (element, event_id)) in events.events.iter().enumerate() {
+        let info = EnvelopeInfo {
+            id: String::new(),
+            provider: &verified.instance.name,
+            kind: &kind.name,
+            event_id: event_id.clone(),
+            received_at: now,
+        };
+        if let Err(e) = normalise::envelope(events.rule, element, events.root, &headers, info) {
+            let at = if events.is_batch {
+                format!(" (event {index} of the batch)")
+            } else {
+                String::new()
+            };
+            return Err(AdminError::Invalid(format!(
+                "still cannot be normalised with the current definition of `{}`{at}: {e}",
+                kind.name
+            )));
+        }
+    }
+    match ingestor.ingest(&verified, events, None).await {
+        Ok(ingested) => Ok(Some(json!({
+            "reprocessed": id,
+            "status": ingested.status().as_str(),
+            "events": ingested.events.iter().map(|e| json!({
+                "event_id": e.event_id,
+                "id": e.id,
+                "status": e.status.as_str(),
+            })).collect::<Vec<_>>(),
+        }))),
+        Err(IngestError::Storage(e)) => Err(AdminError::Storage(e)),
+        // Stored; a sync-mode sink did not take it yet (the workers retry it).
+        Err(IngestError::Delivery(e)) => Ok(Some(json!({
+            "reprocessed": id,
+            "status": "accepted",
+            "delivery": e.to_string(),
+        }))),
+        Err(e) => Err(AdminError::Invalid(format!("still cannot be stored: {e}"))),
+    }
 }

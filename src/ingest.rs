@@ -339,6 +339,7 @@ fn receipt(delivery: &Verified<'_>, id: String, status: ReceiptStatus) -> Receip
         error: None,
         envelope_ids: Vec::new(),
         types: Vec::new(),
+        subjects: Vec::new(),
         event_ids: Vec::new(),
     }
 }

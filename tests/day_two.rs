@@ -1175,3 +1175,323 @@ async fn metrics_can_require_the_admin_token() {
     let (ok, text) = check_config(&format!("{DEMO}[admin]\nprotect_metrics = true\n"));
     assert!(!ok && text.contains("admin.protect_metrics"), "{text}");
 }
+
+// Pipedrive meta across v1 and v2
+
+#[tokio::test]
+async fn pipedrive_meta_has_the_same_fields_and_types_in_v1_and_v2() {
+    let app = spawn(
+        "[providers.crm]\nkind = \"pipedrive\"\nbasic_auth = { username = \"hooks\", password = \"pw\" }\n",
+    )
+    .await;
+    let fixtures = fixtures_dir().join("pipedrive");
+    for case in ["v1_deal_updated", "v2_deal_change"] {
+        use base64::Engine as _;
+        let body = std::fs::read(fixtures.join(format!("{case}.json"))).unwrap();
+        let headers = vec![
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+            (
+                "Authorization".to_owned(),
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode("hooks:pw")
+                ),
+            ),
+        ];
+        assert_eq!(
+            app.post("crm", &headers, body).await.status(),
+            200,
+            "{case}"
+        );
+    }
+    let envelopes = app.sink_envelopes(2).await;
+    let kind_of = |v: &Value| match v {
+        Value::Number(n) if n.is_i64() => "integer",
+        Value::Bool(_) => "boolean",
+        Value::String(_) => "string",
+        _ => "other",
+    };
+    for (field, expected) in [
+        ("retry", "integer"),
+        ("is_retry", "boolean"),
+        ("change_source", "string"),
+        ("is_bulk_update", "boolean"),
+        ("user_id", "integer"),
+        ("company_id", "integer"),
+    ] {
+        for envelope in &envelopes {
+            assert_eq!(
+                kind_of(&envelope["meta"][field]),
+                expected,
+                "meta.{field} of {}",
+                envelope["meta"]["version"]
+            );
+        }
+    }
+    // A first delivery in both: v1 `retry` 0, v2 `attempt` 1.
+    assert!(envelopes
+        .iter()
+        .all(|e| e["meta"]["retry"] == 0 && e["meta"]["is_retry"] == false));
+}
+
+// Search by object and action
+
+#[tokio::test]
+async fn events_can_be_searched_by_object_and_action_over_the_api_and_the_cli() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_in(
+        dir.clone(),
+        &format!("{DEMO}{ADMIN}"),
+        SpawnOptions::default(),
+    )
+    .await;
+    for (id, event_type) in [
+        ("evt_s1", "post.created"),
+        ("evt_s2", "post.deleted"),
+        ("evt_s3", "comment.created"),
+    ] {
+        let body = generic_body(id, event_type, "o1");
+        app.post_generic("demo", GENERIC_SECRET, id, &body).await;
+    }
+    let ids = |body: Value| -> Vec<String> {
+        body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(admin_get(&app, "/admin/events?object=post").await),
+        ["evt_s2", "evt_s1"]
+    );
+    assert_eq!(
+        ids(admin_get(&app, "/admin/events?action=created").await),
+        ["evt_s3", "evt_s1"]
+    );
+    assert_eq!(
+        ids(admin_get(&app, "/admin/events?object=post&action=created").await),
+        ["evt_s1"]
+    );
+    let bad = app
+        .client
+        .get(app.url("/admin/events?object=%5B"))
+        .bearer_auth("day-two-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let dir = app.stop().await;
+    let out = hookgate(
+        &[
+            "events", "list", "--object", "comment", "--action", "created",
+        ],
+        &dir.path().join("config.toml"),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("evt_s3") && !stdout.contains("evt_s1"),
+        "{stdout}"
+    );
+}
+
+// Reprocess
+
+#[tokio::test]
+async fn an_unprocessable_event_is_reprocessed_after_a_definition_fix() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let providers = dir.path().join("providers");
+    std::fs::create_dir_all(&providers).unwrap();
+    let generic = std::fs::read_to_string(providers_dir().join("generic.toml")).unwrap();
+    std::fs::write(providers.join("acme.toml"), &generic).unwrap();
+    let extra = format!("{ADMIN}[providers.acme]\nsecrets = [\"test-generic-secret\"]\n");
+    // The committed config shape, but with our providers directory.
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        config_text(dir.path(), "", &extra).replace(
+            &providers_dir().display().to_string(),
+            &providers.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let start = || async {
+        let loaded = hookgate::config::load(&config).unwrap();
+        let app = hookgate::startup::Application::build(loaded).await.unwrap();
+        let port = app.port();
+        let handle = app.handle();
+        let join = tokio::spawn(app.run_until_stopped());
+        (port, handle, join)
+    };
+    let (port, handle, join) = start().await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    // The sender writes its type under `kind`; the definition reads `/type` only.
+    let body = r#"{"id":"evt_rp","kind":"post.created","data":{"object":{"id":"p1"}}}"#;
+    let mut request = client.post(url("/webhooks/acme"));
+    for (k, v) in generic_headers(
+        GENERIC_SECRET,
+        "evt_rp",
+        chrono::Utc::now().timestamp(),
+        body.as_bytes(),
+    ) {
+        request = request.header(k, v);
+    }
+    assert_eq!(request.body(body).send().await.unwrap().status(), 422);
+    let listed: Value = client
+        .get(url("/admin/events?status=unprocessable"))
+        .bearer_auth("day-two-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = listed["events"][0]["id"].as_str().unwrap().to_owned();
+    // Still broken: reprocessing says so and stores nothing.
+    let still = client
+        .post(url(&format!("/admin/events/{id}/reprocess")))
+        .bearer_auth("day-two-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still.status(), 400);
+    assert!(still
+        .text()
+        .await
+        .unwrap()
+        .contains("still cannot be normalised"));
+    let listed: Value = client
+        .get(url("/admin/events"))
+        .bearer_auth("day-two-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["events"].as_array().unwrap().len(),
+        1,
+        "nothing new stored"
+    );
+    handle.stop(true).await;
+    join.await.unwrap().unwrap();
+
+    // The fix: take the type from `/kind` too. Reprocess with the gateway stopped (the CLI
+    // opens the store), then once more through the API of the restarted gateway.
+    std::fs::write(
+        providers.join("acme.toml"),
+        generic.replace("type = [\"/type\"]", "type = [\"/type | /kind\"]"),
+    )
+    .unwrap();
+    let out = hookgate(&["events", "reprocess", &id], &config);
+    assert!(out.status.success(), "{out:?}");
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["status"], "accepted", "{answer}");
+    assert_eq!(answer["events"][0]["event_id"], "evt_rp");
+    let (port, _handle, _join) = start().await;
+    let again: Value = client
+        .post(format!(
+            "http://127.0.0.1:{port}/admin/events/{id}/reprocess"
+        ))
+        .bearer_auth("day-two-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["status"], "duplicate", "{again}");
+    // The reprocessed envelope reaches the sink once.
+    let envelopes = wait_for_lines(&dir.path().join("envelopes.jsonl"), 1).await;
+    assert_eq!(envelopes.len(), 1);
+    assert_eq!(envelopes[0]["type"], "post.created");
+    assert_eq!(envelopes[0]["event_id"], "evt_rp");
+}
+
+// Export
+
+#[tokio::test]
+async fn a_stored_event_exports_as_a_fixture_that_replays_and_expects_its_envelope() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_in(dir.clone(), DEMO, SpawnOptions::default()).await;
+    let body = generic_body("evt_export", "post.updated", "p9");
+    let answer: Value = app
+        .post_generic("demo", GENERIC_SECRET, "evt_export", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let stored = app.sink_envelopes(1).await.remove(0);
+    let dir = app.stop().await;
+    let fixture = dir.path().join("exported");
+    let out = hookgate(
+        &[
+            "events",
+            "export",
+            &id,
+            "--fixture",
+            fixture.to_str().unwrap(),
+        ],
+        &dir.path().join("config.toml"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read(fixture.join("evt_export.json")).unwrap(),
+        body.as_bytes(),
+        "the body byte-exact"
+    );
+    let headers: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture.join("evt_export.headers.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(headers["x-webhook-id"], "evt_export");
+    let instance = std::fs::read_to_string(fixture.join("instance.toml")).unwrap();
+    assert!(!instance.contains(GENERIC_SECRET), "no secret is exported");
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture.join("evt_export.expected.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(expected["status"], 200);
+    assert_eq!(expected["response"]["event_id"], "evt_export");
+    let mut envelope = stored.clone();
+    envelope.as_object_mut().unwrap().remove("id");
+    envelope["received_at"] = expected["envelopes"][0]["received_at"].clone();
+    assert_eq!(expected["envelopes"][0], envelope);
+
+    // `hookgate replay` sends it, freshly signed, to a gateway that accepts it.
+    let other = spawn(DEMO).await;
+    let config = dir.path().join("config.toml");
+    let to = other.address.clone();
+    let fixture_arg = fixture.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .args([
+                "replay",
+                "--provider",
+                "demo",
+                "--secret",
+                GENERIC_SECRET,
+                "--to",
+                &to,
+            ])
+            .arg("--config")
+            .arg(&config)
+            .arg(&fixture_arg)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
+    assert_eq!(other.sink_envelopes(1).await[0]["event_id"], "evt_export");
+}

@@ -82,6 +82,7 @@ fn event(n: u64) -> NewReceipt {
             error: None,
             envelope_ids: vec![],
             types: vec![],
+            subjects: Vec::new(),
             event_ids: vec![],
         },
         body: format!(r#"{{"id":"{event_id}","n":{n},"filler":"{filler}"}}"#)

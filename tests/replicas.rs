@@ -743,6 +743,7 @@ fn new_receipt(event_id: &str, envelope_id: &str, lane: &[u8]) -> hookgate::stor
             error: None,
             envelope_ids: Vec::new(),
             types: Vec::new(),
+            subjects: Vec::new(),
             event_ids: Vec::new(),
         },
         body: "{}".into(),

@@ -305,6 +305,7 @@ impl Harness {
                 error: None,
                 envelope_ids: Vec::new(),
                 types: Vec::new(),
+                subjects: Vec::new(),
                 event_ids: Vec::new(),
             },
             body: Bytes::from(body),
@@ -327,6 +328,7 @@ impl Harness {
             error: Some("missing field `type`".into()),
             envelope_ids: Vec::new(),
             types: Vec::new(),
+            subjects: Vec::new(),
             event_ids: Vec::new(),
         }
     }
@@ -514,7 +516,13 @@ fn expected_receipt(new: &NewReceipt, stored: &[usize]) -> Receipt {
         .clone()
         .map(|e| e.envelope.event_type.clone())
         .collect();
-    receipt.event_ids = events.map(|e| e.envelope.event_id.clone()).collect();
+    receipt.event_ids = events
+        .clone()
+        .map(|e| e.envelope.event_id.clone())
+        .collect();
+    receipt.subjects = events
+        .map(|e| hookgate::store::subject(&e.envelope))
+        .collect();
     receipt
 }
 
@@ -1785,6 +1793,41 @@ async fn the_event_browser_filters_combine(h: &mut Harness) {
                 ..query()
             },
             vec![4, 3, 1],
+        ),
+        (
+            "object customer, action deleted",
+            EventQuery {
+                object: type_glob("customer"),
+                action: Some("deleted".into()),
+                ..query()
+            },
+            vec![4],
+        ),
+        (
+            // Object and action of one envelope, not of any two in the batch.
+            "object order, action deleted",
+            EventQuery {
+                object: type_glob("order"),
+                action: Some("deleted".into()),
+                ..query()
+            },
+            vec![],
+        ),
+        (
+            "action created",
+            EventQuery {
+                action: Some("created".into()),
+                ..query()
+            },
+            vec![4, 1],
+        ),
+        (
+            "object glob inv*",
+            EventQuery {
+                object: type_glob("inv*"),
+                ..query()
+            },
+            vec![2],
         ),
         (
             "type *.created",

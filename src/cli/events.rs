@@ -43,6 +43,12 @@ enum EventsCommand {
         /// A glob over the provider's event type, e.g. 'customer.*'.
         #[arg(long = "type")]
         event_type: Option<String>,
+        /// A glob over the envelope object, e.g. 'deal'.
+        #[arg(long)]
+        object: Option<String>,
+        /// The canonical action, e.g. 'updated'.
+        #[arg(long)]
+        action: Option<String>,
         /// Received at or after this RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
@@ -57,6 +63,20 @@ enum EventsCommand {
     },
     /// One event: the raw delivery, its envelopes, and every attempt per sink (JSON).
     Show { id: String },
+    /// Run a stored delivery (e.g. an unprocessable one, after a definition fix) through the
+    /// current definitions again, without verification; new envelopes are stored and delivered.
+    Reprocess { id: String },
+    /// Write a stored event as a replayable fixture: body, headers and expected envelopes
+    /// (`hookgate replay`, the golden test). Secrets are never written.
+    Export {
+        id: String,
+        /// The fixture directory (one per kind; created, `instance.toml` written if missing).
+        #[arg(long)]
+        fixture: PathBuf,
+        /// The case name; default the provider's event id.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Dead letters.
     DeadLetters {
         #[arg(long)]
@@ -199,6 +219,8 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                 status,
                 event_id,
                 event_type,
+                object,
+                action,
                 since,
                 until,
                 limit,
@@ -210,6 +232,8 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                 status,
                 event_id,
                 event_type,
+                object,
+                action,
                 since,
                 until,
                 limit: Some(limit),
@@ -225,6 +249,8 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                     params.extend(opt("status", &query.status));
                     params.extend(opt("event_id", &query.event_id));
                     params.extend(opt("type", &query.event_type));
+                    params.extend(opt("object", &query.object));
+                    params.extend(opt("action", &query.action));
                     params.extend(opt("since", &query.since));
                     params.extend(opt("until", &query.until));
                     params.extend(opt("before", &query.before));
@@ -240,6 +266,46 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow!(e))?
                 .ok_or_else(|| anyhow!("no stored event has id {id}"))?;
             print_json(&body)?;
+            Ok(())
+        }
+        (Backend::Store(store), EventsCommand::Reprocess { id }) => {
+            // The stopped gateway's own parts: its definitions, sinks (their tasks are
+            // delivered at its next start) and ingest step.
+            let registry = crate::provider::registry::Registry::build(&loaded)?;
+            let routes = crate::dispatch::build_routes(&loaded, Vec::new())?;
+            let dispatcher = Arc::new(crate::dispatch::Dispatcher::new(
+                routes,
+                store.clone(),
+                Arc::new(SystemClock),
+                Arc::new(Metrics::new()),
+                Duration::from_secs(loaded.settings.storage.lease_secs),
+                Arc::new(crate::pause::Pauses::default()),
+            ));
+            let ingestor = crate::ingest::Ingestor::new(store.clone(), dispatcher);
+            let body = admin::reprocess(&**store, &registry, &ingestor, &id, SystemClock.now())
+                .await
+                .map_err(|e| anyhow!(e))?
+                .ok_or_else(|| anyhow!("no stored event has id {id}"))?;
+            print_json(&body)?;
+            Ok(())
+        }
+        (Backend::Api { .. }, EventsCommand::Reprocess { id }) => {
+            let body = backend
+                .post(&format!("/events/{id}/reprocess"), &[])
+                .await?;
+            print_json(&body)?;
+            Ok(())
+        }
+        (_, EventsCommand::Export { id, fixture, name }) => {
+            let body = match &backend {
+                Backend::Store(store) => admin::show(&**store, &id)
+                    .await
+                    .map_err(|e| anyhow!(e))?
+                    .ok_or_else(|| anyhow!("no stored event has id {id}"))?,
+                Backend::Api { .. } => backend.get(&format!("/events/{id}"), &[]).await?,
+            };
+            let written = export(&loaded, &body, &fixture, name.as_deref())?;
+            outln!("{}", text(&written));
             Ok(())
         }
         (Backend::Api { .. }, EventsCommand::Show { id }) => {
@@ -352,4 +418,131 @@ fn print_list(body: &Value) -> anyhow::Result<()> {
         outln!("more: --before {}", text(next));
     }
     Ok(())
+}
+
+/// Writes the event `shown` (the `show` JSON) as fixture case files in `dir`; returns what it
+/// wrote. The expected file holds what the gateway answered and stored, with gateway ids
+/// replaced and `received_at` at `signed_at` (the golden test's clock).
+fn export(
+    loaded: &LoadedSettings,
+    shown: &Value,
+    dir: &std::path::Path,
+    name: Option<&str>,
+) -> anyhow::Result<String> {
+    use crate::fixture::{EXPECTED_SUFFIX, HEADERS_SUFFIX, INSTANCE_FILE};
+    let record = &shown["delivery"]["record"];
+    let kind_name = record["kind"].as_str().unwrap_or_default().to_owned();
+    let provider = record["provider"].as_str().unwrap_or_default().to_owned();
+    let received = record["received_at"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .ok_or_else(|| anyhow!("the stored event has no receive time"))?;
+    let signed_at = received.timestamp();
+    let body = match shown["delivery"]["body_encoding"].as_str() {
+        Some("base64") => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(shown["delivery"]["body"].as_str().unwrap_or_default())
+                .context("the stored body is not base64")?
+        }
+        _ => shown["delivery"]["body"]
+            .as_str()
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec(),
+    };
+    let event_id = record["event_id"].as_str().unwrap_or("event");
+    let case: String = name
+        .unwrap_or(event_id)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let headers: std::collections::BTreeMap<String, String> = record["headers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|pair| Some((pair[0].as_str()?.to_owned(), pair[1].as_str()?.to_owned())))
+        .collect();
+    let is_form = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("content-type") && v.starts_with("application/x-www-form-urlencoded")
+    });
+    // What the kind answers: its formats say whether bodies are batches.
+    let kind = super::sign::load_kind(&loaded.providers_dir, &kind_name)?;
+    let is_batch = kind.formats.iter().any(|f| f.batch.is_some());
+    let at = crate::envelope::format_millis(
+        chrono::DateTime::from_timestamp(signed_at, 0).unwrap_or_default(),
+    );
+    let envelopes: Vec<Value> = shown["envelopes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let mut envelope = e["envelope"].clone();
+            if let Some(map) = envelope.as_object_mut() {
+                map.remove("id");
+                map.insert("received_at".into(), Value::String(at.clone()));
+            }
+            envelope
+        })
+        .collect();
+    let expected = if record["status"] == "unprocessable" {
+        serde_json::json!({
+            "status": 422,
+            "response": {"error": {
+                "code": "unprocessable_event",
+                "message": format!(
+                    "the event cannot be normalised: {}",
+                    record["error"].as_str().unwrap_or_default()
+                ),
+            }},
+            "envelopes": [],
+        })
+    } else {
+        let ids: Vec<Value> = envelopes.iter().map(|e| e["event_id"].clone()).collect();
+        let mut response = serde_json::json!({
+            "status": "accepted",
+            "id": "<gateway id>",
+            "event_id": ids.first().cloned().unwrap_or(Value::Null),
+        });
+        if is_batch {
+            response["events"] = ids
+                .iter()
+                .map(|id| serde_json::json!({"event_id": id, "id": "<gateway id>", "status": "accepted"}))
+                .collect();
+        }
+        serde_json::json!({"status": 200, "response": response, "envelopes": envelopes})
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let instance = dir.join(INSTANCE_FILE);
+    if !instance.exists() {
+        std::fs::write(
+            &instance,
+            format!(
+                "# Exported by `hookgate events export` from instance `{provider}`. hookgate never \
+                 writes a secret:\n# add the instance's secrets (or basic_auth) here, or pass \
+                 --secret to `hookgate replay`.\nsigned_at = {signed_at}\n\n[instance]\nkind = \
+                 \"{kind_name}\"\nsecrets = []\n"
+            ),
+        )?;
+    }
+    let body_path = dir.join(format!("{case}.{}", if is_form { "form" } else { "json" }));
+    std::fs::write(&body_path, &body)?;
+    std::fs::write(
+        dir.join(format!("{case}{HEADERS_SUFFIX}")),
+        serde_json::to_string_pretty(&headers)? + "\n",
+    )?;
+    std::fs::write(
+        dir.join(format!("{case}{EXPECTED_SUFFIX}")),
+        serde_json::to_string_pretty(&expected)? + "\n",
+    )?;
+    Ok(format!(
+        "wrote {} and its {HEADERS_SUFFIX} and {EXPECTED_SUFFIX} files",
+        body_path.display()
+    ))
 }

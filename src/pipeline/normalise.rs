@@ -218,9 +218,13 @@ pub fn envelope(
         .filter_map(|s| s.resolve(&with_current))
         .find_map(|v| parse_occurred_at(&v));
     let mut meta = Map::new();
-    for (name, sources) in &rule.meta {
-        if let Some(value) = sources.first(&with_current) {
-            meta.insert(name.clone(), value.into_owned());
+    for (name, field) in &rule.meta {
+        if let Some(value) = field
+            .sources
+            .first(&with_current)
+            .and_then(|v| field.apply(v.into_owned()))
+        {
+            meta.insert(name.clone(), value);
         }
     }
     if action == ACTION_DELETED {

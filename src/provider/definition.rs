@@ -319,9 +319,43 @@ pub struct EventDef {
     pub previous_changes: Option<ChangesDef>,
     #[serde(default)]
     pub occurred_at: Vec<String>,
-    /// Provider extras copied into `meta`: name → source.
+    /// Provider extras copied into `meta`: name → source (`"a | b"` alternatives), or
+    /// `{ source, as, add, greater_than }` to give a field the same type across payload
+    /// versions (see [`MetaRuleDef`]).
     #[serde(default)]
-    pub meta: BTreeMap<String, String>,
+    pub meta: BTreeMap<String, MetaDef>,
+}
+
+/// One `meta` field: a source, or a source with a conversion.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MetaDef {
+    Source(String),
+    Rule(MetaRuleDef),
+}
+
+/// `user_id = { source = "/meta/user_id", as = "integer" }`,
+/// `retry = { source = "/meta/attempt", add = -1 }` (a 1-based attempt as a 0-based retry),
+/// `is_retry = { source = "/meta/attempt", greater_than = 1 }` (a boolean).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaRuleDef {
+    pub source: String,
+    /// `integer`, `string` or `boolean`: numbers written as strings become numbers, and so on.
+    #[serde(rename = "as")]
+    pub as_type: Option<MetaType>,
+    /// Added to the (integer) value.
+    pub add: Option<i64>,
+    /// The field becomes `true` when the (integer) value is greater than this, else `false`.
+    pub greater_than: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MetaType {
+    Integer,
+    String,
+    Boolean,
 }
 
 fn default_separator() -> String {

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use actix_web::http::header::{HeaderName, AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 
 use super::definition::{
-    BodyFormat, ConditionDef, Definition, EventDef, ReplyDef, SplitAt, SplitOrder,
+    BodyFormat, ConditionDef, Definition, EventDef, MetaDef, MetaType, ReplyDef, SplitAt,
+    SplitOrder,
 };
 use super::source::{Condition, Source, Sources};
 use crate::config::ConfigError;
@@ -77,7 +78,49 @@ pub struct EventRule {
     pub previous: Sources,
     pub previous_changes: Option<ChangesRule>,
     pub occurred_at: Sources,
-    pub meta: Vec<(String, Sources)>,
+    pub meta: Vec<(String, MetaRule)>,
+}
+
+/// A compiled `meta` field.
+#[derive(Debug)]
+pub struct MetaRule {
+    pub sources: Sources,
+    pub as_type: Option<MetaType>,
+    pub add: Option<i64>,
+    pub greater_than: Option<i64>,
+}
+
+impl MetaRule {
+    /// The field's value from what the source found; `None` leaves the field out (a value
+    /// that cannot be converted is left out rather than sent with another type).
+    pub fn apply(&self, value: serde_json::Value) -> Option<serde_json::Value> {
+        use serde_json::Value;
+        let integer = |v: &Value| match v {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.trim().parse::<i64>().ok(),
+            Value::Bool(b) => Some(i64::from(*b)),
+            _ => None,
+        };
+        if self.add.is_some() || self.greater_than.is_some() {
+            let n = integer(&value)?.saturating_add(self.add.unwrap_or(0));
+            return Some(match self.greater_than {
+                Some(limit) => Value::Bool(n > limit),
+                None => Value::from(n),
+            });
+        }
+        match self.as_type {
+            None => Some(value),
+            Some(MetaType::Integer) => integer(&value).map(Value::from),
+            Some(MetaType::String) => super::source::text_of(&value).map(Value::String),
+            Some(MetaType::Boolean) => match &value {
+                Value::Bool(b) => Some(Value::Bool(*b)),
+                Value::String(s) if s == "true" || s == "1" => Some(Value::Bool(true)),
+                Value::String(s) if s == "false" || s == "0" => Some(Value::Bool(false)),
+                Value::Number(n) => n.as_i64().map(|n| Value::Bool(n != 0)),
+                _ => None,
+            },
+        }
+    }
 }
 
 /// Where a change list is and which key holds the old value.
@@ -264,9 +307,22 @@ fn compile_event(i: usize, e: &EventDef) -> Result<EventRule, CompileError> {
     let meta = e
         .meta
         .iter()
-        .map(|(name, text)| {
-            alternatives(text)
-                .map(|s| (name.clone(), s))
+        .map(|(name, def)| {
+            let rule = match def {
+                MetaDef::Source(text) => alternatives(text).map(|sources| MetaRule {
+                    sources,
+                    as_type: None,
+                    add: None,
+                    greater_than: None,
+                }),
+                MetaDef::Rule(rule) => alternatives(&rule.source).map(|sources| MetaRule {
+                    sources,
+                    as_type: rule.as_type,
+                    add: rule.add,
+                    greater_than: rule.greater_than,
+                }),
+            };
+            rule.map(|r| (name.clone(), r))
                 .map_err(|m| (key(&format!("meta.{name}")), m))
         })
         .collect::<Result<_, _>>()?;

@@ -8,6 +8,7 @@
 //! | `GET /admin/events?provider=&status=&event_id=&type=&since=&until=&limit=&before=` | stored events, newest first |
 //! | `GET /admin/events/{id}` | one event: raw delivery, envelopes, tasks, attempts |
 //! | `POST /admin/events/{id}/redeliver?sink=` | deliver again (all sinks, or one) |
+//! | `POST /admin/events/{id}/reprocess` | normalise the stored delivery again, store what is new |
 //! | `GET /admin/dead-letters?sink=&limit=` | dead letters |
 //! | `POST /admin/dead-letters/redeliver?sink=` | redeliver every dead letter |
 //! | `GET /admin/instances`, `GET /admin/sinks` | names with their pause state |
@@ -37,6 +38,11 @@ pub fn scope() -> impl HttpServiceFactory {
             "/events/{id}/redeliver",
             Method::POST,
             redeliver,
+        ))
+        .service(one_method(
+            "/events/{id}/reprocess",
+            Method::POST,
+            reprocess,
         ))
         .service(one_method("/dead-letters", Method::GET, dead_letters))
         .service(one_method(
@@ -361,6 +367,31 @@ async fn redeliver(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     let now = state.clock.now().timestamp_millis();
     match answered(admin::redeliver(&*state.store, &id, sink.as_deref(), now)).await {
         Ok(Some(count)) => HttpResponse::Ok().json(json!({"redelivered": count})),
+        Ok(None) => error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "no stored event has this id",
+        ),
+        Err(response) => response,
+    }
+}
+
+async fn reprocess(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(refusal) = refuse(&req, &state) {
+        return refusal;
+    }
+    let id = path_id(&req);
+    let now = state.clock.now();
+    match answered(admin::reprocess(
+        &*state.store,
+        &state.registry,
+        &state.ingestor,
+        &id,
+        now,
+    ))
+    .await
+    {
+        Ok(Some(body)) => HttpResponse::Ok().json(body),
         Ok(None) => error(
             actix_web::http::StatusCode::NOT_FOUND,
             "not_found",

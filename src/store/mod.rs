@@ -104,6 +104,15 @@ pub struct Receipt {
     pub types: Vec<String>,
     #[serde(default)]
     pub event_ids: Vec<String>,
+    /// Their `object.action`, for the object and action filters (absent in receipts stored
+    /// before these filters existed: such receipts match no object or action filter).
+    #[serde(default)]
+    pub subjects: Vec<String>,
+}
+
+/// `object.action` of an envelope, as receipts list them.
+pub fn subject(envelope: &Envelope) -> String {
+    format!("{}.{}", envelope.object, envelope.action)
 }
 
 /// One event of a receipt: its idempotency key, its envelope, and the sinks it goes to.
@@ -256,6 +265,10 @@ pub struct EventQuery {
     pub event_id: Option<String>,
     /// A glob over the provider event type (`customer.*`).
     pub event_type: Option<glob::Pattern>,
+    /// A glob over the envelope `object` (`customer*`); with `action`, of the same envelope.
+    pub object: Option<glob::Pattern>,
+    /// The canonical `action`, exactly (`updated`).
+    pub action: Option<String>,
     /// Received at or after (Unix ms).
     pub since_ms: Option<i64>,
     /// Received before (Unix ms).
@@ -329,6 +342,17 @@ impl EventQuery {
         }
         if let Some(pattern) = &self.event_type {
             if !receipt.types.iter().any(|t| pattern.matches(t)) {
+                return false;
+            }
+        }
+        if self.object.is_some() || self.action.is_some() {
+            // Object and action of one envelope (the action follows the last dot).
+            let any = receipt.subjects.iter().any(|subject| {
+                let (object, action) = subject.rsplit_once('.').unwrap_or((subject, ""));
+                self.object.as_ref().is_none_or(|p| p.matches(object))
+                    && self.action.as_ref().is_none_or(|a| a == action)
+            });
+            if !any {
                 return false;
             }
         }

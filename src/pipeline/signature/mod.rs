@@ -152,9 +152,19 @@ pub struct Signed {
 }
 
 /// A delivery whose signature (or Basic Auth, for `basic` kinds) has been verified.
-/// Only [`verify`] constructs it.
+/// Only [`verify`] constructs it, and [`Verified::stored`] for a receipt the gateway verified
+/// when it arrived.
 #[derive(Debug)]
 pub struct Verified<'r>(Received<'r>);
+
+impl<'r> Verified<'r> {
+    /// A stored receipt, verified when it was received (its signature may since have expired
+    /// or its secret been rotated): `hookgate events reprocess` runs it through the current
+    /// definitions again. Only ever built from what the store holds.
+    pub(crate) fn stored(received: Received<'r>) -> Self {
+        Verified(received)
+    }
+}
 
 impl<'r> Deref for Verified<'r> {
     type Target = Received<'r>;

@@ -2072,6 +2072,7 @@ impl IngestStore for LogStore {
                     receipt.envelope_ids.push(event.envelope.id.clone());
                     receipt.types.push(event.envelope.event_type.clone());
                     receipt.event_ids.push(event.envelope.event_id.clone());
+                    receipt.subjects.push(super::subject(&event.envelope));
                 }
                 if let Some(guard) = &guard {
                     claims.push((guard.clone(), receipt.id.clone(), expires_at));

@@ -37,6 +37,7 @@ fn event(id: &str, event_id: &str, body: &[u8]) -> NewReceipt {
             error: None,
             envelope_ids: vec![],
             types: vec![],
+            subjects: Vec::new(),
             event_ids: vec![],
         },
         body: bytes::Bytes::copy_from_slice(body),

@@ -665,6 +665,7 @@ async fn commit_one(shared: &Shared, new: NewReceipt) -> Result<(Commit, bool), 
     receipt.envelope_ids = vec![event.envelope.id.clone()];
     receipt.types = vec![event.envelope.event_type.clone()];
     receipt.event_ids = vec![event.envelope.event_id.clone()];
+    receipt.subjects = vec![super::subject(&event.envelope)];
     let row = sqlx::query(
         "WITH c AS (
              INSERT INTO hookgate_claims (key, gateway_id, expires_at) VALUES ($1, $2, $3)
@@ -856,6 +857,10 @@ async fn commit_many(shared: &Shared, new: NewReceipt) -> Result<(Commit, bool),
     receipt.event_ids = fresh
         .iter()
         .map(|i| new.events[*i].envelope.event_id.clone())
+        .collect();
+    receipt.subjects = fresh
+        .iter()
+        .map(|i| super::subject(&new.events[*i].envelope))
         .collect();
     let search = search_ids(&receipt);
     let (mut task_ids, mut task_sinks, mut task_due, mut task_lanes) =
