@@ -171,6 +171,7 @@ impl Application {
             protect_metrics: settings.admin.protect_metrics,
             retention_secs: settings.storage.retention_secs,
             pauses,
+            last_events: Default::default(),
         });
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {

@@ -71,15 +71,24 @@ pub async fn provider_health(
             return Err(GatewayError::Unauthorized);
         }
     }
-    let page = state
-        .store
-        .events(EventQuery {
-            provider: Some(instance.name.clone()),
-            limit: 1,
-            ..EventQuery::default()
-        })
-        .await?;
-    let last = page.events.first().map(|e| e.receipt.received_at.clone());
+    let last = match state.last_events.get(&instance.name) {
+        Some(known) => known,
+        None => {
+            // Asked of the store at most once per LAST_EVENT_TTL per instance (the route may
+            // be open to anyone, and the search may look at many receipts).
+            let page = state
+                .store
+                .events(EventQuery {
+                    provider: Some(instance.name.clone()),
+                    limit: 1,
+                    ..EventQuery::default()
+                })
+                .await?;
+            let last = page.events.first().map(|e| e.receipt.received_at.clone());
+            state.last_events.put(&instance.name, last.clone());
+            last
+        }
+    };
     Ok(HttpResponse::Ok().json(json!({
         "status": "ok",
         "provider": instance.name,
@@ -118,4 +127,29 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
+}
+
+/// How long a provider's last event time read from the store is reused (events accepted here
+/// update it at once; other replicas' within this).
+pub const LAST_EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Per instance: the last event time and when it was read.
+#[derive(Debug, Default)]
+pub struct LastEvents(
+    std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Option<String>)>>,
+);
+
+impl LastEvents {
+    /// `Some(last)` while fresh.
+    pub fn get(&self, instance: &str) -> Option<Option<String>> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(instance)
+            .filter(|(at, _)| at.elapsed() < LAST_EVENT_TTL)
+            .map(|(_, last)| last.clone())
+    }
+
+    pub fn put(&self, instance: &str, last: Option<String>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(instance.to_owned(), (std::time::Instant::now(), last));
+    }
 }

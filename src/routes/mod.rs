@@ -56,6 +56,8 @@ pub struct AppState {
     pub retention_secs: u64,
     /// Paused instances and sinks, as last read from the store.
     pub pauses: Arc<crate::pause::Pauses>,
+    /// Per instance, the last event time `/webhooks/{name}/health` reports.
+    pub last_events: health::LastEvents,
 }
 
 /// Any route that does not exist.

@@ -11,6 +11,7 @@ use serde_json::json;
 use tracing::{field, info, warn, Instrument};
 
 use super::AppState;
+use crate::envelope::format_millis;
 use crate::error::{GatewayError, READ_METHODS, RECEIVER_METHODS};
 use crate::ingest::{Ingested, Status};
 use crate::metrics::OUTCOME_REJECTED;
@@ -261,6 +262,12 @@ async fn handle(
                 .ingestor
                 .ingest(&verified, events, checked.as_deref())
                 .await?;
+            if ingested.status() == Status::Accepted {
+                // The receipt's time, for the provider's health.
+                state
+                    .last_events
+                    .put(name, Some(format_millis(verified.received_at)));
+            }
             Ok(acknowledge(state, name, &ingested))
         }
     }
