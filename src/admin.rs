@@ -15,8 +15,10 @@ use crate::pipeline::plan::{self, Plan};
 use crate::pipeline::signature::Verified;
 use crate::pipeline::{parse, Received};
 use crate::provider::registry::Registry;
+use crate::envelope::Envelope;
 use crate::store::{
-    EventQuery, EventStatus, EventSummary, PauseTarget, Store, StoreError, TaskRecord,
+    AttemptRecord, EventQuery, EventStatus, EventSummary, PauseTarget, Receipt, Store, StoreError,
+    TaskRecord,
 };
 
 /// Default and largest page size of `list`.
@@ -160,9 +162,25 @@ async fn envelope_ids(store: &dyn Store, id: &str) -> Result<Option<Vec<String>>
     }
 }
 
-/// Everything about one stored event: the receipt, its envelopes, and per sink the task and
-/// every attempt. `id` is a receipt id or an envelope id.
-pub async fn show(store: &dyn Store, id: &str) -> Result<Option<Value>, AdminError> {
+/// One stored event as the operator sees it: the receipt with its exact body (absent when
+/// `id` named an envelope), and each envelope with its deliveries.
+#[derive(Debug)]
+pub struct EventDetail {
+    pub receipt: Option<(Receipt, bytes::Bytes)>,
+    pub envelopes: Vec<EnvelopeDetail>,
+}
+
+/// One envelope of an event with, per sink, the task and every attempt.
+#[derive(Debug)]
+pub struct EnvelopeDetail {
+    pub id: String,
+    /// `Err`: why the stored envelope cannot be read (its tasks are dead letters with it).
+    pub envelope: Result<Envelope, String>,
+    pub deliveries: Vec<(TaskRecord, Vec<AttemptRecord>)>,
+}
+
+/// Everything about one stored event; `id` is a receipt id or an envelope id.
+pub async fn detail(store: &dyn Store, id: &str) -> Result<Option<EventDetail>, AdminError> {
     let receipt = store.receipt(id.to_owned()).await?;
     let envelope_ids = match &receipt {
         Some((record, _)) => record.envelope_ids.clone(),
@@ -173,13 +191,13 @@ pub async fn show(store: &dyn Store, id: &str) -> Result<Option<Value>, AdminErr
         },
     };
     let mut envelopes = Vec::new();
-    for envelope_id in &envelope_ids {
-        // An envelope that cannot be read is shown with the reason (its tasks are dead letters
-        // with the same error), not turned into a failed answer.
-        let (envelope, error) = match store.envelope(envelope_id.clone()).await {
-            Ok(Some(envelope)) => (json!(envelope), None),
+    for envelope_id in envelope_ids {
+        // An envelope that cannot be read is shown with the reason, not turned into a failed
+        // answer.
+        let envelope = match store.envelope(envelope_id.clone()).await {
+            Ok(Some(envelope)) => Ok(envelope),
             Ok(None) => continue,
-            Err(e @ StoreError::Unreadable(_)) => (json!({"id": envelope_id}), Some(e.to_string())),
+            Err(e @ StoreError::Unreadable(_)) => Err(e.to_string()),
             Err(e) => return Err(e.into()),
         };
         let mut deliveries = Vec::new();
@@ -187,17 +205,49 @@ pub async fn show(store: &dyn Store, id: &str) -> Result<Option<Value>, AdminErr
             let attempts = store
                 .attempts(envelope_id.clone(), task.sink.clone())
                 .await?;
-            let mut entry = task_json(&task);
-            entry["attempts_made"] = json!(attempts);
-            deliveries.push(entry);
+            deliveries.push((task, attempts));
         }
-        let mut entry = json!({"envelope": envelope, "deliveries": deliveries});
-        if let Some(error) = error {
-            entry["error"] = json!(error);
-        }
-        envelopes.push(entry);
+        envelopes.push(EnvelopeDetail {
+            id: envelope_id,
+            envelope,
+            deliveries,
+        });
     }
-    let raw = receipt.map(|(record, body)| {
+    Ok(Some(EventDetail {
+        receipt,
+        envelopes,
+    }))
+}
+
+/// [`detail`] as JSON: the receipt, its envelopes, and per sink the task and every attempt.
+pub async fn show(store: &dyn Store, id: &str) -> Result<Option<Value>, AdminError> {
+    let Some(detail) = detail(store, id).await? else {
+        return Ok(None);
+    };
+    let envelopes: Vec<Value> = detail
+        .envelopes
+        .iter()
+        .map(|item| {
+            let deliveries: Vec<Value> = item
+                .deliveries
+                .iter()
+                .map(|(task, attempts)| {
+                    let mut entry = task_json(task);
+                    entry["attempts_made"] = json!(attempts);
+                    entry
+                })
+                .collect();
+            match &item.envelope {
+                Ok(envelope) => json!({"envelope": envelope, "deliveries": deliveries}),
+                Err(error) => json!({
+                    "envelope": {"id": item.id},
+                    "deliveries": deliveries,
+                    "error": error,
+                }),
+            }
+        })
+        .collect();
+    let raw = detail.receipt.map(|(record, body)| {
         let (body, encoding) = match std::str::from_utf8(&body) {
             Ok(text) => (Value::String(text.to_owned()), "utf-8"),
             Err(_) => (

@@ -29,6 +29,7 @@
 //! - [`metrics`], [`telemetry`]: Prometheus metrics; logging (non-blocking, rejections within a
 //!   budget).
 //! - [`fixture`]: recorded requests, shared by the golden test and `hookgate replay`.
+//! - `ui`: the dashboard at `/ui` (server-rendered HTML, signed session cookies, CSRF).
 //! - [`clock`], [`cli`]: time as a dependency, the command line.
 //!
 //! Words: a *receipt* is an inbound request as kept; an *attempt* is one outbound try to a
@@ -55,3 +56,4 @@ pub mod secret;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+mod ui;

@@ -174,9 +174,11 @@ impl Application {
             last_events: Default::default(),
         });
         let app_state = state.clone();
+        let ui_state = web::Data::new(crate::ui::UiState::new(state.admin_token.as_ref()));
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                .app_data(ui_state.clone())
                 // The receiver checks the header size itself (no middleware on the hot path);
                 // everything else goes through the middleware.
                 .service(web::scope("/webhooks").default_service(web::to(webhook::route)))
@@ -187,6 +189,7 @@ impl Application {
                         .service(health::read_only("/ready", health::ready))
                         .service(health::read_only("/metrics", health::metrics))
                         .service(admin::scope())
+                        .service(crate::ui::scope())
                         .default_service(web::to(routes::not_found)),
                 )
                 // Where a nested scope (`/admin`) sends what it does not route.

@@ -64,13 +64,13 @@ pub fn scope() -> impl HttpServiceFactory {
         ))
 }
 
-fn instance_names(state: &AppState) -> Vec<String> {
+pub(crate) fn instance_names(state: &AppState) -> Vec<String> {
     let mut names: Vec<String> = state.registry.iter().map(|i| i.name.clone()).collect();
     names.sort();
     names
 }
 
-fn sink_names(state: &AppState) -> Vec<String> {
+pub(crate) fn sink_names(state: &AppState) -> Vec<String> {
     state
         .dispatcher
         .routes()
@@ -171,17 +171,15 @@ async fn test_sink(state: &AppState, name: &str) -> HttpResponse {
 }
 
 /// Stores the change, then applies it here at once (other replicas within their refresh).
-async fn set_pause(
+/// The dashboard's pause buttons use it too.
+pub(crate) async fn apply_pause(
     state: &AppState,
     target: PauseTarget,
     name: &str,
     paused: bool,
-) -> HttpResponse {
+) -> Result<serde_json::Value, admin::AdminError> {
     let now = state.clock.now().timestamp_millis();
-    let body = match answered(admin::set_paused(&*state.store, target, name, paused, now)).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+    let body = admin::set_paused(&*state.store, target, name, paused, now).await?;
     match state.store.paused().await {
         Ok(list) => {
             state.pauses.replace(&list);
@@ -195,7 +193,19 @@ async fn set_pause(
         "{}.",
         if paused { "Paused" } else { "Resumed" }
     );
-    HttpResponse::Ok().json(body)
+    Ok(body)
+}
+
+async fn set_pause(
+    state: &AppState,
+    target: PauseTarget,
+    name: &str,
+    paused: bool,
+) -> HttpResponse {
+    match answered(apply_pause(state, target, name, paused)).await {
+        Ok(body) => HttpResponse::Ok().json(body),
+        Err(response) => response,
+    }
 }
 
 /// A route with one method; the others are 405 with `Allow` (after the token check, so
