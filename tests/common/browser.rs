@@ -161,23 +161,46 @@ impl Browser {
         }
     }
 
+    /// The `textContent` of the first element matching `css` (shown or not, e.g. inside a
+    /// closed `<details>`).
+    pub async fn content(&self, css: &str) -> String {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("`{css}` is not on the page: {e}"))
+            .prop("textContent")
+            .await
+            .unwrap()
+            .unwrap_or_default()
+    }
+
     pub async fn screenshot(&self, path: &std::path::Path) {
         let png = self.client.screenshot().await.unwrap();
         std::fs::write(path, png).unwrap();
     }
 }
 
+/// Stops chromedriver and every browser process in its group: TERM (Chromium shuts down
+/// gracefully), then KILL whatever is left after a few seconds.
 fn stop_group(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &format!("-{}", child.id())])
-        .status();
+    let group = format!("-{}", child.id());
+    let signal = |sig: &str| {
+        Command::new("kill")
+            .args([sig, "--", &group])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    signal("-TERM");
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+        let _ = child.try_wait();
+        if !signal("-0") {
+            break;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
+    signal("-KILL");
     let _ = child.kill();
     let _ = child.wait();
 }
