@@ -9,13 +9,13 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::envelope::Envelope;
 use crate::ingest::{IngestError, Ingestor};
 use crate::pipeline::normalise::{self, EnvelopeInfo};
 use crate::pipeline::plan::{self, Plan};
 use crate::pipeline::signature::Verified;
 use crate::pipeline::{parse, Received};
 use crate::provider::registry::Registry;
-use crate::envelope::Envelope;
 use crate::store::{
     AttemptRecord, EventQuery, EventStatus, EventSummary, PauseTarget, Receipt, Store, StoreError,
     TaskRecord,
@@ -213,10 +213,7 @@ pub async fn detail(store: &dyn Store, id: &str) -> Result<Option<EventDetail>, 
             deliveries,
         });
     }
-    Ok(Some(EventDetail {
-        receipt,
-        envelopes,
-    }))
+    Ok(Some(EventDetail { receipt, envelopes }))
 }
 
 /// [`detail`] as JSON: the receipt, its envelopes, and per sink the task and every attempt.

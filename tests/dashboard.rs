@@ -48,7 +48,10 @@ async fn sign_in(client: &reqwest::Client, base: &str) -> String {
         .await
         .unwrap();
     assert_eq!(response.status(), 303);
-    let cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     cookie.split(';').next().unwrap().to_owned()
 }
 
@@ -76,7 +79,13 @@ fn assert_security_headers(response: &reqwest::Response) {
 async fn without_an_admin_token_the_dashboard_is_not_there() {
     let app = spawn(INSTANCE).await;
     let client = no_redirects();
-    for path in ["/ui", "/ui/", "/ui/login", "/ui/events", "/ui/assets/ui.css"] {
+    for path in [
+        "/ui",
+        "/ui/",
+        "/ui/login",
+        "/ui/events",
+        "/ui/assets/ui.css",
+    ] {
         let response = client.get(app.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 404, "{path}");
     }
@@ -269,7 +278,7 @@ async fn sign_in_attempts_are_rate_limited() {
     assert!(statuses.contains(&429), "{statuses:?}");
 }
 
-/// The real binary with a file sink `audit` and an HTTP sink `dead` whose address refuses
+/// The real binary with a file sink `audit` and an HTTP sink `app` whose address refuses
 /// connections (one attempt, then a dead letter).
 fn start_gateway(dir: &Path) -> Gateway {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -299,7 +308,7 @@ kind = "file"
 path = "{sink}"
 
 [[sinks]]
-name = "dead"
+name = "app"
 kind = "http"
 url = "{dead_url}"
 retry = {{ max_attempts = 1, initial_backoff_ms = 10, max_backoff_ms = 10 }}
@@ -412,8 +421,14 @@ async fn the_dashboard_in_a_real_browser() {
 
     // Its page: raw body, envelope with the diff, attempts of both sinks.
     b.wait_for("#body-raw", "the raw body").await;
-    assert!(b.content("#body-raw").await.contains(r#""id":"evt_dash_1""#));
-    assert!(b.content("#body-pretty").await.contains("\"id\": \"evt_dash_1\""));
+    assert!(b
+        .content("#body-raw")
+        .await
+        .contains(r#""id":"evt_dash_1""#));
+    assert!(b
+        .content("#body-pretty")
+        .await
+        .contains("\"id\": \"evt_dash_1\""));
     assert!(b.text("#verdict").await.contains("generic"));
     let envelope = b.wait_for("section.envelope", "the envelope").await;
     let envelope_id = envelope.attr("data-envelope").await.unwrap().unwrap();
@@ -431,13 +446,21 @@ async fn the_dashboard_in_a_real_browser() {
     .await;
     b.reload_until(
         &event_url,
-        ".delivery[data-sink='dead'] .badge.dead",
-        "the dead sink's dead letter",
+        ".delivery[data-sink='app'] .badge.dead",
+        "the app sink's dead letter",
     )
     .await;
     let source = b.client.source().await.unwrap();
-    for secret in [ADMIN_TOKEN, GENERIC_SECRET, "never-render-me", "whsec_dashboard_demo"] {
-        assert!(!source.contains(secret), "the page shows a secret: {secret}");
+    for secret in [
+        ADMIN_TOKEN,
+        GENERIC_SECRET,
+        "never-render-me",
+        "whsec_dashboard_demo",
+    ] {
+        assert!(
+            !source.contains(secret),
+            "the page shows a secret: {secret}"
+        );
     }
 
     // Redeliver to one sink: a new attempt.
@@ -474,7 +497,7 @@ async fn the_dashboard_in_a_real_browser() {
         .unwrap();
     click(
         &b,
-        &format!("tr[data-envelope='{envelope_id}'][data-sink='dead'] button"),
+        &format!("tr[data-envelope='{envelope_id}'][data-sink='app'] button"),
         "the dead letter's redeliver button",
     )
     .await;
@@ -485,17 +508,17 @@ async fn the_dashboard_in_a_real_browser() {
     );
     b.reload_until(
         &event_url,
-        ".delivery[data-sink='dead'] table.attempts tbody tr:nth-child(2)",
+        ".delivery[data-sink='app'] table.attempts tbody tr:nth-child(2)",
         "a second attempt of the requeued dead letter",
     )
     .await;
     // Bulk: the dry run counts before anything is sent.
     b.client
-        .goto(&format!("{base}/ui/dead-letters/redeliver?sink=dead"))
+        .goto(&format!("{base}/ui/dead-letters/redeliver?sink=app"))
         .await
         .unwrap();
     b.reload_until(
-        &format!("{base}/ui/dead-letters/redeliver?sink=dead"),
+        &format!("{base}/ui/dead-letters/redeliver?sink=app"),
         "#confirm",
         "the dead letter dead again, to count",
     )
@@ -503,7 +526,7 @@ async fn the_dashboard_in_a_real_browser() {
     assert!(b
         .text("#dry-run")
         .await
-        .starts_with("1 dead letter(s) of sink dead match"));
+        .starts_with("1 dead letter(s) of sink app match"));
 
     // Pausing the instance from /ui/instances: the next delivery is 503 `paused`.
     b.client
@@ -531,7 +554,8 @@ async fn the_dashboard_in_a_real_browser() {
 
     // Sign out: the cookie is gone and pages ask to sign in again.
     click(&b, "header.top form button", "the sign-out button").await;
-    b.wait_for("#token", "the sign-in page after sign-out").await;
+    b.wait_for("#token", "the sign-in page after sign-out")
+        .await;
     assert!(b.client.get_named_cookie("hookgate_session").await.is_err());
     b.close().await;
 }
@@ -550,7 +574,10 @@ async fn screenshots() {
     let gateway = start_gateway(dir.path());
     let base = format!("http://127.0.0.1:{}", gateway.port);
     let mut first = String::new();
-    for (i, object) in ["post_1", "post_2", "post_3", "post_4", "post_5"].iter().enumerate() {
+    for (i, object) in ["post_1", "post_2", "post_3", "post_4", "post_5"]
+        .iter()
+        .enumerate()
+    {
         let (status, answer) = send_event(gateway.port, &format!("evt_demo_{i}"), object).await;
         assert_eq!(status, 200, "{answer}");
         if first.is_empty() {
@@ -562,7 +589,12 @@ async fn screenshots() {
     let client = no_redirects();
     let body = generic_body("evt_forged", "post.created", "p9");
     let mut forged = client.post(format!("{base}/webhooks/demo"));
-    for (k, v) in generic_headers("wrong-secret", "evt_forged", chrono::Utc::now().timestamp(), body.as_bytes()) {
+    for (k, v) in generic_headers(
+        "wrong-secret",
+        "evt_forged",
+        chrono::Utc::now().timestamp(),
+        body.as_bytes(),
+    ) {
         forged = forged.header(k, v);
     }
     let _ = forged.body(body.clone()).send().await.unwrap();
@@ -571,7 +603,12 @@ async fn screenshots() {
         stale = stale.header(k, v);
     }
     let _ = stale.body(body.clone()).send().await.unwrap();
-    let _ = client.post(format!("{base}/webhooks/nope")).body("{}").send().await.unwrap();
+    let _ = client
+        .post(format!("{base}/webhooks/nope"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
 
     let b = Browser::start(&driver, 1360, 900).await;
     b.client.goto(&format!("{base}/ui/login")).await.unwrap();
@@ -605,7 +642,8 @@ async fn screenshots() {
             .unwrap_or(900)
             .clamp(600, 2400) as u32;
         b.client.set_window_size(1360, height + 90).await.unwrap();
-        b.screenshot(&out.join(format!("dashboard-{name}.png"))).await;
+        b.screenshot(&out.join(format!("dashboard-{name}.png")))
+            .await;
         b.client.set_window_size(1360, 900).await.unwrap();
     }
     b.close().await;

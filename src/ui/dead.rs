@@ -77,6 +77,7 @@ pub async fn list(
         Err(e) => return super::admin_error(&ctx, e.into()),
     };
     let more = tasks.len() > SHOWN;
+    let now = state.clock.now().timestamp_millis();
     let confirm = match &sink {
         Some(s) => format!(
             "/ui/dead-letters/redeliver?{}",
@@ -92,7 +93,7 @@ pub async fn list(
             label { "Sink" (sink_select(&state, sink.as_deref())) }
             button type="submit" { "Filter" }
             @if !tasks.is_empty() {
-                a #bulk href=(confirm) { "Redeliver all of these…" }
+                a.button #bulk href=(confirm) { "Redeliver all of these…" }
             }
         }
         table #dead-letters {
@@ -107,7 +108,7 @@ pub async fn list(
                         td.mono { a href={ "/ui/events/" (task.envelope_id) } { (task.envelope_id) } }
                         td { (task.sink) }
                         td.num { (task.attempts) }
-                        td { (view::time_ms(task.created_at_ms)) }
+                        td { (view::time_ms(task.created_at_ms)) div.muted { (view::age(now - task.created_at_ms)) " ago" } }
                         td { (task.last_error.as_deref().unwrap_or("")) }
                         td {
                             form.inline method="post" action="/ui/dead-letters/redeliver-one" {

@@ -692,7 +692,10 @@ pub async fn show(
         @for item in &detail.envelopes { (envelope_section(&ctx, item)) }
     };
     let title = format!("Event {id}");
-    page_html(StatusCode::OK, layout::page(&ctx, Nav::Events, &title, body))
+    page_html(
+        StatusCode::OK,
+        layout::page(&ctx, Nav::Events, &title, body),
+    )
 }
 
 /// `POST /ui/events/{id}/redeliver` (`csrf`, optional `sink`): back to the event's page.
@@ -709,7 +712,11 @@ pub async fn redeliver(
     let id = req.match_info().get("id").unwrap_or_default().to_owned();
     let sink = super::field(&fields, "sink");
     if sink.is_some_and(|s| state.dispatcher.route(s).is_none()) {
-        return super::error_page(&ctx, StatusCode::NOT_FOUND, "No sink with this name is configured.");
+        return super::error_page(
+            &ctx,
+            StatusCode::NOT_FOUND,
+            "No sink with this name is configured.",
+        );
     }
     let now = state.clock.now().timestamp_millis();
     match admin::redeliver(&*state.store, &id, sink, now).await {

@@ -59,9 +59,7 @@ pub async fn page(
         Err(e) => return super::admin_error(&ctx, e.into()),
     };
     let is_paused = |target: PauseTarget, name: &str| {
-        paused
-            .iter()
-            .any(|p| p.target == target && p.name == name)
+        paused.iter().any(|p| p.target == target && p.name == name)
     };
     let done = web::Query::<Done>::from_query(req.query_string())
         .map(web::Query::into_inner)
@@ -124,7 +122,13 @@ pub async fn set_paused(
     let target = match info.get("target") {
         Some("instances") if state.registry.get(&name).is_some() => PauseTarget::Instance,
         Some("sinks") if state.dispatcher.route(&name).is_some() => PauseTarget::Sink,
-        _ => return super::error_page(&ctx, StatusCode::NOT_FOUND, "Nothing with this name is configured."),
+        _ => {
+            return super::error_page(
+                &ctx,
+                StatusCode::NOT_FOUND,
+                "Nothing with this name is configured.",
+            )
+        }
     };
     let paused = match info.get("action") {
         Some("pause") => true,

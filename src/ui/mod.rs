@@ -15,6 +15,10 @@
 //! (newest-first pages with a `before` cursor, dead letters by sink), never a count of all
 //! events.
 
+// Guards and helpers return the refusal or error page itself (`Err(HttpResponse)`), for the
+// handler to answer at once; it is the rare path, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 mod assets;
 mod dead;
 mod events;
@@ -85,8 +89,14 @@ pub fn scope() -> impl HttpServiceFactory {
         .route("/events/{id}/redeliver", web::post().to(events::redeliver))
         .route("/dead-letters", web::get().to(dead::list))
         .route("/dead-letters/redeliver", web::get().to(dead::confirm))
-        .route("/dead-letters/redeliver", web::post().to(dead::redeliver_all))
-        .route("/dead-letters/redeliver-one", web::post().to(dead::redeliver_one))
+        .route(
+            "/dead-letters/redeliver",
+            web::post().to(dead::redeliver_all),
+        )
+        .route(
+            "/dead-letters/redeliver-one",
+            web::post().to(dead::redeliver_one),
+        )
         .route("/instances", web::get().to(instances::page))
         .route(
             "/{target:instances|sinks}/{name}/{action}",
@@ -381,7 +391,10 @@ async fn login(
     if let Err(wait) = ui.login_limiter.check(client_ip(&req, &state)) {
         let mut response = html(
             StatusCode::TOO_MANY_REQUESTS,
-            layout::login(&next, Some("Too many sign-in attempts. Wait a little and try again.")),
+            layout::login(
+                &next,
+                Some("Too many sign-in attempts. Wait a little and try again."),
+            ),
         );
         if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
             response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -399,10 +412,9 @@ async fn login(
     }
     let (_, cookie) = sessions.issue(now_secs(&state));
     let mut response = redirect(&next);
-    if let Ok(value) = HeaderValue::from_str(&session::set_cookie(
-        Some(&cookie),
-        is_https(&req, &state),
-    )) {
+    if let Ok(value) =
+        HeaderValue::from_str(&session::set_cookie(Some(&cookie), is_https(&req, &state)))
+    {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
