@@ -251,9 +251,10 @@ async fn handle(
     seen.skew_secs = signature::observed_skew();
     let verified = verified?;
     let kind = &verified.instance.kind;
-    // 10 first, when the event ID is in a header: a duplicate needs no parsing at all.
+    // 10 first, when the event ID is in a header or at the body's top level: a duplicate needs
+    // no tree of its body.
     let mut checked = None;
-    if let Some(event_id) = plan::header_event_id(kind, headers) {
+    if let Some(event_id) = plan::early_event_id(kind, headers, &verified.body) {
         if let Some(known) = state
             .ingestor
             .known(&verified.instance, event_id.clone())
