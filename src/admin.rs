@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::envelope::Envelope;
 use crate::ingest::{IngestError, Ingestor};
+use crate::observe::{Observer, RejectionQuery, REJECTION_RING};
 use crate::pipeline::normalise::{self, EnvelopeInfo};
 use crate::pipeline::plan::{self, Plan};
 use crate::pipeline::signature::Verified;
@@ -467,4 +468,58 @@ pub async fn reprocess(
         }))),
         Err(e) => Err(AdminError::Invalid(format!("still cannot be stored: {e}"))),
     }
+}
+
+/// `{"since", "instances": [...], "sinks": [... with "backlog"]}`: this replica's counters since
+/// it started (see [`crate::observe`]) and, from the store, each sink's backlog.
+pub async fn stats(
+    store: &dyn Store,
+    observer: &Observer,
+    now_ms: i64,
+) -> Result<Value, AdminError> {
+    let mut sinks = Vec::new();
+    for sink in observer.sinks(now_ms) {
+        let backlog = store.backlog(sink.name.clone()).await?;
+        let mut value = serde_json::to_value(&sink).unwrap_or_default();
+        value["backlog"] = json!({
+            "pending": backlog.pending,
+            "oldest_pending_ms": backlog.oldest_pending_ms,
+            "oldest_pending_age_secs": backlog.oldest_pending_ms.map(|ms| (now_ms - ms).max(0) / 1000),
+        });
+        sinks.push(value);
+    }
+    Ok(json!({
+        "since": chrono::DateTime::from_timestamp_millis(observer.started_ms())
+            .map(crate::envelope::format_millis),
+        "instances": observer.instances(now_ms),
+        "sinks": sinks,
+    }))
+}
+
+/// `?instance=&code=&limit=` of [`rejected`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectedQuery {
+    pub instance: Option<String>,
+    pub code: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// `{"rejections": [...]}`: the kept rejections that match, newest first.
+pub fn rejected(observer: &Observer, query: RejectedQuery) -> Value {
+    let rejections = observer.rejections(&RejectionQuery {
+        instance: query.instance,
+        code: query.code,
+        limit: query.limit.unwrap_or(DEFAULT_LIMIT).min(REJECTION_RING),
+    });
+    let rejections: Vec<Value> = rejections
+        .iter()
+        .map(|r| {
+            let mut value = serde_json::to_value(r).unwrap_or_default();
+            value["at"] = json!(chrono::DateTime::from_timestamp_millis(r.at_ms)
+                .map(crate::envelope::format_millis));
+            value
+        })
+        .collect();
+    json!({ "rejections": rejections })
 }

@@ -48,6 +48,7 @@ pub mod fixture;
 mod ingest;
 pub mod json;
 pub mod metrics;
+pub mod observe;
 pub mod pause;
 pub mod pipeline;
 pub mod provider;

@@ -17,6 +17,7 @@ use crate::config::{ConfigError, LoadedSettings};
 use crate::dispatch::{self, Dispatcher, HandlerRoute};
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
+use crate::observe::Observer;
 use crate::pause::{self, Pauses};
 use crate::provider::registry::Registry;
 use crate::routes::{self, admin, health, webhook, AppState};
@@ -141,6 +142,11 @@ impl Application {
             }
             Err(e) => warn!(error = %e, "Cannot read the pauses yet; retrying in the background."),
         }
+        let observer = Arc::new(Observer::new(
+            registry.iter().map(|i| i.name.as_str()),
+            routes.iter().map(|r| r.name.as_str()),
+            clock.now().timestamp_millis(),
+        ));
         let dispatcher = Arc::new(Dispatcher::new(
             routes,
             store.clone(),
@@ -148,6 +154,7 @@ impl Application {
             metrics.clone(),
             Duration::from_secs(settings.storage.lease_secs),
             pauses.clone(),
+            observer.clone(),
         ));
         let instance_metrics = registry
             .iter()
@@ -172,6 +179,7 @@ impl Application {
             retention_secs: settings.storage.retention_secs,
             pauses,
             last_events: Default::default(),
+            observer,
         });
         let app_state = state.clone();
         let ui_state = web::Data::new(crate::ui::UiState::new(state.admin_token.as_ref()));

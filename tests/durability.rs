@@ -102,6 +102,9 @@ impl TaskQueue for BrokenStore {
     fn pending_count(&self, _: String) -> StoreFuture<usize> {
         unplugged()
     }
+    fn backlog(&self, _: String) -> StoreFuture<hookgate::store::Backlog> {
+        unplugged()
+    }
     fn wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
         self.0.subscribe()
     }

@@ -36,9 +36,9 @@ use hookgate::secret::Secret;
 use hookgate::store::log::LogStore;
 use hookgate::store::postgres::PgStore;
 use hookgate::store::{
-    AttemptOutcome, AttemptRecord, Commit, Committed, DedupKey, DueTask, EventPage, EventQuery,
-    EventStatus, NewEnvelope, NewReceipt, Pause, PauseTarget, Receipt, ReceiptStatus, Store,
-    StoreError, StoreFuture, TaskRecord, TaskStatus,
+    AttemptOutcome, AttemptRecord, Backlog, Commit, Committed, DedupKey, DueTask, EventPage,
+    EventQuery, EventStatus, NewEnvelope, NewReceipt, Pause, PauseTarget, Receipt, ReceiptStatus,
+    Store, StoreError, StoreFuture, TaskRecord, TaskStatus,
 };
 use tokio::sync::watch;
 use ulid::Ulid;
@@ -2062,10 +2062,15 @@ async fn a_closed_store_refuses_writes_promptly(h: &mut Harness) {
 async fn the_pending_count_follows_commits_and_deliveries(h: &mut Harness) {
     let h: &Harness = h;
     let pending = |sink: &str| h.pending_count(sink.into()).done();
+    let backlog = |sink: &str| h.backlog(sink.into()).done();
     assert_eq!((pending(ALPHA).await, pending(BETA).await), (0, 0));
+    assert_eq!(backlog(ALPHA).await, Backlog::default());
+    let first_ms = h.now_ms();
     let p1 = h
         .accept(h.new_event("shop", "evt_c1", "customer.created"))
         .await;
+    h.advance(10);
+    let later_ms = h.now_ms();
     let p2 = h
         .accept(
             h.new_event("shop", "evt_c2", "customer.created")
@@ -2079,6 +2084,12 @@ async fn the_pending_count_follows_commits_and_deliveries(h: &mut Harness) {
         )
         .await;
     assert_eq!((pending(ALPHA).await, pending(BETA).await), (3, 1));
+    let oldest = |pending, ms| Backlog {
+        pending,
+        oldest_pending_ms: Some(ms),
+    };
+    assert_eq!(backlog(ALPHA).await, oldest(3, first_ms));
+    assert_eq!(backlog(BETA).await, oldest(1, later_ms));
     h.commit(h.new_receipt(vec![h.new_event("shop", "evt_c1", "customer.created")]))
         .done()
         .await;
@@ -2086,13 +2097,21 @@ async fn the_pending_count_follows_commits_and_deliveries(h: &mut Harness) {
 
     h.settle(&p1, ALPHA, AttemptOutcome::Delivered, None).await;
     assert_eq!(pending(ALPHA).await, 2);
+    assert_eq!(backlog(ALPHA).await, oldest(2, later_ms));
     h.settle(&p2, ALPHA, AttemptOutcome::Retry, Some(h.now_ms() + SECOND))
         .await;
     assert_eq!(pending(ALPHA).await, 2, "a retry is still pending");
     h.settle(&p3, BETA, AttemptOutcome::Dead, None).await;
     assert_eq!((pending(ALPHA).await, pending(BETA).await), (2, 0));
+    assert_eq!(backlog(BETA).await, Backlog::default());
+    h.advance(10);
     h.redeliver(p3, Some(BETA.into()), h.now_ms()).done().await;
     assert_eq!(pending(BETA).await, 1);
+    assert_eq!(
+        backlog(BETA).await,
+        oldest(1, later_ms),
+        "a redelivered task counts from its creation"
+    );
     assert_eq!(pending(GAMMA).await, 0);
     assert_eq!(
         h.take_due(ALPHA.into(), h.now_ms(), 10)

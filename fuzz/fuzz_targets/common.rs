@@ -90,7 +90,7 @@ pub fn fixture_headers() -> HeaderMap {
 /// Stages 9–11 as the gateway drives them (minus the store): the same planning step
 /// (`pipeline::plan`: handshake, format, batch elements, event IDs), then every envelope.
 pub fn normalise_all(kind: &Kind, value: &Value, headers: &HeaderMap, raw: &[u8]) {
-    let _ = plan::header_event_id(kind, headers);
+    let early = plan::early_event_id(kind, headers, raw);
     match plan::plan(kind, value, headers, raw, DEFAULT_BATCH_MAX_EVENTS) {
         Plan::Handshake(handshake) => {
             // The reply itself is HTTP, built by routes::webhook; resolve what it would read.
@@ -110,6 +110,10 @@ pub fn normalise_all(kind: &Kind, value: &Value, headers: &HeaderMap, raw: &[u8]
         }
         Plan::Unprocessable(_) | Plan::TooManyEvents { .. } => {}
         Plan::Events(events) => {
+            // The early ID, when there is one, is the one the full path computes.
+            if let Some(early) = &early {
+                assert_eq!(Some(early), events.events.first().map(|(_, id)| id));
+            }
             for (element, event_id) in &events.events {
                 let info = EnvelopeInfo {
                     id: "01HZZZZZZZZZZZZZZZZZZZZZZZ".into(),

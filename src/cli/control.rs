@@ -140,6 +140,7 @@ async fn test(loaded: &config::LoadedSettings, name: &str) -> anyhow::Result<()>
                 Arc::new(crate::metrics::Metrics::new()),
                 std::time::Duration::from_secs(loaded.settings.storage.lease_secs),
                 Arc::new(crate::pause::Pauses::default()),
+                Arc::new(crate::observe::Observer::default()),
             );
             let result = dispatcher.test_sink(name).await;
             store.close();

@@ -280,6 +280,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                 Arc::new(Metrics::new()),
                 Duration::from_secs(loaded.settings.storage.lease_secs),
                 Arc::new(crate::pause::Pauses::default()),
+                Arc::new(crate::observe::Observer::default()),
             ));
             let ingestor = crate::ingest::Ingestor::new(store.clone(), dispatcher);
             let body = admin::reprocess(&**store, &registry, &ingestor, &id, SystemClock.now())

@@ -34,6 +34,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use crate::config::{ConfigError, DeliveryMode, LoadedSettings, RetrySettings, SinkSettings};
 use crate::envelope::Envelope;
 use crate::metrics::Metrics;
+use crate::observe::Observer;
 use crate::pause::Pauses;
 use crate::pipeline::signature::standard::SigningKey;
 use crate::store::{PauseTarget, Store, StoreError, TaskStatus};
@@ -321,6 +322,8 @@ pub struct Dispatcher {
     sync_lease_ms: i64,
     /// Paused sinks are skipped (their tasks stay pending).
     pauses: Arc<Pauses>,
+    /// Counts attempts per sink for the dashboard.
+    observer: Arc<Observer>,
 }
 
 impl Dispatcher {
@@ -331,6 +334,7 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
         sync_lease: Duration,
         pauses: Arc<Pauses>,
+        observer: Arc<Observer>,
     ) -> Self {
         Self {
             routes: routes.into_iter().map(Arc::new).collect(),
@@ -339,6 +343,7 @@ impl Dispatcher {
             metrics,
             sync_lease_ms: i64::try_from(sync_lease.as_millis()).unwrap_or(i64::MAX),
             pauses,
+            observer,
         }
     }
 
@@ -376,6 +381,7 @@ impl Dispatcher {
             clock: self.clock.clone(),
             metrics: self.metrics.clone(),
             pauses: self.pauses.clone(),
+            observer: self.observer.clone(),
         }
     }
 

@@ -13,6 +13,7 @@ use super::{retry, Attempt, SinkRoute};
 use crate::clock::Clock;
 use crate::envelope::{format_millis, Envelope};
 use crate::metrics::Metrics;
+use crate::observe::Observer;
 use crate::pause::Pauses;
 use crate::store::{
     AttemptOutcome, AttemptRecord, DueTask, PauseTarget, Store, StoreError, TaskRecord,
@@ -37,6 +38,8 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     /// While this sink is paused, its tasks stay pending.
     pub pauses: Arc<Pauses>,
+    /// The dashboard's per-sink counters.
+    pub observer: Arc<Observer>,
 }
 
 impl Worker {
@@ -174,6 +177,11 @@ impl Worker {
             .deliveries
             .with_label_values(&[sink, outcome])
             .inc();
+        self.observer.attempted(
+            sink,
+            record.outcome == AttemptOutcome::Delivered,
+            now.timestamp_millis(),
+        );
         self.metrics
             .delivery_duration
             .with_label_values(&[sink])

@@ -3,7 +3,7 @@
 //! [`MAX_BODY_DEPTH`] levels: that bound leaves room for the levels an envelope adds, so every
 //! envelope stored can be read back ([`crate::json`]).
 
-use actix_web::http::header::CONTENT_TYPE;
+use actix_web::http::header::{HeaderMap, CONTENT_TYPE};
 use serde_json::{Map, Value};
 
 use super::signature::Verified;
@@ -23,10 +23,15 @@ pub enum ParseError {
 }
 
 pub fn parse(delivery: &Verified<'_>) -> Result<Value, ParseError> {
-    let format = match delivery.instance.kind.body {
+    let format = format_of(delivery.instance.kind.body, delivery.headers);
+    parse_bytes(format, &delivery.body)
+}
+
+/// The format a body is parsed as: the kind's, or for `Auto` the one its content type names.
+pub fn format_of(kind: BodyFormat, headers: &HeaderMap) -> BodyFormat {
+    match kind {
         BodyFormat::Auto => {
-            let is_form = delivery
-                .headers
+            let is_form = headers
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with(FORM_CONTENT_TYPE));
@@ -37,8 +42,7 @@ pub fn parse(delivery: &Verified<'_>) -> Result<Value, ParseError> {
             }
         }
         format => format,
-    };
-    parse_bytes(format, &delivery.body)
+    }
 }
 
 const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";

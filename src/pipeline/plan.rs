@@ -6,6 +6,9 @@ use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use super::normalise::{self, NormaliseError};
+use super::parse;
+use crate::json::{self, MAX_BODY_DEPTH};
+use crate::provider::definition::BodyFormat;
 use crate::provider::kind::{EventRule, Handshake, Kind};
 use crate::provider::source::{text_of, Context, Source};
 
@@ -109,23 +112,169 @@ pub fn plan<'a>(
     })
 }
 
-/// The event ID before the body is parsed, when the kind takes it from a header that is
-/// present and the body cannot change the plan: no handshakes, one format for every body, no
-/// batch. Then a duplicate is answered without parsing at all.
-pub fn header_event_id(kind: &Kind, headers: &HeaderMap) -> Option<String> {
+/// The event ID before the body is parsed into a tree, when the body cannot change the plan
+/// (no handshakes, one format for every body, no batch) and the kind's first ID source is a
+/// header that is present or a top-level field of a JSON body that has it. Then a duplicate is
+/// answered without building the body's tree; `None` leaves it to the full path.
+pub fn early_event_id(kind: &Kind, headers: &HeaderMap, body: &[u8]) -> Option<String> {
     let [rule] = kind.formats.as_slice() else {
         return None;
     };
     if !kind.handshakes.is_empty() || rule.when.is_some() || rule.batch.is_some() {
         return None;
     }
-    let Some(Source::Header(name)) = rule.id.0.first() else {
-        return None;
-    };
     // Exactly as the body-parsing path resolves it (`Sources::first_text`).
-    let value = headers.get(name)?.to_str().ok()?;
-    if value.is_empty() {
+    let value = match rule.id.0.first()? {
+        Source::Header(name) => {
+            let value = headers.get(name)?.to_str().ok()?;
+            if value.is_empty() {
+                return None;
+            }
+            value.to_owned()
+        }
+        Source::Body(pointer) | Source::Root(pointer) => {
+            let key = pointer.strip_prefix('/')?;
+            if key.contains(['/', '~']) || parse::format_of(kind.body, headers) != BodyFormat::Json
+            {
+                return None;
+            }
+            top_level_text(body, key)?
+        }
+        _ => return None,
+    };
+    Some(normalise::bounded_event_id(value))
+}
+
+/// The text of a top-level field of a JSON object, read without building the tree: other
+/// values are only skipped. `None` unless `body` is JSON the full parse would accept (within
+/// the depth limit, one value, nothing after it). A key given twice counts by its last value,
+/// as in the parsed tree.
+fn top_level_text(body: &[u8], key: &str) -> Option<String> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    /// Whether a key is the one looked for, without allocating it.
+    struct IsKey<'k>(&'k str);
+    impl<'de> Visitor<'de> for IsKey<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+            Ok(v == self.0)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for IsKey<'_> {
+        type Value = bool;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    /// The top-level value: the looked-for field's value when it is an object that has it.
+    struct Top<'k>(&'k str);
+    impl<'de> Visitor<'de> for Top<'_> {
+        type Value = Option<Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(matches) = map.next_key_seed(IsKey(self.0))? {
+                if matches {
+                    found = Some(map.next_value::<Value>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Top<'_> {
+        type Value = Option<Value>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    if !json::within_depth(body, MAX_BODY_DEPTH) {
         return None;
     }
-    Some(normalise::bounded_event_id(value.to_owned()))
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = Top(key).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    text_of(&value?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_level_text;
+
+    /// What the full parse would resolve for `/key`.
+    fn parsed(body: &str, key: &str) -> Option<String> {
+        let value: serde_json::Value = serde_json::from_str(body).ok()?;
+        crate::provider::source::text_of(value.get(key)?)
+    }
+
+    #[test]
+    fn the_top_level_field_reads_as_the_parsed_tree_does() {
+        let bodies = [
+            r#"{"id":"evt_1","data":{"id":"inner"}}"#,
+            r#"{"data":{"id":"inner"},"id":42}"#,
+            r#"{"id":"first","id":"last"}"#,
+            r#"{"i\u0064":"escaped key","other":[1,{"id":2}]}"#,
+            r#"{"id":""}"#,
+            r#"{"id":null}"#,
+            r#"{"id":{"nested":true}}"#,
+            r#"{"id":true}"#,
+            r#"{"id":1.5e3}"#,
+            r#"{"name":"no id"}"#,
+            r#"["id","evt"]"#,
+            r#""id""#,
+            r#" {"id" : "spaced"} "#,
+        ];
+        for body in bodies {
+            assert_eq!(
+                top_level_text(body.as_bytes(), "id"),
+                parsed(body, "id"),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn bodies_the_full_parse_refuses_give_nothing() {
+        let deep = format!(r#"{{"id":"x","d":{}{}}}"#, "[".repeat(70), "]".repeat(70));
+        for body in [
+            r#"{"id":"x""#,
+            r#"{"id":"x"} trailing"#,
+            r#"{"id":"x",}"#,
+            r#"{"id":"x","bad":"\q"}"#,
+            deep.as_str(),
+            "",
+        ] {
+            assert_eq!(top_level_text(body.as_bytes(), "id"), None, "{body}");
+        }
+    }
 }

@@ -15,6 +15,8 @@
 //! | `POST /admin/instances/{name}/pause` (`/resume`) | pause or resume an instance |
 //! | `POST /admin/sinks/{name}/pause` (`/resume`) | pause or resume a sink |
 //! | `POST /admin/sinks/{name}/test` | send one test envelope, answer the sink's result |
+//! | `GET /admin/stats` | this replica's counters per instance and sink, and each sink's backlog |
+//! | `GET /admin/rejected?instance=&code=&limit=` | the last rejections (a ring of 1000), newest first |
 
 use actix_web::dev::HttpServiceFactory;
 use actix_web::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -51,6 +53,8 @@ pub fn scope() -> impl HttpServiceFactory {
             redeliver_dead,
         ))
         .service(one_method("/instances", Method::GET, instances))
+        .service(one_method("/stats", Method::GET, stats))
+        .service(one_method("/rejected", Method::GET, rejected))
         .service(one_method("/sinks", Method::GET, sinks))
         .service(one_method(
             "/instances/{name}/{action}",
@@ -110,6 +114,27 @@ async fn sinks(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     {
         Ok(body) => HttpResponse::Ok().json(body),
         Err(response) => response,
+    }
+}
+
+async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(refusal) = refuse(&req, &state) {
+        return refusal;
+    }
+    let now = state.clock.now().timestamp_millis();
+    match answered(admin::stats(&*state.store, &state.observer, now)).await {
+        Ok(body) => HttpResponse::Ok().json(body),
+        Err(response) => response,
+    }
+}
+
+async fn rejected(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(refusal) = refuse(&req, &state) {
+        return refusal;
+    }
+    match query::<admin::RejectedQuery>(&req) {
+        Ok(query) => HttpResponse::Ok().json(admin::rejected(&state.observer, query)),
+        Err(reason) => bad_query(&reason),
     }
 }
 

@@ -58,6 +58,8 @@ pub struct AppState {
     pub pauses: Arc<crate::pause::Pauses>,
     /// Per instance, the last event time `/webhooks/{name}/health` reports.
     pub last_events: health::LastEvents,
+    /// Counters and the rejection ring of the dashboard (`/ui/instances`, `/ui/rejected`).
+    pub observer: Arc<crate::observe::Observer>,
 }
 
 /// Any route that does not exist.

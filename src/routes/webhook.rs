@@ -15,6 +15,7 @@ use crate::envelope::format_millis;
 use crate::error::{GatewayError, READ_METHODS, RECEIVER_METHODS};
 use crate::ingest::{Ingested, Status};
 use crate::metrics::OUTCOME_REJECTED;
+use crate::observe::{Answered, Rejection};
 use crate::pipeline::plan::{self, Plan};
 use crate::pipeline::signature::{self, hmac};
 use crate::pipeline::{access, body, parse, Received};
@@ -95,12 +96,18 @@ async fn receive(
             &state.trusted_proxies,
             state.forwarded_header,
         );
-        let result = handle(&req, payload, &name, &state, client).await;
+        let mut seen = Seen::default();
+        let result = handle(&req, payload, &name, &state, client, &mut seen).await;
         let known = state.instance_metrics.get(&name);
         let metrics = known.unwrap_or(&state.unknown_metrics);
-        metrics.duration.observe(started.elapsed().as_secs_f64());
-        match &result {
-            Ok(_) => metrics.acknowledged.inc(),
+        let elapsed = started.elapsed();
+        metrics.duration.observe(elapsed.as_secs_f64());
+        let now_ms = state.clock.now().timestamp_millis();
+        let answered = match &result {
+            Ok(_) => {
+                metrics.acknowledged.inc();
+                seen.answered
+            }
             Err(e) => {
                 let label = if known.is_some() {
                     name.as_str()
@@ -113,17 +120,41 @@ async fn receive(
                     .with_label_values(&[label, OUTCOME_REJECTED, e.code()])
                     .inc();
                 tracing::Span::current().record("outcome", e.code());
-                log_rejection(&req, &state, label, client.ok().flatten(), e);
+                let client_ip = client.ok().flatten().or(req.peer_addr().map(|a| a.ip()));
+                log_rejection(&req, &state, label, client_ip, e);
+                let spec = e.spec();
+                state.observer.rejected(Rejection {
+                    at_ms: now_ms,
+                    instance: label.to_owned(),
+                    client_ip,
+                    status: spec.status.as_u16(),
+                    code: spec.code,
+                    message: e.to_string(),
+                });
+                Answered::Rejected
             }
-        }
+        };
+        state
+            .observer
+            .answered(&name, answered, elapsed, seen.skew_secs, now_ms);
         result
     }
     .instrument(span)
     .await
 }
 
-/// One INFO line per rejection (WARN for storage trouble), with the client's address, unless
-/// the budget is spent; the next line says how many were left out.
+/// What the dashboard's counters learn from one request besides its result.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Receive time minus the signed timestamp, when the scheme checked one.
+    skew_secs: Option<i64>,
+    /// How a 2xx answered: accepted, duplicate, or something else (a handshake).
+    answered: Answered,
+}
+
+/// One INFO line per rejection (WARN for storage trouble), with the client's address (as
+/// resolved through trusted proxies; the peer when it could not be), unless the budget is
+/// spent; the next line says how many were left out.
 fn log_rejection(
     req: &HttpRequest,
     state: &AppState,
@@ -135,10 +166,7 @@ fn log_rejection(
         return;
     };
     let peer = req.peer_addr().map(|a| a.ip());
-    // The client as resolved through trusted proxies; the peer when it could not be.
-    let client_ip = client
-        .or(peer)
-        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    let client_ip = client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
     let spec = error.spec();
     let (code, retryable) = (spec.code, spec.retryable);
     match error {
@@ -161,6 +189,7 @@ async fn handle(
     name: &str,
     state: &AppState,
     client: Result<Option<std::net::IpAddr>, access::ForwardedConflict>,
+    seen: &mut Seen,
 ) -> Result<HttpResponse, GatewayError> {
     // 1. route
     let instance = state
@@ -218,16 +247,20 @@ async fn handle(
         client_ip,
         received_at,
     };
-    let verified = signature::verify(received, received_at.timestamp())?;
+    let verified = signature::verify(received, received_at.timestamp());
+    seen.skew_secs = signature::observed_skew();
+    let verified = verified?;
     let kind = &verified.instance.kind;
-    // 10 first, when the event ID is in a header: a duplicate needs no parsing at all.
+    // 10 first, when the event ID is in a header or at the body's top level: a duplicate needs
+    // no tree of its body.
     let mut checked = None;
-    if let Some(event_id) = plan::header_event_id(kind, headers) {
+    if let Some(event_id) = plan::early_event_id(kind, headers, &verified.body) {
         if let Some(known) = state
             .ingestor
             .known(&verified.instance, event_id.clone())
             .await?
         {
+            seen.answered = Answered::Duplicate;
             return Ok(acknowledge(state, name, &known));
         }
         checked = Some(event_id);
@@ -268,6 +301,10 @@ async fn handle(
                     .last_events
                     .put(name, Some(format_millis(verified.received_at)));
             }
+            seen.answered = match ingested.status() {
+                Status::Accepted => Answered::Accepted,
+                Status::Duplicate => Answered::Duplicate,
+            };
             Ok(acknowledge(state, name, &ingested))
         }
     }

@@ -11,8 +11,8 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::{
-    AttemptRecord, Commit, DedupKey, Due, DueTask, EventPage, EventQuery, NewReceipt, Pause,
-    PauseTarget, Receipt, StoreError, TaskRecord,
+    AttemptRecord, Backlog, Commit, DedupKey, Due, DueTask, EventPage, EventQuery, NewReceipt,
+    Pause, PauseTarget, Receipt, StoreError, TaskRecord,
 };
 use crate::envelope::Envelope;
 
@@ -72,6 +72,10 @@ pub trait TaskQueue: Send + Sync {
 
     /// How many tasks of `sink` are pending.
     fn pending_count(&self, sink: String) -> StoreFuture<usize>;
+
+    /// A sink's pending tasks: how many, and when the one committed first was created (the
+    /// dashboard's queue depth and oldest pending age).
+    fn backlog(&self, sink: String) -> StoreFuture<Backlog>;
 
     /// Changes after every durable write that made tasks pending (commit, redelivery).
     fn wakeups(&self) -> watch::Receiver<u64>;

@@ -233,6 +233,15 @@ pub struct DueTask {
     pub envelope: Result<Envelope, String>,
 }
 
+/// What [`TaskQueue::backlog`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Backlog {
+    pub pending: usize,
+    /// When the pending task committed first was created (Unix ms); a redelivered task counts
+    /// from its creation, not its redelivery.
+    pub oldest_pending_ms: Option<i64>,
+}
+
 /// What [`TaskQueue::take_due`] found.
 #[derive(Debug, Clone, Default)]
 pub struct Due {

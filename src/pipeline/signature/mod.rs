@@ -176,6 +176,7 @@ impl<'r> Deref for Verified<'r> {
 
 /// Verifies `received` against its instance's keys at `now` (Unix seconds).
 pub fn verify(received: Received<'_>, now: i64) -> Result<Verified<'_>, SignatureError> {
+    SKEW.with(|s| s.set(None));
     let instance = &received.instance;
     let url = instance
         .public_url
@@ -225,6 +226,18 @@ pub(crate) fn describe(sources: &Sources) -> String {
         .join(" or ")
 }
 
+thread_local! {
+    /// The skew [`check_tolerance`] saw in this thread's last [`verify`].
+    static SKEW: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Receive time minus the signed timestamp, in seconds, as checked by the last [`verify`] on
+/// this thread (`None` when its scheme signs no timestamp). Read it right after `verify`,
+/// before anything awaits.
+pub fn observed_skew() -> Option<i64> {
+    SKEW.with(std::cell::Cell::get)
+}
+
 /// Checks `timestamp` against `now` in both directions.
 pub(crate) fn check_tolerance(
     timestamp: i64,
@@ -232,6 +245,7 @@ pub(crate) fn check_tolerance(
     tolerance_secs: u64,
 ) -> Result<(), SignatureError> {
     let skew = now.saturating_sub(timestamp);
+    SKEW.with(|s| s.set(Some(skew)));
     if skew.unsigned_abs() > tolerance_secs {
         return Err(SignatureError::OutOfTolerance {
             skew_secs: skew,

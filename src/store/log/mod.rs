@@ -49,9 +49,9 @@ use self::record::{
     FRAME_HEADER,
 };
 use super::{
-    AttemptRecord, Commit, Committed, Controls, DedupKey, Due, DueTask, EventBrowser, EventPage,
-    EventQuery, EventSummary, IngestStore, Maintenance, NewReceipt, Pause, PauseTarget, Receipt,
-    StoreError, StoreFuture, TaskQueue, TaskRecord, TaskStatus,
+    AttemptRecord, Backlog, Commit, Committed, Controls, DedupKey, Due, DueTask, EventBrowser,
+    EventPage, EventQuery, EventSummary, IngestStore, Maintenance, NewReceipt, Pause, PauseTarget,
+    Receipt, StoreError, StoreFuture, TaskQueue, TaskRecord, TaskStatus,
 };
 use crate::clock::Clock;
 use crate::config::StorageSettings;
@@ -2312,6 +2312,26 @@ impl TaskQueue for LogStore {
                 .index
                 .scan_prefix(sink_prefix(P_PENDING, &sink))
                 .count())
+        })
+    }
+
+    fn backlog(&self, sink: String) -> StoreFuture<Backlog> {
+        self.read(move |shared| {
+            let prefix = sink_prefix(P_PENDING, &sink);
+            let mut pending = shared.index.scan_prefix(&prefix);
+            // Keys sort by envelope id, a ULID: the first is the oldest, and its id says when
+            // it was created.
+            let Some(first) = pending.next() else {
+                return Ok(Backlog::default());
+            };
+            let (key, _) = first.map_err(io_err)?;
+            let oldest = <[u8; 16]>::try_from(&key[prefix.len()..])
+                .ok()
+                .map(|id| ulid::Ulid::from(u128::from_be_bytes(id)).timestamp_ms() as i64);
+            Ok(Backlog {
+                pending: 1 + pending.count(),
+                oldest_pending_ms: oldest,
+            })
         })
     }
 

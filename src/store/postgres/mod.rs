@@ -34,9 +34,9 @@ use tracing::{info, warn};
 use ulid::Ulid;
 
 use super::{
-    AttemptRecord, Commit, Committed, DedupKey, Due, DueTask, EventPage, EventQuery, EventStatus,
-    EventSummary, NewReceipt, Pause, PauseTarget, Receipt, StoreError, StoreFuture, TaskRecord,
-    TaskStatus,
+    AttemptRecord, Backlog, Commit, Committed, DedupKey, Due, DueTask, EventPage, EventQuery,
+    EventStatus, EventSummary, NewReceipt, Pause, PauseTarget, Receipt, StoreError, StoreFuture,
+    TaskRecord, TaskStatus,
 };
 use crate::clock::Clock;
 use crate::config::StorageSettings;
@@ -1197,6 +1197,25 @@ impl TaskQueue for PgStore {
             .await
             .map_err(db_err)?;
             Ok(usize::try_from(n).unwrap_or(0))
+        })
+    }
+
+    fn backlog(&self, sink: String) -> StoreFuture<Backlog> {
+        self.run(move |shared| async move {
+            // Both read the partial `hookgate_tasks_pending` index (sink, seq).
+            let (n, oldest): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT count(*), (SELECT created_at_ms FROM hookgate_tasks \
+                   WHERE sink = $1 AND status = 0 ORDER BY seq LIMIT 1) \
+                 FROM hookgate_tasks WHERE sink = $1 AND status = 0",
+            )
+            .bind(&sink)
+            .fetch_one(&shared.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(Backlog {
+                pending: usize::try_from(n).unwrap_or(0),
+                oldest_pending_ms: oldest,
+            })
         })
     }
 
