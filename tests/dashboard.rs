@@ -551,6 +551,38 @@ async fn the_dashboard_in_a_real_browser() {
     .await;
     let (status, _) = send_event(gateway.port, "evt_dash_paused", "post_2").await;
     assert_eq!(status, 200);
+    // The counters: two accepted (the paused one was refused), and a chart of the hour.
+    b.client
+        .goto(&format!("{base}/ui/instances"))
+        .await
+        .unwrap();
+    let accepted = b
+        .text("tr[data-instance='demo'] td.num:nth-of-type(3)")
+        .await;
+    assert_eq!(accepted, "2");
+    b.wait_for(
+        "tr[data-instance='demo'] svg.chart rect",
+        "the instance's chart",
+    )
+    .await;
+    b.wait_for("tr[data-sink='app'] svg.chart rect", "the sink's chart")
+        .await;
+
+    // The refusal while paused is on /ui/rejected, filtered by its code.
+    b.client
+        .goto(&format!("{base}/ui/rejected?code=paused"))
+        .await
+        .unwrap();
+    let rejected = b.text("#rejected tbody tr[data-code='paused']").await;
+    assert!(
+        rejected.contains("demo") && rejected.contains("503"),
+        "{rejected}"
+    );
+    assert!(b
+        .client
+        .find(Locator::Css("#rejected tbody tr:not([data-code='paused'])"))
+        .await
+        .is_err());
 
     // Sign out: the cookie is gone and pages ask to sign in again.
     click(&b, "header.top form button", "the sign-out button").await;

@@ -71,24 +71,7 @@ pub async fn provider_health(
             return Err(GatewayError::Unauthorized);
         }
     }
-    let last = match state.last_events.get(&instance.name) {
-        Some(known) => known,
-        None => {
-            // Asked of the store at most once per LAST_EVENT_TTL per instance (the route may
-            // be open to anyone, and the search may look at many receipts).
-            let page = state
-                .store
-                .events(EventQuery {
-                    provider: Some(instance.name.clone()),
-                    limit: 1,
-                    ..EventQuery::default()
-                })
-                .await?;
-            let last = page.events.first().map(|e| e.receipt.received_at.clone());
-            state.last_events.put(&instance.name, last.clone());
-            last
-        }
-    };
+    let last = last_event(state, &instance.name).await?;
     Ok(HttpResponse::Ok().json(json!({
         "status": "ok",
         "provider": instance.name,
@@ -96,6 +79,29 @@ pub async fn provider_health(
         "paused": state.pauses.is_paused(PauseTarget::Instance, &instance.name),
         "last_event_at": last,
     })))
+}
+
+/// When the instance's last delivery was received (`None` when none is stored): from this
+/// replica's cache, else asked of the store at most once per [`LAST_EVENT_TTL`] per instance
+/// (the health route may be open to anyone, and the search may look at many receipts).
+pub async fn last_event(
+    state: &AppState,
+    instance: &str,
+) -> Result<Option<String>, crate::store::StoreError> {
+    if let Some(known) = state.last_events.get(instance) {
+        return Ok(known);
+    }
+    let page = state
+        .store
+        .events(EventQuery {
+            provider: Some(instance.to_owned()),
+            limit: 1,
+            ..EventQuery::default()
+        })
+        .await?;
+    let last = page.events.first().map(|e| e.receipt.received_at.clone());
+    state.last_events.put(instance, last.clone());
+    Ok(last)
 }
 
 /// `GET /metrics`: Prometheus text format; with `[admin] protect_metrics = true` only for the

@@ -5,11 +5,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use maud::{html, Markup};
 use serde::Deserialize;
 
+use super::chart;
 use super::layout::{self, Nav};
-use super::view::badge;
+use super::view::{self, badge};
 use super::{html as page_html, Ctx, UiState};
+use crate::observe::{InstanceStats, SinkStats};
 use crate::routes::AppState;
-use crate::store::PauseTarget;
+use crate::store::{Backlog, PauseTarget};
 
 #[derive(Debug, Default, Deserialize)]
 struct Done {
@@ -44,7 +46,107 @@ fn pause_form(ctx: &Ctx, target: PauseTarget, name: &str, paused: bool) -> Marku
     }
 }
 
-/// `GET /ui/instances`.
+fn skew(secs: Option<i64>) -> Markup {
+    match secs {
+        Some(s) => {
+            html! { span title="receive time minus the signed timestamp" { (format!("{s:+} s")) } }
+        }
+        None => html! { span.muted { "—" } },
+    }
+}
+
+fn percent(rate: Option<f64>) -> Markup {
+    match rate {
+        Some(r) => {
+            let class = if r >= 0.99 {
+                "ok"
+            } else if r >= 0.9 {
+                "pending"
+            } else {
+                "bad"
+            };
+            html! { span class={ "badge " (class) } { (format!("{:.1} %", r * 100.0)) } }
+        }
+        None => html! { span.muted { "no attempts" } },
+    }
+}
+
+fn instance_rows(
+    ctx: &Ctx,
+    state: &AppState,
+    stats: &[InstanceStats],
+    last: &[Option<String>],
+    is_paused: &dyn Fn(PauseTarget, &str) -> bool,
+) -> Markup {
+    html! {
+        @for (s, last) in stats.iter().zip(last) {
+            @let kind = state.registry.get(&s.name).map(|i| i.kind.name.clone()).unwrap_or_default();
+            @let p = is_paused(PauseTarget::Instance, &s.name);
+            tr data-instance=(s.name) {
+                td { strong { (s.name) } div.muted.mono { "/webhooks/" (s.name) } div.muted { (kind) } }
+                td { (badge(if p { "paused" } else { "running" })) }
+                td.num { (s.accepted) }
+                td.num { (s.duplicates) }
+                td.num { (s.rejected) }
+                td {
+                    @if s.rejected_by_code.is_empty() { span.muted { "—" } }
+                    ul.codes {
+                        @for (code, n) in s.rejected_by_code.iter().take(5) {
+                            li { a href={ "/ui/rejected?" (query(&[("instance", &s.name), ("code", code)])) } { (code) } " " (n) }
+                        }
+                    }
+                }
+                td.num { @match s.p99_ms { Some(p) => { (format!("{p:.1} ms")) }, None => { span.muted { "—" } } } }
+                td { @match last { Some(t) => { (view::time(t)) }, None => { span.muted { "none" } } } }
+                td { "last " (skew(s.last_skew_secs)) br; span.muted { "max " } (skew(s.max_abs_skew_secs)) }
+                td {
+                    (chart::bars("requests per minute", &[
+                        chart::Series { class: "a", label: "accepted", values: s.minutes.iter().map(|m| m.accepted).collect() },
+                        chart::Series { class: "d", label: "duplicate", values: s.minutes.iter().map(|m| m.duplicates).collect() },
+                        chart::Series { class: "r", label: "rejected", values: s.minutes.iter().map(|m| m.rejected).collect() },
+                    ]))
+                }
+                td { (pause_form(ctx, PauseTarget::Instance, &s.name, p)) }
+            }
+        }
+    }
+}
+
+fn sink_rows(
+    ctx: &Ctx,
+    stats: &[SinkStats],
+    backlogs: &[Backlog],
+    now: i64,
+    is_paused: &dyn Fn(PauseTarget, &str) -> bool,
+) -> Markup {
+    html! {
+        @for (s, backlog) in stats.iter().zip(backlogs) {
+            @let p = is_paused(PauseTarget::Sink, &s.name);
+            tr data-sink=(s.name) {
+                td { strong { (s.name) } }
+                td { (badge(if p { "paused" } else { "running" })) }
+                td.num { (backlog.pending) }
+                td { @match backlog.oldest_pending_ms { Some(ms) => { (view::age(now - ms)) }, None => { span.muted { "—" } } } }
+                td { (percent(s.success_rate)) }
+                td.num { (s.delivered) " / " (s.failed) }
+                td {
+                    (chart::bars("attempts per minute", &[
+                        chart::Series { class: "ok", label: "delivered", values: s.minutes.iter().map(|m| m.delivered).collect() },
+                        chart::Series { class: "f", label: "failed", values: s.minutes.iter().map(|m| m.failed).collect() },
+                    ]))
+                }
+                td { (pause_form(ctx, PauseTarget::Sink, &s.name, p)) }
+            }
+        }
+    }
+}
+
+fn query(pairs: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(pairs).unwrap_or_default()
+}
+
+/// `GET /ui/instances`: this replica's counters (since it started) with the store's pauses,
+/// last event times and sink backlogs.
 pub async fn page(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -61,43 +163,49 @@ pub async fn page(
     let is_paused = |target: PauseTarget, name: &str| {
         paused.iter().any(|p| p.target == target && p.name == name)
     };
+    let now = state.clock.now().timestamp_millis();
+    let instances = state.observer.instances(now);
+    let sinks = state.observer.sinks(now);
+    let mut last = Vec::with_capacity(instances.len());
+    for instance in &instances {
+        match crate::routes::health::last_event(&state, &instance.name).await {
+            Ok(t) => last.push(t),
+            Err(e) => return super::admin_error(&ctx, e.into()),
+        }
+    }
+    let mut backlogs = Vec::with_capacity(sinks.len());
+    for sink in &sinks {
+        match state.store.backlog(sink.name.clone()).await {
+            Ok(b) => backlogs.push(b),
+            Err(e) => return super::admin_error(&ctx, e.into()),
+        }
+    }
     let done = web::Query::<Done>::from_query(req.query_string())
         .map(web::Query::into_inner)
         .unwrap_or_default();
-    let instances = crate::routes::admin::instance_names(&state);
-    let sinks = crate::routes::admin::sink_names(&state);
     let body = html! {
         @if let Some(name) = &done.paused { (layout::notice(&format!("Paused {name}."))) }
         @if let Some(name) = &done.resumed { (layout::notice(&format!("Resumed {name}."))) }
+        p.muted {
+            "Counts are this replica's since it started (" (view::time_ms(state.observer.started_ms()))
+            "); p99, skew, success rate and charts cover the last hour. Queue depth, pauses and last events come from the store."
+        }
         h2 { "Provider instances" }
         table #instances {
-            thead { tr { th { "Instance" } th { "Kind" } th { "State" } th {} } }
-            tbody {
-                @for name in &instances {
-                    @let kind = state.registry.get(name).map(|i| i.kind.name.clone()).unwrap_or_default();
-                    @let p = is_paused(PauseTarget::Instance, name);
-                    tr data-instance=(name) {
-                        td { strong { (name) } div.muted.mono { "/webhooks/" (name) } }
-                        td { (kind) }
-                        td { (badge(if p { "paused" } else { "running" })) }
-                        td { (pause_form(&ctx, PauseTarget::Instance, name, p)) }
-                    }
-                }
-            }
+            thead { tr {
+                th { "Instance" } th { "State" } th.num { "Accepted" } th.num { "Duplicates" }
+                th.num { "Rejected" } th { "Rejected by reason" } th.num { "p99" }
+                th { "Last event (UTC)" } th { "Clock skew" } th { "Last hour" } th {}
+            } }
+            tbody { (instance_rows(&ctx, &state, &instances, &last, &is_paused)) }
         }
         h2 { "Sinks" }
         table #sinks {
-            thead { tr { th { "Sink" } th { "State" } th {} } }
-            tbody {
-                @for name in &sinks {
-                    @let p = is_paused(PauseTarget::Sink, name);
-                    tr data-sink=(name) {
-                        td { strong { (name) } }
-                        td { (badge(if p { "paused" } else { "running" })) }
-                        td { (pause_form(&ctx, PauseTarget::Sink, name, p)) }
-                    }
-                }
-            }
+            thead { tr {
+                th { "Sink" } th { "State" } th.num { "Queue depth" } th { "Oldest pending" }
+                th { "Success (1 h)" } th.num { "Delivered / failed" } th { "Last hour" } th {}
+            } }
+            tbody { (sink_rows(&ctx, &sinks, &backlogs, now, &is_paused)) }
         }
     };
     page_html(

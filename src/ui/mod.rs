@@ -3,9 +3,8 @@
 //!
 //! Templates are [maud](https://maud.lambda.xyz): HTML written as Rust macros, checked and
 //! compiled with the binary, so there are no template files to ship or find at run time and a
-//! typo is a compile error. Every `(value)` splice is HTML-escaped; the only unescaped
-//! insertions are [`maud::PreEscaped`] of markup this module builds itself (SVG charts), never
-//! of stored data.
+//! typo is a compile error. Every `(value)` splice is HTML-escaped, and nothing here uses
+//! `PreEscaped`: the SVG charts are maud markup built from numbers like every page.
 //!
 //! No inline script or style: [`assets`] serves one stylesheet and one small script compiled
 //! into the binary, and the Content-Security-Policy allows only those (`default-src 'self'`).
@@ -20,10 +19,12 @@
 #![allow(clippy::result_large_err)]
 
 mod assets;
+mod chart;
 mod dead;
 mod events;
 mod instances;
 mod layout;
+mod rejected;
 pub mod session;
 mod view;
 
@@ -98,6 +99,7 @@ pub fn scope() -> impl HttpServiceFactory {
             web::post().to(dead::redeliver_one),
         )
         .route("/instances", web::get().to(instances::page))
+        .route("/rejected", web::get().to(rejected::list))
         .route(
             "/{target:instances|sinks}/{name}/{action}",
             web::post().to(instances::set_paused),
