@@ -631,7 +631,12 @@ async fn screenshots() {
     }
     let _ = forged.body(body.clone()).send().await.unwrap();
     let mut stale = client.post(format!("{base}/webhooks/demo"));
-    for (k, v) in generic_headers(GENERIC_SECRET, "evt_stale", 1_600_000_000, body.as_bytes()) {
+    for (k, v) in generic_headers(
+        GENERIC_SECRET,
+        "evt_stale",
+        chrono::Utc::now().timestamp() - 900,
+        body.as_bytes(),
+    ) {
         stale = stale.header(k, v);
     }
     let _ = stale.body(body.clone()).send().await.unwrap();

@@ -3,8 +3,8 @@
 
 use maud::{html, Markup};
 
-const WIDTH: u32 = 240;
-const HEIGHT: u32 = 44;
+const WIDTH: u32 = 150;
+const HEIGHT: u32 = 36;
 
 /// One series: its CSS class (colour) and one value per minute, oldest first.
 pub struct Series<'a> {
@@ -48,6 +48,7 @@ pub fn bars(title: &str, series: &[Series<'_>]) -> Markup {
             top -= h;
             rects.push((
                 s.class,
+                s.label,
                 i as f64 * step,
                 top,
                 (step - 1.0).max(1.0),
@@ -63,16 +64,23 @@ pub fn bars(title: &str, series: &[Series<'_>]) -> Markup {
             role="img" aria-label=(summary) {
             title { (summary) }
             line x1="0" y1=(HEIGHT - 1) x2=(WIDTH) y2=(HEIGHT - 1) {}
-            @for (class, x, y, w, h, value) in &rects {
+            @for (class, label, x, y, w, h, value) in &rects {
                 rect class=(class) x=(format!("{x:.1}")) y=(format!("{y:.1}"))
                     width=(format!("{w:.1}")) height=(format!("{h:.1}")) {
-                    title { (value) }
+                    title { (label) ": " (value) }
                 }
             }
         }
+        div.legend { span { "peak " (max) "/min" } }
+    }
+}
+
+/// The colours of a chart's series, once per table.
+pub fn legend(series: &[(&str, &str)]) -> Markup {
+    html! {
         div.legend {
-            @for s in series { span { i class=(s.class) {} (s.label) } }
-            span { "max " (max) "/min" }
+            span { "Last hour, per minute:" }
+            @for (class, label) in series { span { i class=(class) {} (label) } }
         }
     }
 }

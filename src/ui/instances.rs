@@ -49,7 +49,12 @@ fn pause_form(ctx: &Ctx, target: PauseTarget, name: &str, paused: bool) -> Marku
 fn skew(secs: Option<i64>) -> Markup {
     match secs {
         Some(s) => {
-            html! { span title="receive time minus the signed timestamp" { (format!("{s:+} s")) } }
+            let sign = if s < 0 { "−" } else { "+" };
+            html! {
+                span title={ (s) " s: receive time minus the signed timestamp" } {
+                    (sign) (view::age(s.saturating_abs().saturating_mul(1000)))
+                }
+            }
         }
         None => html! { span.muted { "—" } },
     }
@@ -87,18 +92,17 @@ fn instance_rows(
                 td { (badge(if p { "paused" } else { "running" })) }
                 td.num { (s.accepted) }
                 td.num { (s.duplicates) }
-                td.num { (s.rejected) }
                 td {
-                    @if s.rejected_by_code.is_empty() { span.muted { "—" } }
+                    div.num { (s.rejected) }
                     ul.codes {
                         @for (code, n) in s.rejected_by_code.iter().take(5) {
                             li { a href={ "/ui/rejected?" (query(&[("instance", &s.name), ("code", code)])) } { (code) } " " (n) }
                         }
                     }
                 }
-                td.num { @match s.p99_ms { Some(p) => { (format!("{p:.1} ms")) }, None => { span.muted { "—" } } } }
+                td.num.nowrap { @match s.p99_ms { Some(p) => { (format!("{p:.1} ms")) }, None => { span.muted { "—" } } } }
                 td { @match last { Some(t) => { (view::time(t)) }, None => { span.muted { "none" } } } }
-                td { "last " (skew(s.last_skew_secs)) br; span.muted { "max " } (skew(s.max_abs_skew_secs)) }
+                td.nowrap { span.muted { "last " } (skew(s.last_skew_secs)) br; span.muted { "max " } (skew(s.max_abs_skew_secs)) }
                 td {
                     (chart::bars("requests per minute", &[
                         chart::Series { class: "a", label: "accepted", values: s.minutes.iter().map(|m| m.accepted).collect() },
@@ -191,22 +195,24 @@ pub async fn page(
             "); p99, skew, success rate and charts cover the last hour. Queue depth, pauses and last events come from the store."
         }
         h2 { "Provider instances" }
-        table #instances {
+        div.wide { table #instances {
             thead { tr {
                 th { "Instance" } th { "State" } th.num { "Accepted" } th.num { "Duplicates" }
-                th.num { "Rejected" } th { "Rejected by reason" } th.num { "p99" }
+                th { "Rejected, by reason" } th.num { "p99" }
                 th { "Last event (UTC)" } th { "Clock skew" } th { "Last hour" } th {}
             } }
             tbody { (instance_rows(&ctx, &state, &instances, &last, &is_paused)) }
-        }
+        } }
+        (chart::legend(&[("a", "accepted"), ("d", "duplicate"), ("r", "rejected")]))
         h2 { "Sinks" }
-        table #sinks {
+        div.wide { table #sinks {
             thead { tr {
                 th { "Sink" } th { "State" } th.num { "Queue depth" } th { "Oldest pending" }
                 th { "Success (1 h)" } th.num { "Delivered / failed" } th { "Last hour" } th {}
             } }
             tbody { (sink_rows(&ctx, &sinks, &backlogs, now, &is_paused)) }
-        }
+        } }
+        (chart::legend(&[("ok", "delivered"), ("f", "failed")]))
     };
     page_html(
         StatusCode::OK,

@@ -7,7 +7,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::layout::{self, Nav};
-use super::view::{self, badge};
+use super::view;
 use super::{html as page_html, UiState};
 use crate::observe::{RejectionQuery, REJECTION_RING};
 use crate::routes::AppState;
@@ -107,7 +107,7 @@ pub async fn list(
                         td { (r.instance) }
                         td.mono { @match r.client_ip { Some(ip) => { (ip) }, None => { "—" } } }
                         td.num { (r.status) }
-                        td { (badge(r.code)) }
+                        td { span.badge.bad { (r.code) } }
                         td { (r.message) }
                     }
                 }
