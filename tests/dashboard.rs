@@ -39,20 +39,60 @@ fn no_redirects() -> reqwest::Client {
         .unwrap()
 }
 
-/// Signs in over HTTP; returns the `Set-Cookie` value's `name=value` part.
-async fn sign_in(client: &reqwest::Client, base: &str) -> String {
-    let response = client
-        .post(format!("{base}/ui/login"))
-        .form(&[("token", ADMIN_TOKEN), ("next", "/ui/events")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 303);
-    let cookie = response.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    cookie.split(';').next().unwrap().to_owned()
+/// Plain HTTP to the dashboard, redirects not followed, with a session cookie when given.
+struct Http {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Http {
+    fn new(base: &str) -> Self {
+        Self {
+            client: no_redirects(),
+            base: base.to_owned(),
+        }
+    }
+
+    async fn get(&self, path: &str, cookie: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// A form post; `extra` headers (`Origin`, `X-Forwarded-Proto`) are added as given.
+    async fn post(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+        form: &[(&str, &str)],
+        extra: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self.client.post(format!("{}{path}", self.base)).form(form);
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Signs in; returns the cookie's `name=value`.
+    async fn sign_in(&self) -> String {
+        let response = self
+            .post("/ui/login", None, &[("token", ADMIN_TOKEN)], &[])
+            .await;
+        assert_eq!(response.status(), 303);
+        cookie_of(&response)
+    }
+}
+
+/// The `name=value` of a response's `Set-Cookie`.
+fn cookie_of(response: &reqwest::Response) -> String {
+    let set_cookie = response.headers()["set-cookie"].to_str().unwrap();
+    set_cookie.split(';').next().unwrap().to_owned()
 }
 
 /// The CSRF token in a page's forms.
@@ -78,7 +118,7 @@ fn assert_security_headers(response: &reqwest::Response) {
 #[tokio::test]
 async fn without_an_admin_token_the_dashboard_is_not_there() {
     let app = spawn(INSTANCE).await;
-    let client = no_redirects();
+    let http = Http::new(&app.address);
     for path in [
         "/ui",
         "/ui/",
@@ -86,15 +126,9 @@ async fn without_an_admin_token_the_dashboard_is_not_there() {
         "/ui/events",
         "/ui/assets/ui.css",
     ] {
-        let response = client.get(app.url(path)).send().await.unwrap();
-        assert_eq!(response.status(), 404, "{path}");
+        assert_eq!(http.get(path, None).await.status(), 404, "{path}");
     }
-    let response = client
-        .post(app.url("/ui/login"))
-        .form(&[("token", "")])
-        .send()
-        .await
-        .unwrap();
+    let response = http.post("/ui/login", None, &[("token", "")], &[]).await;
     assert_eq!(response.status(), 404);
     assert!(response.headers().get("set-cookie").is_none());
 }
@@ -102,46 +136,32 @@ async fn without_an_admin_token_the_dashboard_is_not_there() {
 #[tokio::test]
 async fn sign_in_sessions_csrf_and_headers_over_http() {
     let app = spawn(&with_token()).await;
-    let client = no_redirects();
+    let http = Http::new(&app.address);
     // Signed out: pages send to the sign-in page (and back), with the headers.
-    let response = client
-        .get(app.url("/ui/events?status=dead"))
-        .send()
-        .await
-        .unwrap();
+    let response = http.get("/ui/events?status=dead", None).await;
     assert_eq!(response.status(), 303);
     assert_eq!(
         response.headers()["location"],
         "/ui/login?next=%2Fui%2Fevents%3Fstatus%3Ddead"
     );
     assert_security_headers(&response);
-    let login = client.get(app.url("/ui/login")).send().await.unwrap();
+    let login = http.get("/ui/login", None).await;
     assert_eq!(login.status(), 200);
     assert_security_headers(&login);
     assert!(!login.text().await.unwrap().contains("<script>"));
 
     // A wrong token: refused, no cookie.
-    let wrong = client
-        .post(app.url("/ui/login"))
-        .form(&[("token", "not-the-token")])
-        .send()
-        .await
-        .unwrap();
+    let wrong = http
+        .post("/ui/login", None, &[("token", "not-the-token")], &[])
+        .await;
     assert_eq!(wrong.status(), 401);
     assert!(wrong.headers().get("set-cookie").is_none());
-    assert!(wrong
-        .text()
-        .await
-        .unwrap()
-        .contains("That is not the admin token."));
+    let text = wrong.text().await.unwrap();
+    assert!(text.contains("That is not the admin token."));
 
-    // The right one: a session cookie with the attributes.
-    let response = client
-        .post(app.url("/ui/login"))
-        .form(&[("token", ADMIN_TOKEN), ("next", "https://evil.example/")])
-        .send()
-        .await
-        .unwrap();
+    // The right one: a session cookie with the attributes; `next` stays on the dashboard.
+    let form = [("token", ADMIN_TOKEN), ("next", "https://evil.example/")];
+    let response = http.post("/ui/login", None, &form, &[]).await;
     assert_eq!(response.status(), 303);
     assert_eq!(response.headers()["location"], "/ui/events");
     let set_cookie = response.headers()["set-cookie"].to_str().unwrap();
@@ -150,89 +170,45 @@ async fn sign_in_sessions_csrf_and_headers_over_http() {
     }
     assert!(!set_cookie.contains("Secure"), "plain HTTP: {set_cookie}");
     assert!(!set_cookie.contains(ADMIN_TOKEN));
-    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let cookie = cookie_of(&response);
+    let session = Some(cookie.as_str());
 
-    let page = client
-        .get(app.url("/ui/events"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let page = http.get("/ui/events", session).await;
     assert_eq!(page.status(), 200);
     assert_security_headers(&page);
     let html = page.text().await.unwrap();
     assert!(!html.contains(ADMIN_TOKEN) && !html.contains(GENERIC_SECRET));
     let csrf = csrf_of(&html);
+    let with_csrf = [("csrf", csrf.as_str())];
 
     // A POST needs the session's CSRF token, and the same origin.
-    let resume = app.url("/ui/instances/demo/resume");
-    for form in [vec![], vec![("csrf", "forged")]] {
-        let response = client
-            .post(&resume)
-            .header("cookie", &cookie)
-            .form(&form)
-            .send()
-            .await
-            .unwrap();
+    let resume = "/ui/instances/demo/resume";
+    for form in [&[][..], &[("csrf", "forged")][..]] {
+        let response = http.post(resume, session, form, &[]).await;
         assert_eq!(response.status(), 403, "{form:?}");
         assert_security_headers(&response);
     }
-    let cross = client
-        .post(&resume)
-        .header("cookie", &cookie)
-        .header("origin", "https://evil.example")
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cross.status(), 403);
-    let ok = client
-        .post(&resume)
-        .header("cookie", &cookie)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 303);
+    let cross = [("origin", "https://evil.example")];
+    let response = http.post(resume, session, &with_csrf, &cross).await;
+    assert_eq!(response.status(), 403);
+    let response = http.post(resume, session, &with_csrf, &[]).await;
+    assert_eq!(response.status(), 303);
     // Without a session, a POST is refused too.
-    let anonymous = client
-        .post(&resume)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(anonymous.status(), 403);
+    let response = http.post(resume, None, &with_csrf, &[]).await;
+    assert_eq!(response.status(), 403);
 
     // Sign-out ends the session here.
-    let out = client
-        .post(app.url("/ui/logout"))
-        .header("cookie", &cookie)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let out = http.post("/ui/logout", session, &with_csrf, &[]).await;
     assert_eq!(out.status(), 303);
-    assert!(out.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .contains("Max-Age=0"));
-    let after = client
-        .get(app.url("/ui/events"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let cleared = out.headers()["set-cookie"].to_str().unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    let after = http.get("/ui/events", session).await;
     assert_eq!(after.status(), 303, "a signed-out cookie is refused");
 
     // Sessions expire.
-    let cookie = sign_in(&client, &app.address).await;
+    let cookie = http.sign_in().await;
     app.clock.advance_secs(12 * 3600 + 1);
-    let expired = client
-        .get(app.url("/ui/events"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let expired = http.get("/ui/events", Some(&cookie)).await;
     assert_eq!(expired.status(), 303, "an expired session is refused");
 }
 
@@ -246,13 +222,10 @@ async fn the_session_cookie_is_secure_behind_a_trusted_https_proxy() {
         },
     )
     .await;
-    let response = no_redirects()
-        .post(app.url("/ui/login"))
-        .header("x-forwarded-proto", "https")
-        .form(&[("token", ADMIN_TOKEN)])
-        .send()
-        .await
-        .unwrap();
+    let https = [("x-forwarded-proto", "https")];
+    let response = Http::new(&app.address)
+        .post("/ui/login", None, &[("token", ADMIN_TOKEN)], &https)
+        .await;
     assert_eq!(response.status(), 303);
     let set_cookie = response.headers()["set-cookie"].to_str().unwrap();
     assert!(set_cookie.ends_with("; Secure"), "{set_cookie}");
@@ -261,15 +234,12 @@ async fn the_session_cookie_is_secure_behind_a_trusted_https_proxy() {
 #[tokio::test]
 async fn sign_in_attempts_are_rate_limited() {
     let app = spawn(&with_token()).await;
-    let client = no_redirects();
+    let http = Http::new(&app.address);
     let mut statuses = Vec::new();
     for _ in 0..12 {
-        let response = client
-            .post(app.url("/ui/login"))
-            .form(&[("token", "guess")])
-            .send()
-            .await
-            .unwrap();
+        let response = http
+            .post("/ui/login", None, &[("token", "guess")], &[])
+            .await;
         statuses.push(response.status().as_u16());
     }
     // Ten at once (the burst), then one every 6 s: at least the last is refused whatever the
@@ -329,18 +299,14 @@ async fn send_event(port: u16, id: &str, object_id: &str) -> (u16, Value) {
         r#""data":{"object":"#,
         r#""data":{"previous_attributes":{"title":"old"},"object":"#,
     );
-    let mut request = no_redirects()
+    let request = no_redirects()
         .post(format!("http://127.0.0.1:{port}/webhooks/demo"))
         .header("authorization", LEAKED_CREDENTIAL);
-    for (k, v) in generic_headers(
-        GENERIC_SECRET,
-        id,
-        chrono::Utc::now().timestamp(),
-        body.as_bytes(),
-    ) {
-        request = request.header(k, v);
-    }
-    let response = request.body(body).send().await.unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let response = signed_generic(request, GENERIC_SECRET, id, now, body)
+        .send()
+        .await
+        .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -480,14 +446,14 @@ async fn the_dashboard_in_a_real_browser() {
 
     // A POST without the CSRF token, with the browser's session: 403.
     let cookie = format!("hookgate_session={}", session.value());
-    let http = no_redirects();
-    let refused = http
-        .post(format!("{event_url}/redeliver"))
-        .header("cookie", &cookie)
-        .form(&[("sink", "audit")])
-        .send()
-        .await
-        .unwrap();
+    let refused = Http::new(&base)
+        .post(
+            &format!("/ui/events/{id}/redeliver"),
+            Some(&cookie),
+            &[("sink", "audit")],
+            &[],
+        )
+        .await;
     assert_eq!(refused.status(), 403);
 
     // The dead letter is requeued from its page (and attempted again).
@@ -620,26 +586,15 @@ async fn screenshots() {
     send_event(gateway.port, "evt_demo_0", "post_1").await;
     let client = no_redirects();
     let body = generic_body("evt_forged", "post.created", "p9");
-    let mut forged = client.post(format!("{base}/webhooks/demo"));
-    for (k, v) in generic_headers(
-        "wrong-secret",
-        "evt_forged",
-        chrono::Utc::now().timestamp(),
-        body.as_bytes(),
-    ) {
-        forged = forged.header(k, v);
+    let now = chrono::Utc::now().timestamp();
+    let url = format!("{base}/webhooks/demo");
+    for (secret, id, ts) in [
+        ("wrong-secret", "evt_forged", now),
+        (GENERIC_SECRET, "evt_stale", now - 900),
+    ] {
+        let request = signed_generic(client.post(&url), secret, id, ts, body.clone());
+        let _ = request.send().await.unwrap();
     }
-    let _ = forged.body(body.clone()).send().await.unwrap();
-    let mut stale = client.post(format!("{base}/webhooks/demo"));
-    for (k, v) in generic_headers(
-        GENERIC_SECRET,
-        "evt_stale",
-        chrono::Utc::now().timestamp() - 900,
-        body.as_bytes(),
-    ) {
-        stale = stale.header(k, v);
-    }
-    let _ = stale.body(body.clone()).send().await.unwrap();
     let _ = client
         .post(format!("{base}/webhooks/nope"))
         .body("{}")

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::layout::{self, Nav};
 use super::view;
-use super::{html as page_html, Ctx, UiState};
+use super::{html as page_html, Ctx, Posted, SignedIn};
 use crate::admin;
 use crate::routes::AppState;
 
@@ -45,6 +45,15 @@ fn known_sink(
     }
 }
 
+/// The `?sink=` of a GET: a configured sink, or all (`None`).
+fn requested_sink(
+    req: &HttpRequest,
+    ctx: &Ctx,
+    state: &AppState,
+) -> Result<Option<String>, HttpResponse> {
+    known_sink(ctx, state, sink_filter(req).sink.as_deref())
+}
+
 fn sink_select(state: &AppState, chosen: Option<&str>) -> Markup {
     let sinks = crate::routes::admin::sink_names(state);
     html! {
@@ -61,14 +70,10 @@ fn sink_select(state: &AppState, chosen: Option<&str>) -> Markup {
 pub async fn list(
     req: HttpRequest,
     state: web::Data<AppState>,
-    ui: web::Data<UiState>,
+    SignedIn(ctx): SignedIn,
 ) -> HttpResponse {
-    let ctx = match super::page_guard(&req, &state, &ui) {
-        Ok(ctx) => ctx,
-        Err(response) => return response,
-    };
-    let filter = sink_filter(&req);
-    let sink = match known_sink(&ctx, &state, filter.sink.as_deref()) {
+    let redelivered = sink_filter(&req).redelivered;
+    let sink = match requested_sink(&req, &ctx, &state) {
         Ok(sink) => sink,
         Err(response) => return response,
     };
@@ -86,7 +91,7 @@ pub async fn list(
         None => "/ui/dead-letters/redeliver".to_owned(),
     };
     let body = html! {
-        @if let Some(n) = filter.redelivered {
+        @if let Some(n) = redelivered {
             (layout::notice(&format!("{n} dead letter(s) are pending again.")))
         }
         form.filters method="get" action="/ui/dead-letters" {
@@ -144,15 +149,9 @@ fn back_to(sink: Option<&str>, count: usize) -> HttpResponse {
 
 /// `POST /ui/dead-letters/redeliver-one` (`envelope_id`, `sink`).
 pub async fn redeliver_one(
-    req: HttpRequest,
     state: web::Data<AppState>,
-    ui: web::Data<UiState>,
-    body: web::Bytes,
+    Posted { ctx, fields }: Posted,
 ) -> HttpResponse {
-    let (ctx, fields) = match super::post_guard(&req, &state, &ui, &body) {
-        Ok(ok) => ok,
-        Err(response) => return response,
-    };
     let (Some(envelope_id), Some(sink)) = (
         super::field(&fields, "envelope_id"),
         super::field(&fields, "sink"),
@@ -178,14 +177,9 @@ pub async fn redeliver_one(
 pub async fn confirm(
     req: HttpRequest,
     state: web::Data<AppState>,
-    ui: web::Data<UiState>,
+    SignedIn(ctx): SignedIn,
 ) -> HttpResponse {
-    let ctx = match super::page_guard(&req, &state, &ui) {
-        Ok(ctx) => ctx,
-        Err(response) => return response,
-    };
-    let filter = sink_filter(&req);
-    let sink = match known_sink(&ctx, &state, filter.sink.as_deref()) {
+    let sink = match requested_sink(&req, &ctx, &state) {
         Ok(sink) => sink,
         Err(response) => return response,
     };
@@ -227,15 +221,9 @@ pub async fn confirm(
 
 /// `POST /ui/dead-letters/redeliver` (`sink` optional): every matching dead letter.
 pub async fn redeliver_all(
-    req: HttpRequest,
     state: web::Data<AppState>,
-    ui: web::Data<UiState>,
-    body: web::Bytes,
+    Posted { ctx, fields }: Posted,
 ) -> HttpResponse {
-    let (ctx, fields) = match super::post_guard(&req, &state, &ui, &body) {
-        Ok(ok) => ok,
-        Err(response) => return response,
-    };
     let sink = match known_sink(&ctx, &state, super::field(&fields, "sink")) {
         Ok(sink) => sink,
         Err(response) => return response,

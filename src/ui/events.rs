@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::layout::{self, Nav};
 use super::view::{self, badge};
-use super::{html as page_html, Ctx, UiState};
+use super::{html as page_html, Ctx, Posted, SignedIn, UiState};
 use crate::admin::{self, EnvelopeDetail, ListQuery};
 use crate::routes::AppState;
 use crate::store::{EventQuery, EventStatus, EventSummary, Store};
@@ -222,12 +222,8 @@ fn table(rows: Markup, stream: Option<String>) -> Markup {
 pub async fn list(
     req: HttpRequest,
     state: web::Data<AppState>,
-    ui: web::Data<UiState>,
+    SignedIn(ctx): SignedIn,
 ) -> HttpResponse {
-    let ctx = match super::page_guard(&req, &state, &ui) {
-        Ok(ctx) => ctx,
-        Err(response) => return response,
-    };
     let f = filters(&req);
     if let Some(q) = present(&f.q) {
         match stored_id(&*state.store, &q).await {
@@ -629,12 +625,8 @@ fn snippet(text: &str) -> &str {
 pub async fn show(
     req: HttpRequest,
     state: web::Data<AppState>,
-    ui: web::Data<UiState>,
+    SignedIn(ctx): SignedIn,
 ) -> HttpResponse {
-    let ctx = match super::page_guard(&req, &state, &ui) {
-        Ok(ctx) => ctx,
-        Err(response) => return response,
-    };
     let id = req.match_info().get("id").unwrap_or_default().to_owned();
     let detail = match admin::detail(&*state.store, &id).await {
         Ok(Some(detail)) => detail,
@@ -702,13 +694,8 @@ pub async fn show(
 pub async fn redeliver(
     req: HttpRequest,
     state: web::Data<AppState>,
-    ui: web::Data<UiState>,
-    body: web::Bytes,
+    Posted { ctx, fields }: Posted,
 ) -> HttpResponse {
-    let (ctx, fields) = match super::post_guard(&req, &state, &ui, &body) {
-        Ok(ok) => ok,
-        Err(response) => return response,
-    };
     let id = req.match_info().get("id").unwrap_or_default().to_owned();
     let sink = super::field(&fields, "sink");
     if sink.is_some_and(|s| state.dispatcher.route(s).is_none()) {

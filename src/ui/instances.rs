@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::chart;
 use super::layout::{self, Nav};
 use super::view::{self, badge};
-use super::{html as page_html, Ctx, UiState};
+use super::{html as page_html, Ctx, Posted, SignedIn};
 use crate::observe::{InstanceStats, SinkStats};
 use crate::routes::AppState;
 use crate::store::{Backlog, PauseTarget};
@@ -154,12 +154,8 @@ fn query(pairs: &[(&str, &str)]) -> String {
 pub async fn page(
     req: HttpRequest,
     state: web::Data<AppState>,
-    ui: web::Data<UiState>,
+    SignedIn(ctx): SignedIn,
 ) -> HttpResponse {
-    let ctx = match super::page_guard(&req, &state, &ui) {
-        Ok(ctx) => ctx,
-        Err(response) => return response,
-    };
     let paused = match state.store.paused().await {
         Ok(list) => list,
         Err(e) => return super::admin_error(&ctx, e.into()),
@@ -224,13 +220,8 @@ pub async fn page(
 pub async fn set_paused(
     req: HttpRequest,
     state: web::Data<AppState>,
-    ui: web::Data<UiState>,
-    body: web::Bytes,
+    Posted { ctx, .. }: Posted,
 ) -> HttpResponse {
-    let (ctx, _) = match super::post_guard(&req, &state, &ui, &body) {
-        Ok(ok) => ok,
-        Err(response) => return response,
-    };
     let info = req.match_info();
     let name = info.get("name").unwrap_or_default().to_owned();
     let target = match info.get("target") {

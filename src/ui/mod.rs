@@ -31,11 +31,13 @@ mod view;
 use std::net::IpAddr;
 
 use actix_web::body::MessageBody;
+use actix_web::dev::Payload;
 use actix_web::dev::{HttpServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use futures_util::future::LocalBoxFuture;
 
 use crate::config::RateLimitSettings;
 use crate::error::GatewayError;
@@ -152,9 +154,59 @@ fn session_of(req: &HttpRequest, sessions: &Sessions, now: i64) -> Option<Sessio
         .and_then(|value| sessions.verify(value, now))
 }
 
+/// Why a dashboard request does not reach its handler; answered as its page or redirect.
+#[derive(Debug)]
+pub enum Refusal {
+    /// No admin token: every `/ui` route is 404.
+    Off,
+    /// Not signed in: to the sign-in page, then back to this path.
+    SignIn(String),
+    /// A POST without a valid session, from another origin, or without its CSRF token.
+    Forbidden(&'static str),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Off => f.write_str("the dashboard is off"),
+            Refusal::SignIn(_) => f.write_str("not signed in"),
+            Refusal::Forbidden(why) => f.write_str(why),
+        }
+    }
+}
+
+impl ResponseError for Refusal {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Refusal::Off => StatusCode::NOT_FOUND,
+            Refusal::SignIn(_) => StatusCode::SEE_OTHER,
+            Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            Refusal::Off => GatewayError::NotFound.error_response(),
+            Refusal::SignIn(target) => redirect(target),
+            Refusal::Forbidden(why) => forbidden(why),
+        }
+    }
+}
+
+fn states(req: &HttpRequest) -> Result<(&AppState, &UiState), Refusal> {
+    match (
+        req.app_data::<web::Data<AppState>>(),
+        req.app_data::<web::Data<UiState>>(),
+    ) {
+        (Some(state), Some(ui)) => Ok((state, ui)),
+        _ => Err(Refusal::Off),
+    }
+}
+
 /// A page's guard: the signed-in context, or a redirect to the sign-in page (then back here).
-fn page_guard(req: &HttpRequest, state: &AppState, ui: &UiState) -> Result<Ctx, HttpResponse> {
-    let sessions = enabled(ui)?;
+fn page_guard(req: &HttpRequest) -> Result<Ctx, Refusal> {
+    let (state, ui) = states(req)?;
+    let sessions = ui.sessions.as_ref().ok_or(Refusal::Off)?;
     match session_of(req, sessions, now_secs(state)) {
         Some(session) => Ok(Ctx {
             csrf: sessions.csrf(&session),
@@ -166,31 +218,26 @@ fn page_guard(req: &HttpRequest, state: &AppState, ui: &UiState) -> Result<Ctx, 
                 .path_and_query()
                 .map(|p| p.as_str())
                 .unwrap_or("/ui/events");
-            let target = format!(
+            Err(Refusal::SignIn(format!(
                 "/ui/login?next={}",
                 serde_urlencoded::to_string([("", back)])
                     .unwrap_or_default()
                     .trim_start_matches('=')
-            );
-            Err(redirect(&target))
+            )))
         }
     }
 }
 
 /// A POST's guard: a valid session, a same-origin request, and the session's CSRF token in
 /// the form field `csrf`; anything else is 403. Returns the context and the form's fields.
-fn post_guard(
-    req: &HttpRequest,
-    state: &AppState,
-    ui: &UiState,
-    body: &[u8],
-) -> Result<(Ctx, Vec<(String, String)>), HttpResponse> {
-    let sessions = enabled(ui)?;
+fn post_guard(req: &HttpRequest, body: &[u8]) -> Result<Posted, Refusal> {
+    let (state, ui) = states(req)?;
+    let sessions = ui.sessions.as_ref().ok_or(Refusal::Off)?;
     let Some(session) = session_of(req, sessions, now_secs(state)) else {
-        return Err(forbidden("Your session has ended. Sign in again."));
+        return Err(Refusal::Forbidden("Your session has ended. Sign in again."));
     };
     if !same_origin(req) {
-        return Err(forbidden("Cross-origin form posts are refused."));
+        return Err(Refusal::Forbidden("Cross-origin form posts are refused."));
     }
     let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body).unwrap_or_default();
     let sent = fields
@@ -199,17 +246,50 @@ fn post_guard(
         .map(|(_, v)| v.as_str())
         .unwrap_or_default();
     if !sessions.csrf_matches(&session, sent) {
-        return Err(forbidden(
+        return Err(Refusal::Forbidden(
             "The form's CSRF token is missing or wrong. Reload the page and try again.",
         ));
     }
-    Ok((
-        Ctx {
+    Ok(Posted {
+        ctx: Ctx {
             csrf: sessions.csrf(&session),
             session,
         },
         fields,
-    ))
+    })
+}
+
+/// A signed-in page request ([`page_guard`] as an extractor: its refusal is the answer).
+pub struct SignedIn(pub Ctx);
+
+impl FromRequest for SignedIn {
+    type Error = Refusal;
+    type Future = std::future::Ready<Result<Self, Refusal>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(page_guard(req).map(SignedIn))
+    }
+}
+
+/// A signed-in, same-origin form post with its session's CSRF token ([`post_guard`]), and
+/// the form's fields.
+pub struct Posted {
+    pub ctx: Ctx,
+    pub fields: Vec<(String, String)>,
+}
+
+impl FromRequest for Posted {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        let body = web::Bytes::from_request(&req, payload);
+        Box::pin(async move {
+            let body = body.await?;
+            Ok(post_guard(&req, &body)?)
+        })
+    }
 }
 
 /// The first value of form field `name` (empty ones count as absent).
@@ -311,26 +391,12 @@ fn admin_error(ctx: &Ctx, error: crate::admin::AdminError) -> HttpResponse {
     }
 }
 
-async fn not_found(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    ui: web::Data<UiState>,
-) -> HttpResponse {
-    match page_guard(&req, &state, &ui) {
-        Ok(ctx) => error_page(&ctx, StatusCode::NOT_FOUND, "No such page."),
-        Err(response) => response,
-    }
+async fn not_found(SignedIn(ctx): SignedIn) -> HttpResponse {
+    error_page(&ctx, StatusCode::NOT_FOUND, "No such page.")
 }
 
-async fn home(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    ui: web::Data<UiState>,
-) -> HttpResponse {
-    match page_guard(&req, &state, &ui) {
-        Ok(_) => redirect("/ui/events"),
-        Err(response) => response,
-    }
+async fn home(_: SignedIn) -> HttpResponse {
+    redirect("/ui/events")
 }
 
 /// Where to go after signing in: a dashboard path only (no open redirect).
@@ -426,17 +492,23 @@ async fn logout(
     req: HttpRequest,
     state: web::Data<AppState>,
     ui: web::Data<UiState>,
-    body: web::Bytes,
+    Posted { ctx, .. }: Posted,
 ) -> HttpResponse {
-    let (ctx, _) = match post_guard(&req, &state, &ui, &body) {
-        Ok(ok) => ok,
-        Err(response) => return response,
-    };
     if let Some(sessions) = &ui.sessions {
         sessions.revoke(&ctx.session, now_secs(&state));
     }
-    let mut response = redirect("/ui/login");
-    if let Ok(value) = HeaderValue::from_str(&session::set_cookie(None, is_https(&req, &state))) {
+    with_cookie(redirect("/ui/login"), None, &req, &state)
+}
+
+/// `response` with the session cookie set to `value`, or cleared.
+fn with_cookie(
+    mut response: HttpResponse,
+    value: Option<&str>,
+    req: &HttpRequest,
+    state: &AppState,
+) -> HttpResponse {
+    let cookie = session::set_cookie(value, is_https(req, state));
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response

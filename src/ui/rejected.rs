@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::layout::{self, Nav};
 use super::view;
-use super::{html as page_html, UiState};
+use super::{html as page_html, SignedIn};
 use crate::observe::{RejectionQuery, REJECTION_RING};
 use crate::routes::AppState;
 
@@ -30,12 +30,8 @@ fn present(v: Option<String>) -> Option<String> {
 pub async fn list(
     req: HttpRequest,
     state: web::Data<AppState>,
-    ui: web::Data<UiState>,
+    SignedIn(ctx): SignedIn,
 ) -> HttpResponse {
-    let ctx = match super::page_guard(&req, &state, &ui) {
-        Ok(ctx) => ctx,
-        Err(response) => return response,
-    };
     let filter = web::Query::<Filter>::from_query(req.query_string())
         .map(web::Query::into_inner)
         .unwrap_or_default();

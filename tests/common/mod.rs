@@ -226,6 +226,20 @@ pub fn generic_headers(
     ]
 }
 
+/// `request` with the generic kind's signature headers over `body` (and the body).
+pub fn signed_generic(
+    request: reqwest::RequestBuilder,
+    secret: &str,
+    event_id: &str,
+    ts: i64,
+    body: String,
+) -> reqwest::RequestBuilder {
+    generic_headers(secret, event_id, ts, body.as_bytes())
+        .into_iter()
+        .fold(request, |request, (k, v)| request.header(k, v))
+        .body(body)
+}
+
 pub fn generic_body(event_id: &str, event_type: &str, object_id: &str) -> String {
     format!(
         r#"{{"id":"{event_id}","type":"{event_type}","created_at":"2024-01-15T10:30:00Z","data":{{"object":{{"id":"{object_id}","title":"t"}}}}}}"#
