@@ -248,6 +248,129 @@ async fn sign_in_attempts_are_rate_limited() {
     assert!(statuses.contains(&429), "{statuses:?}");
 }
 
+/// Every page over HTTP on a store: rendered, escaped, searchable, and the live tail's stream.
+async fn pages_render_and_escape(app: &TestApp) {
+    let http = Http::new(&app.address);
+    let cookie = http.sign_in().await;
+    let session = Some(cookie.as_str());
+    // Opened before the event exists: the stream must push it.
+    let mut tail = http
+        .get(
+            &format!("/ui/events/stream?after={}", ulid::Ulid::nil()),
+            session,
+        )
+        .await;
+    assert_eq!(tail.status(), 200);
+    assert_eq!(tail.headers()["content-type"], "text/event-stream");
+
+    let body = r#"{"id":"evt_html","type":"post.<b>bold</b>","data":{"object":{"id":"p1","title":"<script>alert(1)</script>"}}}"#;
+    let answer = app
+        .post_generic("demo", GENERIC_SECRET, "evt_html", body)
+        .await;
+    assert_eq!(answer.status(), 200);
+    let id = answer.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let deadline = Instant::now() + WAIT;
+    let mut pushed = String::new();
+    while !pushed.contains(&format!("data-id=\"{id}\"")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, tail.chunk()).await;
+        let Ok(Ok(Some(chunk))) = chunk else {
+            panic!("the live tail did not push {id} within {WAIT:?}: {pushed}");
+        };
+        pushed.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(pushed.contains("event: row\nid: "), "{pushed}");
+    assert!(
+        !pushed.contains("<b>bold"),
+        "unescaped in the tail: {pushed}"
+    );
+    drop(tail);
+
+    let list = http.get("/ui/events", session).await;
+    assert_eq!(list.status(), 200);
+    let html = list.text().await.unwrap();
+    assert!(html.contains(&id) && html.contains("post.&lt;b&gt;bold&lt;/b&gt;"));
+    assert!(!html.contains("<b>bold"));
+    let page = http.get(&format!("/ui/events/{id}"), session).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(
+        !html.contains("<script>alert"),
+        "a stored body is rendered as markup"
+    );
+    // Search: a gateway id goes to its page, a provider event id filters the list.
+    let found = http.get(&format!("/ui/events?q={id}"), session).await;
+    assert_eq!(found.status(), 303);
+    assert_eq!(
+        found.headers()["location"],
+        format!("/ui/events/{id}").as_str()
+    );
+    let by_event_id = http.get("/ui/events?q=evt_html", session).await;
+    assert!(by_event_id.text().await.unwrap().contains(&id));
+    let none = http.get("/ui/events?q=evt_absent", session).await;
+    assert!(none.text().await.unwrap().contains("No events match."));
+    let bad = http.get("/ui/events?since=yesterday", session).await;
+    assert_eq!(bad.status(), 400);
+    let missing = http
+        .get("/ui/events/01ARZ3NDEKTSV4RRFFQ69G5FAV", session)
+        .await;
+    assert_eq!(missing.status(), 404);
+    for path in [
+        "/ui/dead-letters",
+        "/ui/instances",
+        "/ui/rejected",
+        "/ui/dead-letters/redeliver",
+    ] {
+        let response = http.get(path, session).await;
+        assert_eq!(response.status(), 200, "{path}");
+        assert_security_headers(&response);
+    }
+}
+
+#[tokio::test]
+async fn pages_render_and_escape_on_the_embedded_store() {
+    let app = spawn_with(
+        &with_token(),
+        SpawnOptions {
+            moving_clock: true,
+            ..SpawnOptions::default()
+        },
+    )
+    .await;
+    pages_render_and_escape(&app).await;
+}
+
+#[tokio::test]
+async fn pages_render_and_escape_on_postgres() {
+    let url = postgres::fresh_database("hg_dashboard").await;
+    let store = hookgate::store::postgres::PgStore::connect(
+        &hookgate::config::StorageSettings {
+            backend: hookgate::config::StorageBackend::Postgres,
+            url: Some(hookgate::secret::Secret::new(url)),
+            pool_size: 4,
+            ..hookgate::config::StorageSettings::default()
+        },
+        std::sync::Arc::new(hookgate::clock::SystemClock),
+    )
+    .await
+    .expect("the test PostgreSQL server answers");
+    let app = spawn_with(
+        &with_token(),
+        SpawnOptions {
+            moving_clock: true,
+            store: Some(std::sync::Arc::new(store)),
+            ..SpawnOptions::default()
+        },
+    )
+    .await;
+    pages_render_and_escape(&app).await;
+}
+
 /// The real binary with a file sink `audit` and an HTTP sink `app` whose address refuses
 /// connections (one attempt, then a dead letter).
 fn start_gateway(dir: &Path) -> Gateway {

@@ -399,10 +399,17 @@ async fn home(_: SignedIn) -> HttpResponse {
     redirect("/ui/events")
 }
 
-/// Where to go after signing in: a dashboard path only (no open redirect).
+/// Where to go after signing in: a dashboard path only (no open redirect), in visible ASCII
+/// (a `Location` header value; a query string arrives percent-encoded).
 fn next_target(next: Option<&str>) -> &str {
     match next {
-        Some(n) if n.starts_with("/ui/") && !n.starts_with("/ui//") && !n.contains('\\') => n,
+        Some(n)
+            if n.starts_with("/ui/")
+                && !n.starts_with("/ui//")
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            n
+        }
         _ => "/ui/events",
     }
 }
@@ -527,6 +534,8 @@ mod tests {
             "/ui//evil.example",
             "/ui/\\evil",
             "/admin/events",
+            "/ui/events\r\nSet-Cookie: x=1",
+            "/ui/évents",
         ] {
             assert_eq!(next_target(Some(bad)), "/ui/events", "{bad}");
         }
