@@ -309,6 +309,8 @@ struct Tail {
     queue: std::collections::VecDeque<String>,
     idle_since: tokio::time::Instant,
     ended: bool,
+    /// Counts this tail as open until the stream is dropped.
+    _slot: super::TailSlot,
 }
 
 /// An SSE frame: `event`, optional `id`, and `data` split on line breaks as SSE requires.
@@ -422,6 +424,12 @@ pub async fn stream(
     if super::session_of(&req, sessions, now).is_none() {
         return super::forbidden("Sign in first.");
     }
+    let Some(slot) = ui.tail_slot() else {
+        return HttpResponse::ServiceUnavailable()
+            .insert_header((actix_web::http::header::RETRY_AFTER, "10"))
+            .content_type("text/plain; charset=utf-8")
+            .body("too many live tails are open on this replica");
+    };
     let cookie = req
         .headers()
         .get_all(actix_web::http::header::COOKIE)
@@ -463,6 +471,7 @@ pub async fn stream(
         queue: [": hookgate live tail\n\n".to_owned()].into(),
         idle_since: tokio::time::Instant::now(),
         ended: false,
+        _slot: slot,
     };
     HttpResponse::Ok()
         .content_type("text/event-stream")

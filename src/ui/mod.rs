@@ -53,6 +53,20 @@ pub struct UiState {
     sessions: Option<Sessions>,
     /// Sign-in attempts per client IP: 10 at once, then one every 6 s.
     login_limiter: ClientLimiter,
+    /// Live tails open now (at most [`MAX_TAILS`]).
+    tails: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Live tails one replica serves at once; more are answered 503 (the browser retries).
+pub const MAX_TAILS: usize = 64;
+
+/// One open live tail, counted until it is dropped.
+pub struct TailSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for TailSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl UiState {
@@ -64,7 +78,19 @@ impl UiState {
                 burst: 10,
                 status: 429,
             }),
+            tails: Default::default(),
         }
+    }
+
+    /// A slot for one more live tail, unless [`MAX_TAILS`] are open.
+    pub fn tail_slot(&self) -> Option<TailSlot> {
+        use std::sync::atomic::Ordering;
+        self.tails
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_TAILS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| TailSlot(self.tails.clone()))
     }
 }
 
@@ -524,6 +550,15 @@ fn with_cookie(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_tails_are_bounded() {
+        let ui = UiState::new(None);
+        let mut slots: Vec<TailSlot> = (0..MAX_TAILS).map(|_| ui.tail_slot().unwrap()).collect();
+        assert!(ui.tail_slot().is_none());
+        slots.pop();
+        assert!(ui.tail_slot().is_some());
+    }
 
     #[test]
     fn only_dashboard_paths_are_followed_after_sign_in() {
