@@ -623,6 +623,12 @@ fn envelope_section(ctx: &Ctx, item: &EnvelopeDetail) -> Markup {
     }
 }
 
+fn sorted_headers(headers: &[(String, String)]) -> Vec<&(String, String)> {
+    let mut sorted: Vec<&(String, String)> = headers.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    sorted
+}
+
 fn snippet(text: &str) -> &str {
     match text.char_indices().nth(SNIPPET) {
         Some((end, _)) => &text[..end],
@@ -676,10 +682,10 @@ pub async fn show(
                     }
                 }
                 h3 { "Headers" }
-                p.muted { "As received, minus credential headers (never stored)." }
+                p.muted { "As received (sorted by name), minus credential headers: those are never stored." }
                 table.headers {
                     tbody {
-                        @for (name, value) in &receipt.headers {
+                        @for (name, value) in sorted_headers(&receipt.headers) {
                             tr { td.mono { (name) } td.mono { (value) } }
                         }
                     }
