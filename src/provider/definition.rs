@@ -378,6 +378,9 @@ pub struct SplitDef {
     pub separator: String,
     pub at: SplitAt,
     pub order: SplitOrder,
+    /// A namespace the provider puts before every type, left out of the object
+    /// (`zen:event-type:ticket.status_changed` → `ticket`/`status_changed`); `type` keeps it.
+    pub strip_prefix: String,
 }
 
 impl Default for SplitDef {
@@ -386,6 +389,7 @@ impl Default for SplitDef {
             separator: default_separator(),
             at: SplitAt::Last,
             order: SplitOrder::ObjectAction,
+            strip_prefix: String::new(),
         }
     }
 }
