@@ -460,6 +460,21 @@ mod tests {
             "mailgun",
             "discord",
             "sendgrid",
+            // Issue 14, kinds on existing schemes.
+            "openai",
+            "resend",
+            "clerk",
+            "jira",
+            "bitbucket",
+            "zendesk",
+            "typeform",
+            "calendly",
+            "pagerduty",
+            "sentry",
+            "customerio",
+            "razorpay",
+            "lemonsqueezy",
+            "telegram",
         ] {
             assert!(kinds.contains_key(name), "{name} missing");
         }

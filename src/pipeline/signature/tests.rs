@@ -841,3 +841,5 @@ fn each_key_is_hashed_once_for_all_candidate_signatures() {
         b"m"
     )));
 }
+
+mod second_wave;
