@@ -124,7 +124,10 @@ fn zendesk_vector_and_window() {
                 "X-Zendesk-Webhook-Signature",
                 "AYW5A4XrUo6kNaJQMh5rHVn0qduAJSZBaV4qcIP/+1w=",
             ),
-            ("X-Zendesk-Webhook-Signature-Timestamp", "2024-01-15T10:30:00Z"),
+            (
+                "X-Zendesk-Webhook-Signature-Timestamp",
+                "2024-01-15T10:30:00Z",
+            ),
         ],
         body: br#"{"type":"zen:event-type:ticket.created","id":"e1"}"#,
         url: None,
@@ -348,7 +351,11 @@ fn telegram_secret_token() {
             .verify(&Message::new(&h, b"{\"update_id\":1}", None), &keys, 300, 0)
     };
     assert_eq!(verify("tg_Secret-token_123"), Ok(()));
-    for wrong in ["tg_Secret-token_12", "tg_Secret-token_1234", "TG_SECRET-TOKEN_123"] {
+    for wrong in [
+        "tg_Secret-token_12",
+        "tg_Secret-token_1234",
+        "TG_SECRET-TOKEN_123",
+    ] {
         assert!(
             matches!(verify(wrong), Err(SignatureError::NoMatch { .. })),
             "{wrong}"
