@@ -407,6 +407,15 @@ fn second_wave_sets() -> Vec<hookgate::fixture::FixtureSet> {
     sets
 }
 
+async fn answer_of(response: reqwest::Response) -> Value {
+    response.json().await.unwrap()
+}
+
+async fn assert_refused(response: reqwest::Response, code: &str, what: &str) {
+    assert_eq!(response.status(), 401, "{what}");
+    assert_eq!(error_code(response).await, code, "{what}");
+}
+
 fn is_handshake(kind: &str, case: &str) -> bool {
     matches!(
         (kind, case),
@@ -431,41 +440,25 @@ async fn second_wave_kinds_refuse_forgeries_answer_handshakes_and_deduplicate() 
         let kind = set.kind.as_str();
         for case in &set.cases {
             let what = format!("{kind}/{}", case.name);
-            let answer: Value = app
-                .post(kind, &case.headers, case.body.clone())
-                .await
-                .json()
-                .await
-                .unwrap();
+            let answer = answer_of(app.post(kind, &case.headers, case.body.clone()).await).await;
             if is_handshake(kind, &case.name) {
                 // Answered, not stored: asking again is answered the same way.
                 assert_eq!(answer["status"], "ok", "{what}");
                 assert!(answer["handshake"].is_string(), "{what}");
-                let again: Value = app
-                    .post(kind, &case.headers, case.body.clone())
-                    .await
-                    .json()
-                    .await
-                    .unwrap();
+                let again = answer_of(app.post(kind, &case.headers, case.body.clone()).await).await;
                 assert_eq!(again, answer, "{what}");
                 continue;
             }
             assert_eq!(answer["status"], "accepted", "{what}: {answer}");
             stored += 1;
-            let again: Value = app
-                .post(kind, &case.headers, case.body.clone())
-                .await
-                .json()
-                .await
-                .unwrap();
+            let again = answer_of(app.post(kind, &case.headers, case.body.clone()).await).await;
             assert_eq!(again["status"], "duplicate", "{what}");
             assert_eq!(again["id"], answer["id"], "{what}");
 
             let wrong = app
                 .post(&format!("{kind}-wrong"), &case.headers, case.body.clone())
                 .await;
-            assert_eq!(wrong.status(), 401, "{what}");
-            assert_eq!(error_code(wrong).await, "invalid_signature", "{what}");
+            assert_refused(wrong, "invalid_signature", &what).await;
 
             let unsigned: Vec<(String, String)> = case
                 .headers
@@ -477,8 +470,7 @@ async fn second_wave_kinds_refuse_forgeries_answer_handshakes_and_deduplicate() 
                 .cloned()
                 .collect();
             let missing = app.post(kind, &unsigned, case.body.clone()).await;
-            assert_eq!(missing.status(), 401, "{what}");
-            assert_eq!(error_code(missing).await, "missing_signature", "{what}");
+            assert_refused(missing, "missing_signature", &what).await;
 
             // Telegram's token does not cover the body: nothing to tamper with.
             if kind != "telegram" {
@@ -486,8 +478,7 @@ async fn second_wave_kinds_refuse_forgeries_answer_handshakes_and_deduplicate() 
                 let at = tampered.len() / 2;
                 tampered[at] ^= 0x01;
                 let response = app.post(kind, &case.headers, tampered).await;
-                assert_eq!(response.status(), 401, "{what}");
-                assert_eq!(error_code(response).await, "invalid_signature", "{what}");
+                assert_refused(response, "invalid_signature", &what).await;
             }
         }
     }
@@ -525,13 +516,8 @@ async fn second_wave_kinds_refuse_forgeries_answer_handshakes_and_deduplicate() 
         for set in &timed_sets {
             let case = &set.cases[0];
             let response = app.post(&set.kind, &case.headers, case.body.clone()).await;
-            assert_eq!(response.status(), 401, "{} at {skew}", set.kind);
-            assert_eq!(
-                error_code(response).await,
-                "timestamp_out_of_tolerance",
-                "{} at {skew}",
-                set.kind
-            );
+            let what = format!("{} at {skew}", set.kind);
+            assert_refused(response, "timestamp_out_of_tolerance", &what).await;
         }
         app.stop().await;
     }
@@ -571,12 +557,7 @@ async fn sign_output_is_accepted_for_every_second_wave_kind() {
                 (name.to_owned(), value.to_owned())
             })
             .collect();
-        let answer: Value = app
-            .post(&set.kind, &headers, case.body.clone())
-            .await
-            .json()
-            .await
-            .unwrap();
+        let answer = answer_of(app.post(&set.kind, &headers, case.body.clone()).await).await;
         assert_eq!(answer["status"], "accepted", "{}: {answer}", set.kind);
         // The same headers do not pass for another secret.
         let response = app
