@@ -52,8 +52,81 @@ def rfc3339(ts: int, previous) -> str:
     return stamp + (frac.group(1) if frac else "") + "Z"
 
 
+# Issue 14, second wave (the kinds that reuse existing schemes): one signer per scheme.
+
+def sign_svix(secret: str, ts: int, body: bytes, headers: dict, meta: dict) -> dict:
+    """Resend and Clerk deliver through Svix: svix-* headers."""
+    return standard_webhooks(secret, ts, body, headers, ["svix-"])
+
+
+def sign_openai(secret: str, ts: int, body: bytes, headers: dict, meta: dict) -> dict:
+    """OpenAI: Standard Webhooks webhook-* headers."""
+    return standard_webhooks(secret, ts, body, headers, ["webhook-"])
+
+
+def sign_x_hub_sha256(secret: str, ts: int, body: bytes, headers: dict, meta: dict) -> dict:
+    """Jira Cloud and Bitbucket: X-Hub-Signature: sha256=<hex HMAC-SHA256 of the body>."""
+    return {"X-Hub-Signature": "sha256=" + hexmac(secret, body)}
+
+
+def sign_zendesk(secret: str, ts: int, body: bytes, headers: dict, meta: dict) -> dict:
+    """base64 HMAC-SHA256 of the RFC 3339 timestamp followed by the body; the secret as written."""
+    name, previous = header(headers, "X-Zendesk-Webhook-Signature-Timestamp")
+    stamp = rfc3339(ts, previous)
+    return {name or "X-Zendesk-Webhook-Signature-Timestamp": stamp,
+            "X-Zendesk-Webhook-Signature": b64mac(secret.encode(), stamp.encode() + body)}
+
+
+def sign_typeform(secret: str, ts: int, body: bytes, headers: dict, meta: dict) -> dict:
+    return {"Typeform-Signature": "sha256=" + b64mac(secret.encode(), body)}
+
+
+def sign_calendly(secret: str, ts: int, body: bytes, headers: dict, meta: dict) -> dict:
+    return {"Calendly-Webhook-Signature": f"t={ts},v1=" + hexmac(secret, f"{ts}.".encode() + body)}
+
+
+def sign_pagerduty(secret: str, ts: int, body: bytes, headers: dict, meta: dict) -> dict:
+    """One v1= entry per configured secret, as PagerDuty sends while a secret is rotated."""
+    secrets = meta["instance"].get("secrets") or [secret]
+    return {"X-PagerDuty-Signature": ",".join("v1=" + hexmac(s, body) for s in secrets)}
+
+
+def sign_body_hex(header_name: str):
+    """Sentry, Razorpay, Lemon Squeezy: a bare hex HMAC-SHA256 of the body in one header."""
+    return lambda secret, ts, body, headers, meta: {header_name: hexmac(secret, body)}
+
+
+def sign_customerio(secret: str, ts: int, body: bytes, headers: dict, meta: dict) -> dict:
+    return {"X-CIO-Timestamp": str(ts), "X-CIO-Signature": hexmac(secret, f"v0:{ts}:".encode() + body)}
+
+
+def sign_telegram(secret: str, ts: int, body: bytes, headers: dict, meta: dict) -> dict:
+    """Not a signature: setWebhook's secret_token, sent back verbatim."""
+    return {"X-Telegram-Bot-Api-Secret-Token": secret}
+
+
+SIGNERS_14B = {
+    "openai": sign_openai,
+    "resend": sign_svix,
+    "clerk": sign_svix,
+    "jira": sign_x_hub_sha256,
+    "bitbucket": sign_x_hub_sha256,
+    "zendesk": sign_zendesk,
+    "typeform": sign_typeform,
+    "calendly": sign_calendly,
+    "pagerduty": sign_pagerduty,
+    "sentry": sign_body_hex("Sentry-Hook-Signature"),
+    "customerio": sign_customerio,
+    "razorpay": sign_body_hex("X-Razorpay-Signature"),
+    "lemonsqueezy": sign_body_hex("X-Signature"),
+    "telegram": sign_telegram,
+}
+
+
 def sign(kind: str, secret: str, ts: int, body: bytes, headers: dict, meta: dict) -> dict:
     inst = meta["instance"]
+    if kind in SIGNERS_14B:
+        return SIGNERS_14B[kind](secret, ts, body, headers, meta)
     if kind == "generic":
         return {"X-Webhook-Signature": "sha256=" + hexmac(secret, body), "X-Webhook-Timestamp": str(ts)}
     if kind == "github":

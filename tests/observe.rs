@@ -17,13 +17,7 @@ fn config() -> String {
 }
 
 async fn admin_get(app: &TestApp, path: &str) -> Value {
-    let response = app
-        .client
-        .get(app.url(path))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let response = app.admin(reqwest::Method::GET, path, TOKEN).await;
     assert_eq!(response.status(), 200, "{path}");
     response.json().await.unwrap()
 }
@@ -84,12 +78,8 @@ async fn answers_are_counted_per_instance_with_skew_and_rejections_kept_without_
     let one = admin_get(&app, "/admin/rejected?limit=1").await;
     assert_eq!(one["rejections"][0]["code"], "unknown_provider");
     let response = app
-        .client
-        .get(app.url("/admin/rejected?limit=many"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+        .admin(reqwest::Method::GET, "/admin/rejected?limit=many", TOKEN)
+        .await;
     assert_eq!(error_code(response).await, "bad_request");
 
     // The delivery to the file sink is counted too.
@@ -147,12 +137,8 @@ async fn answers_are_counted_per_instance_with_skew_and_rejections_kept_without_
 async fn a_paused_sink_shows_its_backlog_and_its_age() {
     let app = spawn(&config()).await;
     let response = app
-        .client
-        .post(app.url("/admin/sinks/audit/pause"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+        .admin(reqwest::Method::POST, "/admin/sinks/audit/pause", TOKEN)
+        .await;
     assert_eq!(response.status(), 200);
     let committed_ms = app.clock_unix() * 1000;
     for id in ["evt_a", "evt_b"] {

@@ -349,3 +349,225 @@ async fn replay_sends_every_fixture_freshly_signed_and_all_are_acknowledged() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("invalid_signature"));
 }
+
+/// Issue 14's kinds on existing schemes.
+const SECOND_WAVE: &[&str] = &[
+    "openai",
+    "resend",
+    "clerk",
+    "jira",
+    "bitbucket",
+    "zendesk",
+    "typeform",
+    "calendly",
+    "pagerduty",
+    "sentry",
+    "customerio",
+    "razorpay",
+    "lemonsqueezy",
+    "telegram",
+];
+
+/// A secret of the right shape for `kind` that is not the fixture's.
+fn wrong_secret(kind: &str) -> &'static str {
+    match kind {
+        "openai" | "resend" | "clerk" => "whsec_d3JvbmctLXNlY3JldC0tMDEyMzQ1Njc4OWFi",
+        _ => "not-the-configured-secret",
+    }
+}
+
+/// Every fixture instance under its own name, plus `<kind>-wrong` with another secret;
+/// `instance_extra` is added to every instance.
+fn second_wave_config(sets: &[hookgate::fixture::FixtureSet], instance_extra: &str) -> String {
+    let mut providers = toml::Table::new();
+    for set in sets {
+        let mut instance = set.file.instance.clone();
+        for (key, value) in instance_extra.parse::<toml::Table>().unwrap() {
+            instance.insert(key, value);
+        }
+        providers.insert(set.kind.clone(), toml::Value::Table(instance.clone()));
+        instance.insert(
+            "secrets".into(),
+            toml::Value::from(vec![wrong_secret(&set.kind)]),
+        );
+        providers.insert(format!("{}-wrong", set.kind), toml::Value::Table(instance));
+    }
+    let mut root = toml::Table::new();
+    root.insert("providers".into(), toml::Value::Table(providers));
+    toml::to_string(&root).unwrap()
+}
+
+fn second_wave_sets() -> Vec<hookgate::fixture::FixtureSet> {
+    let dirs: Vec<_> = SECOND_WAVE.iter().map(|k| fixtures_dir().join(k)).collect();
+    let sets = hookgate::fixture::discover(&dirs).unwrap();
+    assert_eq!(sets.len(), SECOND_WAVE.len());
+    assert!(sets
+        .iter()
+        .all(|s| s.file.signed_at == sets[0].file.signed_at));
+    sets
+}
+
+async fn answer_of(response: reqwest::Response) -> Value {
+    response.json().await.unwrap()
+}
+
+async fn assert_refused(response: reqwest::Response, code: &str, what: &str) {
+    assert_eq!(response.status(), 401, "{what}");
+    assert_eq!(error_code(response).await, code, "{what}");
+}
+
+fn is_handshake(kind: &str, case: &str) -> bool {
+    matches!(
+        (kind, case),
+        ("bitbucket", "diagnostics_ping") | ("pagerduty", "pagey_ping")
+    )
+}
+
+#[tokio::test]
+async fn second_wave_kinds_refuse_forgeries_answer_handshakes_and_deduplicate() {
+    let sets = second_wave_sets();
+    let signed_at = sets[0].file.signed_at;
+    let app = spawn_with(
+        &second_wave_config(&sets, ""),
+        SpawnOptions {
+            clock_unix: Some(signed_at),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut stored = 0;
+    for set in &sets {
+        let kind = set.kind.as_str();
+        for case in &set.cases {
+            let what = format!("{kind}/{}", case.name);
+            let answer = answer_of(app.post(kind, &case.headers, case.body.clone()).await).await;
+            if is_handshake(kind, &case.name) {
+                // Answered, not stored: asking again is answered the same way.
+                assert_eq!(answer["status"], "ok", "{what}");
+                assert!(answer["handshake"].is_string(), "{what}");
+                let again = answer_of(app.post(kind, &case.headers, case.body.clone()).await).await;
+                assert_eq!(again, answer, "{what}");
+                continue;
+            }
+            assert_eq!(answer["status"], "accepted", "{what}: {answer}");
+            stored += 1;
+            let again = answer_of(app.post(kind, &case.headers, case.body.clone()).await).await;
+            assert_eq!(again["status"], "duplicate", "{what}");
+            assert_eq!(again["id"], answer["id"], "{what}");
+
+            let wrong = app
+                .post(&format!("{kind}-wrong"), &case.headers, case.body.clone())
+                .await;
+            assert_refused(wrong, "invalid_signature", &what).await;
+
+            let unsigned: Vec<(String, String)> = case
+                .headers
+                .iter()
+                .filter(|(name, _)| {
+                    let name = name.to_ascii_lowercase();
+                    !(name.contains("signature") || name.contains("secret-token"))
+                })
+                .cloned()
+                .collect();
+            let missing = app.post(kind, &unsigned, case.body.clone()).await;
+            assert_refused(missing, "missing_signature", &what).await;
+
+            // Telegram's token does not cover the body: nothing to tamper with.
+            if kind != "telegram" {
+                let mut tampered = case.body.clone();
+                let at = tampered.len() / 2;
+                tampered[at] ^= 0x01;
+                let response = app.post(kind, &case.headers, tampered).await;
+                assert_refused(response, "invalid_signature", &what).await;
+            }
+        }
+    }
+    // Only the business events reached the sink, once each.
+    let envelopes = app.sink_envelopes(stored).await;
+    assert_eq!(envelopes.len(), stored);
+    assert!(envelopes
+        .iter()
+        .all(|e| !["pagey.ping", "diagnostics:ping"].contains(&e["type"].as_str().unwrap())));
+    app.stop().await;
+
+    // The kinds with a signed timestamp refuse it stale and in the future.
+    let timed = [
+        "openai",
+        "resend",
+        "clerk",
+        "zendesk",
+        "calendly",
+        "customerio",
+    ];
+    let timed_sets: Vec<_> = sets
+        .into_iter()
+        .filter(|s| timed.contains(&s.kind.as_str()))
+        .collect();
+    assert_eq!(timed_sets.len(), timed.len());
+    for skew in [301, -301] {
+        let app = spawn_with(
+            &second_wave_config(&timed_sets, "tolerance_secs = 300"),
+            SpawnOptions {
+                clock_unix: Some(signed_at + skew),
+                ..Default::default()
+            },
+        )
+        .await;
+        for set in &timed_sets {
+            let case = &set.cases[0];
+            let response = app.post(&set.kind, &case.headers, case.body.clone()).await;
+            let what = format!("{} at {skew}", set.kind);
+            assert_refused(response, "timestamp_out_of_tolerance", &what).await;
+        }
+        app.stop().await;
+    }
+}
+
+/// `hookgate sign` prints headers the gateway accepts, for every second-wave kind.
+#[tokio::test]
+async fn sign_output_is_accepted_for_every_second_wave_kind() {
+    let sets = second_wave_sets();
+    let app = spawn(&second_wave_config(&sets, "")).await;
+    for set in &sets {
+        let case = set
+            .cases
+            .iter()
+            .find(|c| !is_handshake(&set.kind, &c.name))
+            .unwrap();
+        let secret = set.secrets()[0].clone();
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookgate"));
+        command
+            .args(["sign", "--kind", &set.kind, "--secret", &secret])
+            .arg("--timestamp")
+            .arg(app.clock_unix().to_string())
+            .arg("--providers")
+            .arg(providers_dir());
+        // The provider's other headers (ids, event names) go in; its old signature does not.
+        for (name, value) in &case.headers {
+            command.arg("--header").arg(format!("{name}={value}"));
+        }
+        let output = command.arg(&case.body_path).output().await.unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{}: {text}", set.kind);
+        let headers: Vec<(String, String)> = text
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .map(|l| {
+                let (name, value) = l.split_once(": ").unwrap();
+                (name.to_owned(), value.to_owned())
+            })
+            .collect();
+        let answer = answer_of(app.post(&set.kind, &headers, case.body.clone()).await).await;
+        assert_eq!(answer["status"], "accepted", "{}: {answer}", set.kind);
+        // The same headers do not pass for another secret.
+        let response = app
+            .post(&format!("{}-wrong", set.kind), &headers, case.body.clone())
+            .await;
+        assert_eq!(
+            error_code(response).await,
+            "invalid_signature",
+            "{}",
+            set.kind
+        );
+    }
+}

@@ -700,13 +700,26 @@ async fn a_commit_on_one_replica_wakes_the_workers_of_another() {
     );
     let mut woken = hookgate::store::TaskQueue::wakeups(&b);
     woken.borrow_and_update();
-    let receipt = new_receipt("evt_notify", &ulid::Ulid::new().to_string(), b"");
-    a.commit(receipt).await.unwrap();
-    // Nothing in B changes its wakeups but a notification (or a lost listener connection).
-    tokio::time::timeout(Duration::from_secs(10), woken.changed())
-        .await
-        .expect("the other replica was woken")
-        .unwrap();
+    // Nothing in B changes its wakeups but a notification (or a lost listener connection). B's
+    // listener may not be listening yet when the first commit notifies (on a loaded machine),
+    // so A commits again every second until B wakes, for up to 30 s.
+    let mut woke = false;
+    for n in 0..30 {
+        let receipt = new_receipt(
+            &format!("evt_notify_{n}"),
+            &ulid::Ulid::new().to_string(),
+            b"",
+        );
+        a.commit(receipt).await.unwrap();
+        if tokio::time::timeout(Duration::from_secs(1), woken.changed())
+            .await
+            .is_ok()
+        {
+            woke = true;
+            break;
+        }
+    }
+    assert!(woke, "the other replica was woken");
     hookgate::store::Maintenance::close(&a);
     hookgate::store::Maintenance::close(&b);
 }

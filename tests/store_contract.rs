@@ -82,6 +82,7 @@ macro_rules! contract_suite {
                 the_pending_count_follows_commits_and_deliveries,
                 unknown_ids_read_as_nothing,
                 a_long_backlog_behind_one_failing_object_does_not_starve_other_objects,
+                a_redelivered_older_event_waits_while_its_object_has_a_delivery_in_flight,
                 an_envelope_as_deep_as_the_gateway_writes_reads_back_whole,
                 pauses_are_kept_per_target_and_name_and_survive_reopening,
             );
@@ -2193,6 +2194,51 @@ async fn a_long_backlog_behind_one_failing_object_does_not_starve_other_objects(
         BACKLOG + 1,
         "every pending task is counted"
     );
+}
+
+/// One delivery per object is in flight at a time, also when a redelivery makes an event
+/// older than the one in flight pending again.
+async fn a_redelivered_older_event_waits_while_its_object_has_a_delivery_in_flight(
+    h: &mut Harness,
+) {
+    let first = h
+        .new_event("shop", "evt_l1", "order.updated")
+        .lane("order-1");
+    let second = h
+        .new_event("shop", "evt_l2", "order.updated")
+        .lane("order-1");
+    let (first, second) = (h.accept(first).await, h.accept(second).await);
+    let now = h.now_ms();
+    let due = h.take_due(ALPHA.into(), now, 10).done().await;
+    assert_eq!(ids(&due.tasks), std::slice::from_ref(&first));
+    let done = attempted(&due.tasks[0].task, AttemptOutcome::Delivered, now, None);
+    h.record_attempts(vec![done]).done().await;
+    let in_flight = h.take_due(ALPHA.into(), now, 10).done().await;
+    assert_eq!(ids(&in_flight.tasks), std::slice::from_ref(&second));
+
+    assert_eq!(h.redeliver(first.clone(), None, now).done().await, 1);
+    let due = h.take_due(ALPHA.into(), now, 10).done().await;
+    assert!(
+        due.tasks.is_empty(),
+        "the object has a delivery in flight: {:?}",
+        ids(&due.tasks)
+    );
+    assert!(
+        h.take(ALPHA.into(), vec![first.clone()], now)
+            .done()
+            .await
+            .is_empty(),
+        "not by id either"
+    );
+    let done = attempted(
+        &in_flight.tasks[0].task,
+        AttemptOutcome::Delivered,
+        now,
+        None,
+    );
+    h.record_attempts(vec![done]).done().await;
+    let due = h.take_due(ALPHA.into(), now, 10).done().await;
+    assert_eq!(ids(&due.tasks), [first]);
 }
 
 /// The deepest envelope the gateway stores (a body at the parser's nesting limit, copied into

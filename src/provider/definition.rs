@@ -82,15 +82,16 @@ pub enum SignatureDef {
         replay_guard: Option<String>,
     },
     /// A header of `key=value` items holding a timestamp and one or more MACs
-    /// (`Paddle-Signature: ts=..;h1=..`).
+    /// (`Paddle-Signature: ts=..;h1=..`), or only MACs when `timestamp_key` is not given
+    /// (`X-PagerDuty-Signature: v1=..,v1=..`; `signed` then defaults to `{body}`).
     KeyedHmac {
         header: String,
         #[serde(default = "default_item_separator")]
         separator: String,
-        timestamp_key: String,
+        timestamp_key: Option<String>,
         signature_key: String,
-        #[serde(default = "default_keyed_signed")]
-        signed: String,
+        /// Default `{timestamp}.{body}`, or `{body}` without a `timestamp_key`.
+        signed: Option<String>,
         #[serde(default)]
         algorithm: HmacAlgorithm,
         #[serde(default)]
@@ -150,10 +151,6 @@ pub enum SignatureDef {
 
 fn default_signed() -> String {
     "{body}".to_owned()
-}
-
-fn default_keyed_signed() -> String {
-    "{timestamp}.{body}".to_owned()
 }
 
 fn default_item_separator() -> String {
@@ -381,6 +378,9 @@ pub struct SplitDef {
     pub separator: String,
     pub at: SplitAt,
     pub order: SplitOrder,
+    /// A namespace the provider puts before every type, left out of the object
+    /// (`zen:event-type:ticket.status_changed` → `ticket`/`status_changed`); `type` keeps it.
+    pub strip_prefix: String,
 }
 
 impl Default for SplitDef {
@@ -389,6 +389,7 @@ impl Default for SplitDef {
             separator: default_separator(),
             at: SplitAt::Last,
             order: SplitOrder::ObjectAction,
+            strip_prefix: String::new(),
         }
     }
 }

@@ -135,11 +135,16 @@ pub struct Split {
     pub separator: String,
     pub at: SplitAt,
     pub order: SplitOrder,
+    /// Removed from the front of the type before it is split (when present).
+    pub strip_prefix: String,
 }
 
 impl Split {
     /// `customer.subscription.updated` → (`customer.subscription`, `updated`).
     pub fn apply<'t>(&self, event_type: &'t str) -> Option<(&'t str, &'t str)> {
+        let event_type = event_type
+            .strip_prefix(self.strip_prefix.as_str())
+            .unwrap_or(event_type);
         let (left, right) = match self.at {
             SplitAt::First => event_type.split_once(self.separator.as_str())?,
             SplitAt::Last => event_type.rsplit_once(self.separator.as_str())?,
@@ -356,6 +361,7 @@ fn compile_event(i: usize, e: &EventDef) -> Result<EventRule, CompileError> {
             separator: e.split.separator.clone(),
             at: e.split.at,
             order: e.split.order,
+            strip_prefix: e.split.strip_prefix.clone(),
         },
         default_action: e.default_action.clone(),
         actions: e.actions.clone().into_iter().collect(),
@@ -405,6 +411,7 @@ mod tests {
             separator: ".".into(),
             at: SplitAt::Last,
             order: SplitOrder::ObjectAction,
+            strip_prefix: String::new(),
         };
         assert_eq!(
             last.apply("customer.subscription.updated"),
@@ -414,10 +421,20 @@ mod tests {
             separator: ".".into(),
             at: SplitAt::First,
             order: SplitOrder::ActionObject,
+            strip_prefix: String::new(),
         };
         assert_eq!(first.apply("updated.deal"), Some(("deal", "updated")));
         assert_eq!(last.apply("nodot"), None);
         assert_eq!(last.apply("trailing."), None);
+        let namespaced = Split {
+            strip_prefix: "zen:event-type:".into(),
+            ..last.clone()
+        };
+        assert_eq!(
+            namespaced.apply("zen:event-type:ticket.status_changed"),
+            Some(("ticket", "status_changed"))
+        );
+        assert_eq!(namespaced.apply("user.created"), Some(("user", "created")));
     }
 
     #[test]
@@ -445,6 +462,15 @@ mod tests {
             "sendgrid",
         ] {
             assert!(kinds.contains_key(name), "{name} missing");
+        }
+        // Every kind with fixtures has a definition (and so every new kind is compiled here).
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        for entry in std::fs::read_dir(fixtures).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            assert!(
+                kinds.contains_key(&name),
+                "fixtures/{name} has no definition"
+            );
         }
     }
 

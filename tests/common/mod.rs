@@ -170,6 +170,21 @@ impl TestApp {
         self.post(provider, &headers, body.to_owned()).await
     }
 
+    /// An admin API request with the bearer `token`.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::Response {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub fn clock_unix(&self) -> i64 {
         use hookgate::clock::Clock;
         self.clock.unix_secs()

@@ -349,12 +349,14 @@ impl HmacScheme {
     }
 }
 
-/// `Stripe-Signature: t=..,v1=..` and `Paddle-Signature: ts=..;h1=..`.
+/// `Stripe-Signature: t=..,v1=..`, `Paddle-Signature: ts=..;h1=..` and, without a timestamp,
+/// `X-PagerDuty-Signature: v1=..,v1=..`.
 #[derive(Debug)]
 pub struct KeyedScheme {
     pub header: HeaderName,
     pub separator: String,
-    pub timestamp_key: String,
+    /// `None`: the header carries only MACs and nothing is checked against a tolerance.
+    pub timestamp_key: Option<String>,
     pub signature_key: String,
     pub signed: Vec<Part>,
     pub algorithm: HmacAlgorithm,
@@ -380,7 +382,7 @@ impl KeyedScheme {
             } => (
                 header.as_str(),
                 ",",
-                "t",
+                Some("t"),
                 "v1",
                 "{timestamp}.{body}",
                 HmacAlgorithm::Sha256,
@@ -399,9 +401,13 @@ impl KeyedScheme {
             } => (
                 header.as_str(),
                 separator.as_str(),
-                timestamp_key.as_str(),
+                timestamp_key.as_deref(),
                 signature_key.as_str(),
-                signed.as_str(),
+                signed.as_deref().unwrap_or(if timestamp_key.is_some() {
+                    "{timestamp}.{body}"
+                } else {
+                    "{body}"
+                }),
                 *algorithm,
                 *encoding,
                 *tolerance_secs,
@@ -415,10 +421,16 @@ impl KeyedScheme {
                 "the template must sign `{body}`".into(),
             ));
         }
+        if timestamp_key.is_none() && signed.contains(&Part::Timestamp) {
+            return Err((
+                "signature.timestamp_key".into(),
+                "`{timestamp}` is signed, so the header needs a timestamp_key".into(),
+            ));
+        }
         Ok(Self {
             header: header_name("signature.header", header)?,
             separator: separator.to_owned(),
-            timestamp_key: timestamp_key.to_owned(),
+            timestamp_key: timestamp_key.map(str::to_owned),
             signature_key: signature_key.to_owned(),
             signed,
             algorithm,
@@ -450,7 +462,7 @@ impl KeyedScheme {
                     "{header} header (items are key=value)"
                 )));
             };
-            if key == self.timestamp_key {
+            if Some(key) == self.timestamp_key.as_deref() {
                 timestamp = Some(value.to_owned());
             } else if key == self.signature_key {
                 signatures.push(decode(self.encoding, value).ok_or_else(|| {
@@ -463,21 +475,29 @@ impl KeyedScheme {
             // Other keys (Stripe's legacy v0, future schemes) are ignored, as the providers'
             // own libraries do.
         }
-        let timestamp = timestamp.ok_or_else(|| {
-            SignatureError::Malformed(format!("{header} header (no {}=)", self.timestamp_key))
-        })?;
-        let ts = parse_timestamp(&timestamp, &format!("{header} {}=", self.timestamp_key))?;
+        let ts = match &self.timestamp_key {
+            Some(key) => {
+                let text = timestamp.as_deref().ok_or_else(|| {
+                    SignatureError::Malformed(format!("{header} header (no {key}=)"))
+                })?;
+                Some(parse_timestamp(text, &format!("{header} {key}="))?)
+            }
+            None => None,
+        };
         if signatures.is_empty() {
             return Err(SignatureError::Missing(format!(
                 "{} signature in {header} header",
                 self.signature_key
             )));
         }
-        let signed = assemble(&self.signed, message, &timestamp);
+        let signed = assemble(&self.signed, message, timestamp.as_deref().unwrap_or(""));
         if !any_match(self.algorithm, keys, &signed, &signatures) {
             return Err(SignatureError::NoMatch { keys: keys.len() });
         }
-        check_tolerance(ts, now, tolerance_secs)
+        match ts {
+            Some(ts) => check_tolerance(ts, now, tolerance_secs),
+            None => Ok(()),
+        }
     }
 
     pub fn sign(&self, secret: &Secret, input: &SignInput<'_>) -> Signed {
@@ -488,17 +508,13 @@ impl KeyedScheme {
             secret.expose(),
             &assemble(&self.signed, &message, &ts),
         );
+        let signature = format!("{}={}", self.signature_key, encode(self.encoding, &mac));
+        let value = match &self.timestamp_key {
+            Some(key) => format!("{key}={ts}{}{signature}", self.separator),
+            None => signature,
+        };
         Signed {
-            headers: vec![(
-                self.header.clone(),
-                format!(
-                    "{}={ts}{}{}={}",
-                    self.timestamp_key,
-                    self.separator,
-                    self.signature_key,
-                    encode(self.encoding, &mac)
-                ),
-            )],
+            headers: vec![(self.header.clone(), value)],
             body: None,
         }
     }

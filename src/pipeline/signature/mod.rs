@@ -404,7 +404,8 @@ impl Scheme {
         match self {
             Scheme::Hmac(h) => h.timestamp.is_some(),
             Scheme::Ed25519(a) | Scheme::EcdsaP256(a) => a.timestamp.is_some(),
-            Scheme::Keyed(_) | Scheme::StandardWebhooks(_) => true,
+            Scheme::Keyed(k) => k.timestamp_key.is_some(),
+            Scheme::StandardWebhooks(_) => true,
             Scheme::OneOf(s) => s.iter().any(Scheme::has_timestamp),
             Scheme::Basic | Scheme::Token(_) | Scheme::Twilio(_) => false,
         }

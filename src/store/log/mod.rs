@@ -409,15 +409,32 @@ impl RecentClaims {
     }
 }
 
-/// Leased tasks by sink: envelope key → lease end (Unix ms).
+/// Leased tasks by sink: envelope key → lease end (Unix ms) and the task's ordering lane.
 #[derive(Default)]
-struct Leases(HashMap<String, HashMap<[u8; 16], i64>>);
+struct Leases(HashMap<String, HashMap<[u8; 16], Lease>>);
+
+struct Lease {
+    until: i64,
+    /// Empty: no order (or not read yet).
+    lane: Vec<u8>,
+}
 
 impl Leases {
-    fn of(&mut self, sink: &str, now_ms: i64) -> &mut HashMap<[u8; 16], i64> {
+    fn of(&mut self, sink: &str, now_ms: i64) -> &mut HashMap<[u8; 16], Lease> {
         let leases = self.0.entry(sink.to_owned()).or_default();
-        leases.retain(|_, until| *until > now_ms);
+        leases.retain(|_, lease| lease.until > now_ms);
         leases
+    }
+
+    /// The lease end of another task of `lane` leased at `sink`, if there is one: an object
+    /// has one delivery in flight at a time.
+    fn lane_busy(&self, sink: &str, lane: &[u8], except: &[u8; 16], now_ms: i64) -> Option<i64> {
+        if lane.is_empty() {
+            return None;
+        }
+        self.0.get(sink)?.iter().find_map(|(id, lease)| {
+            (id != except && lease.until > now_ms && lease.lane == lane).then_some(lease.until)
+        })
     }
 
     fn release(&mut self, sink: &str, id: &[u8; 16]) {
@@ -1126,6 +1143,19 @@ impl Shared {
             .map_err(io_err)?
             .map(|v| decode_task(id, sink, &v))
             .transpose()
+    }
+
+    /// Records the lane of a task leased by `take`; `false` (and the lane is not recorded) when
+    /// another task of the lane is leased.
+    fn lease_lane(&self, sink: &str, id: &[u8; 16], lane: &[u8], now_ms: i64) -> bool {
+        let mut leases = lock(&self.leases);
+        if leases.lane_busy(sink, lane, id, now_ms).is_some() {
+            return false;
+        }
+        if let Some(lease) = leases.of(sink, now_ms).get_mut(id) {
+            lease.lane = lane.to_vec();
+        }
+        true
     }
 
     /// Whether an envelope older than `id` with the same (non-empty) lane is pending at `sink`.
@@ -2144,6 +2174,12 @@ impl TaskQueue for LogStore {
             let prefix = sink_prefix(P_PENDING, &sink);
             let mut all_leases = lock(&shared.leases);
             let leases = all_leases.of(&sink, now_ms);
+            // Lanes with a delivery in flight, and until when at most. A redelivery can make
+            // an envelope older than the one in flight pending again; it waits too.
+            let mut busy: HashMap<Vec<u8>, ([u8; 16], i64)> = HashMap::new();
+            for (id, lease) in leases.iter().filter(|(_, l)| !l.lane.is_empty()) {
+                busy.insert(lease.lane.clone(), (*id, lease.until));
+            }
             let mut blocked: HashSet<Vec<u8>> = HashSet::new();
             let mut due = Due::default();
             let mut taken = Vec::new();
@@ -2163,10 +2199,12 @@ impl TaskQueue for LogStore {
                     continue; // an older envelope of this object is still pending
                 }
                 heads += 1;
-                // When this task could be handed out: now, later, or when its lease ends.
-                let free_at = match leases.get(&id) {
-                    Some(until) => next.max(*until),
-                    None => next,
+                // When this task could be handed out: now, later, or when its lease (or the
+                // lease of another task of its object) ends.
+                let free_at = match (leases.get(&id), busy.get(lane)) {
+                    (Some(lease), _) => next.max(lease.until),
+                    (None, Some((_, until))) => next.max(*until),
+                    (None, None) => next,
                 };
                 if free_at <= now_ms && taken.len() < limit {
                     taken.push((id, next, lane.to_vec()));
@@ -2175,8 +2213,12 @@ impl TaskQueue for LogStore {
                     due.next_due_ms = Some(due.next_due_ms.map_or(at, |n: i64| n.min(at)));
                 }
             }
-            for (id, _, _) in &taken {
-                leases.insert(*id, now_ms.saturating_add(shared.lease_ms));
+            for (id, _, lane) in &taken {
+                let lease = Lease {
+                    until: now_ms.saturating_add(shared.lease_ms),
+                    lane: lane.clone(),
+                };
+                leases.insert(*id, lease);
             }
             drop(all_leases);
             for (id, next, lane) in taken {
@@ -2232,13 +2274,18 @@ impl TaskQueue for LogStore {
                     if leases.contains_key(&id) {
                         continue;
                     }
-                    leases.insert(id, now_ms.saturating_add(shared.lease_ms));
+                    let lease = Lease {
+                        until: now_ms.saturating_add(shared.lease_ms),
+                        lane: Vec::new(),
+                    };
+                    leases.insert(id, lease);
                 }
                 let task = shared.task_record(&id, &sink).and_then(|task| match task {
                     // Per-object order holds here too: not while an older envelope of the same
-                    // object is still pending at this sink.
+                    // object is still pending at this sink, nor while another one is in flight.
                     Some(task) if task.status == TaskStatus::Pending => {
-                        let held_back = shared.older_in_lane(&sink, &id, &task.lane)?;
+                        let held_back = shared.older_in_lane(&sink, &id, &task.lane)?
+                            || !shared.lease_lane(&sink, &id, &task.lane, now_ms);
                         Ok((!held_back).then_some(task))
                     }
                     _ => Ok(None),
