@@ -25,6 +25,8 @@ const TAIL_KEEPALIVE: Duration = Duration::from_secs(15);
 /// The tail asks for receipts received since its newest one minus this (receipt ids come from
 /// each replica's clock), and shows only ids it has not shown.
 const TAIL_SLACK_MS: i64 = 60_000;
+/// Bodies up to this size get a pretty-printed view besides the raw one.
+const PRETTY_MAX_BYTES: usize = 256 * 1024;
 /// Largest answer snippet shown per attempt.
 const SNIPPET: usize = 512;
 
@@ -488,7 +490,10 @@ struct ShowQuery {
 fn body_views(body: &[u8]) -> Markup {
     match std::str::from_utf8(body) {
         Ok(text) => {
-            let pretty = view::pretty_json(text);
+            // Past this size the raw view alone is shown (a page stays a few hundred KiB).
+            let pretty = (text.len() <= PRETTY_MAX_BYTES)
+                .then(|| view::pretty_json(text))
+                .flatten();
             html! {
                 @if let Some(pretty) = &pretty {
                     details open { summary { "Pretty JSON" } pre #body-pretty { (pretty) } }
