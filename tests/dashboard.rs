@@ -316,8 +316,20 @@ async fn pages_render_and_escape(app: &TestApp) {
         found.headers()["location"],
         format!("/ui/events/{id}").as_str()
     );
+    // A provider event id is looked up in the idempotency table: straight to its event too.
     let by_event_id = http.get("/ui/events?q=evt_html", session).await;
-    assert!(by_event_id.text().await.unwrap().contains(&id));
+    assert_eq!(by_event_id.status(), 303);
+    let location = by_event_id.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let page = http.get(&location, session).await.text().await.unwrap();
+    assert!(page.contains("evt_html"), "{location}");
+    // With another instance chosen, it is not found there.
+    let elsewhere = http
+        .get("/ui/events?q=evt_html&instance=other", session)
+        .await;
+    assert_eq!(elsewhere.status(), 200);
     let none = http.get("/ui/events?q=evt_absent", session).await;
     assert!(none.text().await.unwrap().contains("No events match."));
     let bad = http.get("/ui/events?since=yesterday", session).await;

@@ -140,6 +140,34 @@ async fn stored_id(store: &dyn Store, q: &str) -> Result<bool, crate::store::Sto
     }
 }
 
+/// The gateway id a provider event id is claimed by, from the idempotency table (one indexed
+/// lookup per instance; claims last `storage.dedup_ttl_secs`): `Some` when exactly one
+/// instance (the chosen one, or any configured) has it. Otherwise the list searches receipts.
+async fn claimed(
+    state: &AppState,
+    instance: Option<String>,
+    event_id: &str,
+) -> Result<Option<String>, crate::store::StoreError> {
+    let instances = match instance {
+        Some(name) => vec![name],
+        None => crate::routes::admin::instance_names(state),
+    };
+    let mut found = None;
+    for provider in instances {
+        let key = crate::store::DedupKey {
+            provider,
+            event_id: event_id.to_owned(),
+        };
+        if let Some(id) = state.store.find_duplicate(key).await? {
+            if found.is_some() {
+                return Ok(None);
+            }
+            found = Some(id);
+        }
+    }
+    Ok(found.filter(|id| ulid::Ulid::from_string(id).is_ok()))
+}
+
 /// One row of the list (also what the live tail pushes).
 pub fn row(event: &EventSummary) -> Markup {
     let receipt = &event.receipt;
@@ -231,6 +259,11 @@ pub async fn list(
         match stored_id(&*state.store, &q).await {
             Ok(true) => return super::redirect(&format!("/ui/events/{q}")),
             Ok(false) => {}
+            Err(e) => return super::admin_error(&ctx, e.into()),
+        }
+        match claimed(&state, present(&f.instance), &q).await {
+            Ok(Some(id)) => return super::redirect(&format!("/ui/events/{id}")),
+            Ok(None) => {}
             Err(e) => return super::admin_error(&ctx, e.into()),
         }
     }
