@@ -634,6 +634,18 @@ async fn the_dashboard_in_a_real_browser() {
         .text("#dry-run")
         .await
         .starts_with("1 dead letter(s) of sink app match"));
+    click(&b, "#confirm", "the bulk redeliver button").await;
+    let notice = b.wait_for(".notice", "the bulk redelivery notice").await;
+    assert_eq!(
+        notice.text().await.unwrap(),
+        "1 dead letter(s) are pending again."
+    );
+    b.reload_until(
+        &event_url,
+        ".delivery[data-sink='app'] table.attempts tbody tr:nth-child(3)",
+        "a third attempt after the bulk redelivery",
+    )
+    .await;
 
     // Pausing the instance from /ui/instances: the next delivery is 503 `paused`.
     b.client
