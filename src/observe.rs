@@ -19,6 +19,9 @@ use serde::Serialize;
 
 /// Rejections kept for `/ui/rejected` and `/admin/rejected`.
 pub const REJECTION_RING: usize = 1000;
+/// Events whose duplicate deliveries are counted; past it, the tenth hit longest ago is
+/// forgotten.
+pub const DUPLICATE_IDS: usize = 10_000;
 /// Minutes in a window.
 pub const WINDOW_MINUTES: usize = 60;
 /// Rejection messages longer than this are cut (they can quote what the caller sent).
@@ -101,6 +104,13 @@ pub struct SinkMinute {
     pub failed: u64,
 }
 
+/// Duplicate deliveries of one stored event seen by this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DuplicateHits {
+    pub count: u64,
+    pub last_ms: i64,
+}
+
 /// How a request was answered, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Answered {
@@ -120,6 +130,8 @@ pub struct Observer {
     instances: BTreeMap<String, InstanceCell>,
     sinks: Vec<(String, SinkCell)>,
     rejections: Mutex<VecDeque<Rejection>>,
+    /// By the gateway id of the stored event a duplicate named.
+    duplicates: Mutex<HashMap<String, DuplicateHits>>,
 }
 
 #[derive(Debug, Default)]
@@ -288,7 +300,49 @@ impl Observer {
                 .map(|name| (name.to_owned(), SinkCell::default()))
                 .collect(),
             rejections: Mutex::new(VecDeque::with_capacity(REJECTION_RING)),
+            duplicates: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records a duplicate delivery of the stored event `id` (a gateway id).
+    pub fn duplicate_hit(&self, id: &str, now_ms: i64) {
+        let mut hits = lock(&self.duplicates);
+        if let Some(hit) = hits.get_mut(id) {
+            hit.count += 1;
+            hit.last_ms = now_ms;
+            return;
+        }
+        if hits.len() >= DUPLICATE_IDS {
+            // Forget the tenth hit longest ago in one go, so this runs once per 1,000 new ids.
+            let mut times: Vec<i64> = hits.values().map(|h| h.last_ms).collect();
+            let cut = DUPLICATE_IDS / 10;
+            let (_, nth, _) = times.select_nth_unstable(cut);
+            let nth = *nth;
+            hits.retain(|_, h| h.last_ms > nth);
+        }
+        hits.insert(
+            id.to_owned(),
+            DuplicateHits {
+                count: 1,
+                last_ms: now_ms,
+            },
+        );
+    }
+
+    /// The duplicate deliveries this replica saw of the stored event `id`.
+    pub fn duplicate_hits(&self, id: &str) -> Option<DuplicateHits> {
+        lock(&self.duplicates).get(id).copied()
+    }
+
+    /// The events with duplicate deliveries, the latest hit first.
+    pub fn recent_duplicates(&self, limit: usize) -> Vec<(String, DuplicateHits)> {
+        let hits = lock(&self.duplicates);
+        let mut list: Vec<(String, DuplicateHits)> =
+            hits.iter().map(|(id, h)| (id.clone(), *h)).collect();
+        drop(hits);
+        list.sort_by(|a, b| b.1.last_ms.cmp(&a.1.last_ms).then_with(|| b.0.cmp(&a.0)));
+        list.truncate(limit);
+        list
     }
 
     /// When this process started (Unix ms): counters cover the time since.
@@ -614,6 +668,39 @@ mod tests {
         let total: u64 = a.rejected_by_code.iter().map(|(_, n)| n).sum();
         assert_eq!(total, (REJECTION_RING as u64 + 5).div_ceil(3));
         assert_eq!(a.rejected_by_code[0].0, "invalid_signature");
+    }
+
+    #[test]
+    fn duplicate_hits_are_counted_per_event_and_bounded() {
+        let o = Observer::new([], [], T0);
+        o.duplicate_hit("a", T0);
+        o.duplicate_hit("b", T0 + 1);
+        o.duplicate_hit("a", T0 + 2);
+        assert_eq!(
+            o.duplicate_hits("a"),
+            Some(DuplicateHits {
+                count: 2,
+                last_ms: T0 + 2
+            })
+        );
+        assert_eq!(o.duplicate_hits("c"), None);
+        let recent: Vec<String> = o
+            .recent_duplicates(10)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(recent, ["a", "b"]);
+        for n in 0..(DUPLICATE_IDS as i64 * 2) {
+            o.duplicate_hit(&format!("id{n}"), T0 + 10 + n);
+        }
+        let kept = lock(&o.duplicates).len();
+        assert!(kept <= DUPLICATE_IDS, "{kept}");
+        // The newest are kept, the oldest forgotten.
+        assert!(o
+            .duplicate_hits(&format!("id{}", DUPLICATE_IDS * 2 - 1))
+            .is_some());
+        assert_eq!(o.duplicate_hits("a"), None);
+        assert_eq!(o.recent_duplicates(1)[0].1.count, 1);
     }
 
     #[test]

@@ -330,6 +330,38 @@ async fn pages_render_and_escape(app: &TestApp) {
         .get("/ui/events?q=evt_html&instance=other", session)
         .await;
     assert_eq!(elsewhere.status(), 200);
+    // Duplicate hits: counted per event by this replica, shown in the list, on the event page,
+    // and as their own status choice.
+    let listed = http
+        .get("/ui/events?status=duplicate", session)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!listed.contains(&format!("data-id=\"{id}\"")), "no hit yet");
+    for _ in 0..2 {
+        let again = app
+            .post_generic("demo", GENERIC_SECRET, "evt_html", body)
+            .await;
+        assert_eq!(again.json::<Value>().await.unwrap()["status"], "duplicate");
+    }
+    let listed = http
+        .get("/ui/events?status=duplicate", session)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(listed.contains(&format!("data-id=\"{id}\"")), "{listed}");
+    assert!(listed.contains("duplicates ×2"), "{listed}");
+    let page = http.get(&format!("/ui/events/{id}"), session).await;
+    assert!(page.text().await.unwrap().contains("duplicates ×2"));
+    let elsewhere = http
+        .get("/ui/events?status=duplicate&instance=other", session)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!elsewhere.contains(&format!("data-id=\"{id}\"")));
     let none = http.get("/ui/events?q=evt_absent", session).await;
     assert!(none.text().await.unwrap().contains("No events match."));
     let bad = http.get("/ui/events?since=yesterday", session).await;

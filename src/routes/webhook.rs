@@ -391,10 +391,23 @@ fn acknowledge(state: &AppState, instance: &str, ingested: &Ingested) -> HttpRes
     if ingested.status() == Status::Accepted {
         tracing::debug!("Accepted.");
     }
+    // Every event of the delivery that was stored before (batches too), for the dashboard.
+    let mut duplicates = ingested
+        .events
+        .iter()
+        .filter(|e| e.status == Status::Duplicate)
+        .peekable();
+    if duplicates.peek().is_some() {
+        let now_ms = state.clock.now().timestamp_millis();
+        for event in duplicates {
+            state.observer.duplicate_hit(&event.id, now_ms);
+        }
+    }
     if ingested.status() == Status::Duplicate {
         if let Some(metrics) = state.instance_metrics.get(instance) {
             metrics.duplicates.inc();
         }
+
         tracing::debug!("Duplicate acknowledged.");
     }
     HttpResponse::Ok()

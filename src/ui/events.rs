@@ -12,8 +12,9 @@ use super::layout::{self, Nav};
 use super::view::{self, badge};
 use super::{html as page_html, Ctx, Posted, SignedIn, UiState};
 use crate::admin::{self, EnvelopeDetail, ListQuery};
+use crate::observe::{DuplicateHits, Observer};
 use crate::routes::AppState;
-use crate::store::{EventQuery, EventStatus, EventSummary, Store};
+use crate::store::{EventQuery, EventStatus, EventSummary, Receipt, Store};
 
 /// Rows per page.
 const PAGE: usize = 50;
@@ -168,10 +169,42 @@ async fn claimed(
     Ok(found.filter(|id| ulid::Ulid::from_string(id).is_ok()))
 }
 
+/// The `status` choice that lists events by their duplicate deliveries (kept in memory by
+/// this replica, not in the store).
+const DUPLICATE_STATUS: &str = "duplicate";
+
+/// Duplicate deliveries this replica saw of any of the receipt's events.
+fn duplicate_hits(observer: &Observer, receipt: &Receipt) -> Option<DuplicateHits> {
+    receipt
+        .envelope_ids
+        .iter()
+        .filter_map(|id| observer.duplicate_hits(id))
+        .reduce(|a, b| DuplicateHits {
+            count: a.count + b.count,
+            last_ms: a.last_ms.max(b.last_ms),
+        })
+}
+
+/// The "duplicates ×N" badge of a list row or an event page.
+fn duplicate_badge(hits: Option<DuplicateHits>) -> Markup {
+    html! {
+        @if let Some(hits) = hits {
+            @let last = chrono::DateTime::from_timestamp_millis(hits.last_ms)
+                .map(crate::envelope::format_millis)
+                .unwrap_or_default();
+            " "
+            span.badge.duplicate title={ "duplicate deliveries seen by this replica; the last at " (last) } {
+                "duplicates ×" (hits.count)
+            }
+        }
+    }
+}
+
 /// One row of the list (also what the live tail pushes).
-pub fn row(event: &EventSummary) -> Markup {
+pub fn row(observer: &Observer, event: &EventSummary) -> Markup {
     let receipt = &event.receipt;
     let status = view::event_status(receipt, &event.tasks);
+    let hits = duplicate_hits(observer, receipt);
     let link = format!("/ui/events/{}", receipt.id);
     html! {
         tr data-id=(receipt.id) {
@@ -183,7 +216,7 @@ pub fn row(event: &EventSummary) -> Markup {
                 @for t in receipt.types.iter().take(3) { div { (t) } }
                 @if receipt.types.len() > 3 { div.muted { "+" (receipt.types.len() - 3) " more" } }
             }
-            td { (badge(status)) }
+            td { (badge(status)) (duplicate_badge(hits)) }
             td.chips {
                 @for task in event.tasks.iter().take(8) {
                     span class={ "badge " (view::task_status(task.status)) }
@@ -221,6 +254,9 @@ fn filter_form(state: &AppState, f: &Filters) -> Markup {
                     option value="" { "any" }
                     @for (name, _) in EventStatus::ALL {
                         option value=(name) selected[name == status] { (name) }
+                    }
+                    option value=(DUPLICATE_STATUS) selected[status == DUPLICATE_STATUS] {
+                        "duplicate hits"
                     }
                 }
             }
@@ -267,6 +303,9 @@ pub async fn list(
             Err(e) => return super::admin_error(&ctx, e.into()),
         }
     }
+    if f.status.as_deref() == Some(DUPLICATE_STATUS) {
+        return duplicates_list(&state, &ctx, &f).await;
+    }
     let query = match f.list_query(PAGE).to_query() {
         Ok(query) => query,
         Err(e) => {
@@ -305,7 +344,7 @@ pub async fn list(
         format!("/ui/events?{qs}")
     });
     let rows = html! {
-        @for event in &page.events { (row(event)) }
+        @for event in &page.events { (row(&state.observer, event)) }
         @if page.events.is_empty() {
             tr #no-events { td colspan="7" .muted { "No events match." } }
         }
@@ -328,6 +367,56 @@ pub async fn list(
     page_html(
         StatusCode::OK,
         layout::page(&ctx, Nav::Events, "Events", body),
+    )
+}
+
+/// `GET /ui/events?status=duplicate`: the events this replica answered duplicates for, the
+/// latest hit first (the counts live in memory, so the store's filters and pages do not apply;
+/// the instance filter does). Each is read by id: at most two pages' worth of reads.
+async fn duplicates_list(state: &AppState, ctx: &Ctx, f: &Filters) -> HttpResponse {
+    let instance = present(&f.instance);
+    let mut events = Vec::new();
+    for (id, _) in state.observer.recent_duplicates(2 * PAGE) {
+        // Batch events after the first have no receipt of their own id: listed by the first.
+        let receipt = match state.store.receipt(id).await {
+            Ok(Some((receipt, _))) => receipt,
+            Ok(None) => continue,
+            Err(e) => return super::admin_error(ctx, e.into()),
+        };
+        if instance.as_ref().is_some_and(|i| *i != receipt.provider) {
+            continue;
+        }
+        let mut tasks = Vec::new();
+        for envelope in &receipt.envelope_ids {
+            match state.store.tasks(envelope.clone()).await {
+                Ok(found) => tasks.extend(found),
+                Err(e) => return super::admin_error(ctx, e.into()),
+            }
+        }
+        events.push(EventSummary { receipt, tasks });
+        if events.len() == PAGE {
+            break;
+        }
+    }
+    let rows = html! {
+        @for event in &events { (row(&state.observer, event)) }
+        @if events.is_empty() {
+            tr #no-events { td colspan="7" .muted { "No duplicate deliveries seen by this replica since it started." } }
+        }
+    };
+    let body = html! {
+        (filter_form(state, f))
+        p.muted {
+            "Events this replica answered "
+            code { "duplicate" }
+            " for since it started, the latest hit first (counts are kept in memory per replica; only the instance filter applies)."
+        }
+        (table(rows, None))
+        div.pager { span.muted { (events.len()) " shown" } }
+    };
+    page_html(
+        StatusCode::OK,
+        layout::page(ctx, Nav::Events, "Events", body),
     )
 }
 
@@ -395,7 +484,7 @@ impl Tail {
                     self.queue.push_back(frame("gap", None, ""));
                 }
                 for event in new.iter().rev() {
-                    let markup = row(event).into_string();
+                    let markup = row(&self.state.observer, event).into_string();
                     self.queue
                         .push_back(frame("row", Some(&event.receipt.id), &markup));
                 }
@@ -703,6 +792,12 @@ pub async fn show(
                     dt { "gateway id" } dd.mono { (receipt.id) }
                     dt { "instance" } dd { (receipt.provider) " (kind " (receipt.kind) ")" }
                     dt { "provider event id" } dd.mono { (receipt.event_id.as_deref().unwrap_or("—")) }
+                    dt { "duplicates" } dd #duplicates {
+                        @match duplicate_hits(&state.observer, receipt) {
+                            Some(hits) => { (duplicate_badge(Some(hits))) }
+                            None => { span.muted { "none seen by this replica since it started" } }
+                        }
+                    }
                     dt { "received at" } dd { (view::time(&receipt.received_at)) }
                     dt { "client IP" } dd.mono { (receipt.client_ip.as_deref().unwrap_or("—")) }
                     dt { "verdict" } dd #verdict {
