@@ -252,6 +252,9 @@ pub struct InstanceSettings {
     /// The public URL the provider calls (`https://hooks.example.com/webhooks/twilio`), for
     /// schemes that sign it (Twilio, Square); the request's query string is appended.
     pub public_url: Option<Expanded>,
+    /// The token a provider's GET subscription handshake echoes (Meta's `hub.verify_token`),
+    /// for kinds whose handshake checks one; a secret, never logged.
+    pub verify_token: Option<Secret>,
     /// `async` (default) or `sync`: deliver to the sinks before answering.
     #[serde(default)]
     pub mode: DeliveryMode,

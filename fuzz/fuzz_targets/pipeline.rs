@@ -40,6 +40,7 @@ fn instance() -> Arc<Instance> {
                 secrets,
                 keys,
                 public_url: None,
+                verify_token: None,
                 allow_ips: Vec::new(),
                 limiter: None,
                 rate_limit_status: actix_web::http::StatusCode::TOO_MANY_REQUESTS,

@@ -51,6 +51,7 @@ pub fn plan<'a>(
         body: root,
         root,
         headers,
+        query: "",
         current: None,
     };
     if let Some(handshake) = kind.handshake(&ctx) {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use actix_web::http::header::{HeaderName, AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 
 use super::definition::{
-    BodyFormat, ConditionDef, Definition, EventDef, MetaDef, MetaType, ReplyDef, SplitAt,
-    SplitOrder,
+    BodyFormat, ConditionDef, Definition, EventDef, HandshakeMethod, MetaDef, MetaType, ReplyDef,
+    SplitAt, SplitOrder,
 };
 use super::source::{Condition, Source, Sources};
 use crate::config::ConfigError;
@@ -29,12 +29,26 @@ pub struct Kind {
     pub formats: Vec<EventRule>,
     /// Headers that carry credentials: never stored with the raw delivery.
     pub secret_headers: Vec<HeaderName>,
+    /// The answer to stored and duplicate events when the provider wants its own body.
+    pub accepted_reply: Option<AcceptedReply>,
+}
+
+/// A fixed answer body and its content type.
+#[derive(Debug)]
+pub struct AcceptedReply {
+    pub body: serde_json::Value,
+    pub content_type: String,
 }
 
 #[derive(Debug)]
 pub struct Handshake {
     pub name: String,
     pub when: Condition,
+    pub method: HandshakeMethod,
+    /// GET handshakes: where the provider's copy of the instance's `verify_token` is.
+    pub verify_token: Option<Source>,
+    /// Recognised before the signature is checked (see `HandshakeDef::unsigned`).
+    pub unsigned: bool,
     pub reply: Reply,
 }
 
@@ -44,8 +58,11 @@ pub enum Reply {
     Echo {
         source: Source,
         field: Option<String>,
+        content_type: Option<String>,
     },
     Json(serde_json::Value),
+    /// Stored as an event, answered as one.
+    Store,
     HmacEcho {
         source: Source,
         plain_field: String,
@@ -207,14 +224,46 @@ pub fn compile(name: &str, def: Definition) -> Result<Kind, CompileError> {
         .enumerate()
         .map(|(i, h)| {
             let key = |field: &str| format!("handshake[{i}].{field}");
+            if h.unsigned && h.method == HandshakeMethod::Get {
+                return Err((
+                    key("unsigned"),
+                    "GET handshakes are authenticated by `verify_token` or the signature scheme; `unsigned` is for POST bodies".into(),
+                ));
+            }
+            if h.verify_token.is_some() && h.method != HandshakeMethod::Get {
+                return Err((key("verify_token"), "only GET handshakes take a verify_token".into()));
+            }
+            if matches!(h.reply, ReplyDef::Store) && !h.unsigned {
+                return Err((
+                    key("reply"),
+                    "`store` is for unsigned handshakes; signed deliveries are stored anyway".into(),
+                ));
+            }
+            if matches!(h.reply, ReplyDef::HmacEcho { .. }) && h.unsigned {
+                return Err((key("reply"), "`hmac-echo` needs a verified delivery".into()));
+            }
             Ok(Handshake {
                 name: h.name.clone(),
                 when: condition(&h.when).map_err(|m| (key("when"), m))?,
+                method: h.method,
+                verify_token: h
+                    .verify_token
+                    .as_deref()
+                    .map(Source::parse)
+                    .transpose()
+                    .map_err(|m| (key("verify_token"), m))?,
+                unsigned: h.unsigned,
                 reply: match &h.reply {
                     ReplyDef::Ack => Reply::Ack,
-                    ReplyDef::Echo { source, field } => Reply::Echo {
+                    ReplyDef::Store => Reply::Store,
+                    ReplyDef::Echo {
+                        source,
+                        field,
+                        content_type,
+                    } => Reply::Echo {
                         source: Source::parse(source).map_err(|m| (key("reply.source"), m))?,
                         field: field.clone(),
+                        content_type: content_type.clone(),
                     },
                     ReplyDef::Json { body } => Reply::Json(
                         serde_json::from_str(body)
@@ -245,8 +294,27 @@ pub fn compile(name: &str, def: Definition) -> Result<Kind, CompileError> {
         .enumerate()
         .map(|(i, e)| compile_event(i, e))
         .collect::<Result<Vec<_>, _>>()?;
+    for (i, h) in handshakes.iter().enumerate() {
+        let named = formats.iter().any(|f| f.name.as_deref() == Some(h.name.as_str()));
+        if matches!(h.reply, Reply::Store) && !named {
+            return Err((
+                format!("handshake[{i}].reply"),
+                format!("an unsigned `store` handshake is stored by the [[event]] format of the same name; add one named `{}`", h.name),
+            ));
+        }
+    }
     let mut secret_headers = vec![AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE];
     secret_headers.extend(scheme.secret_headers());
+    let accepted_reply = def
+        .accepted_reply
+        .map(|r| {
+            Ok::<_, CompileError>(AcceptedReply {
+                body: serde_json::from_str(&r.body)
+                    .map_err(|e| ("accepted_reply.body".to_owned(), format!("not JSON: {e}")))?,
+                content_type: r.content_type,
+            })
+        })
+        .transpose()?;
     Ok(Kind {
         name: name.to_owned(),
         description: def.description,
@@ -255,6 +323,7 @@ pub fn compile(name: &str, def: Definition) -> Result<Kind, CompileError> {
         handshakes,
         formats,
         secret_headers,
+        accepted_reply,
     })
 }
 
@@ -286,10 +355,10 @@ fn compile_event(i: usize, e: &EventDef) -> Result<EventRule, CompileError> {
     }
     let object = list("object", &e.object)?;
     let action = list("action", &e.action)?;
-    if object.is_empty() != action.is_empty() {
+    if object.is_empty() && !action.is_empty() {
         return Err((
-            key("object"),
-            "`object` and `action` are given together, or neither (then `type` is split)".into(),
+            key("action"),
+            "`action` needs `object` (without either, `type` is split; with `object` alone, the action is the split type's)".into(),
         ));
     }
     if e.split.separator.is_empty() {
@@ -382,9 +451,49 @@ fn compile_event(i: usize, e: &EventDef) -> Result<EventRule, CompileError> {
 }
 
 impl Kind {
-    /// The first handshake whose condition holds.
+    /// The first signed POST handshake whose condition holds.
     pub fn handshake(&self, ctx: &super::source::Context<'_>) -> Option<&Handshake> {
-        self.handshakes.iter().find(|h| h.when.holds(ctx))
+        self.handshakes
+            .iter()
+            .find(|h| h.method == HandshakeMethod::Post && !h.unsigned && h.when.holds(ctx))
+    }
+
+    /// The first unsigned POST handshake whose condition holds on the raw body.
+    pub fn unsigned_handshake(&self, ctx: &super::source::Context<'_>) -> Option<&Handshake> {
+        self.handshakes
+            .iter()
+            .find(|h| h.unsigned && h.when.holds(ctx))
+    }
+
+    /// Whether unsigned handshakes are looked for before the signature stage.
+    pub fn has_unsigned_handshakes(&self) -> bool {
+        self.handshakes.iter().any(|h| h.unsigned)
+    }
+
+    /// Whether `GET /webhooks/{name}` is a handshake for this kind.
+    pub fn has_get_handshakes(&self) -> bool {
+        self.handshakes
+            .iter()
+            .any(|h| h.method == HandshakeMethod::Get)
+    }
+
+    /// The first GET handshake whose condition holds.
+    pub fn get_handshake(&self, ctx: &super::source::Context<'_>) -> Option<&Handshake> {
+        self.handshakes
+            .iter()
+            .find(|h| h.method == HandshakeMethod::Get && h.when.holds(ctx))
+    }
+
+    /// Whether the provider delivers the signing secret itself, unsigned (a `store` handshake).
+    pub fn delivers_its_secret(&self) -> bool {
+        self.handshakes
+            .iter()
+            .any(|h| h.unsigned && matches!(h.reply, Reply::Store))
+    }
+
+    /// Whether instances must configure `verify_token`.
+    pub fn needs_verify_token(&self) -> bool {
+        self.handshakes.iter().any(|h| h.verify_token.is_some())
     }
 
     /// The first payload format whose condition holds.

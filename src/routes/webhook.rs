@@ -18,8 +18,9 @@ use crate::metrics::OUTCOME_REJECTED;
 use crate::pipeline::plan::{self, Plan};
 use crate::pipeline::signature::{self, hmac};
 use crate::pipeline::{access, body, parse, Received};
-use crate::provider::definition::HmacAlgorithm;
-use crate::provider::kind::{Handshake, Reply};
+use crate::provider::definition::{BodyFormat, HmacAlgorithm};
+use crate::secret::digest_eq;
+use crate::provider::kind::{Handshake, Kind, Reply};
 use crate::provider::registry::Instance;
 use crate::provider::source::{text_of, Context};
 use crate::store::PauseTarget;
@@ -168,8 +169,9 @@ async fn handle(
         .get(name)
         .cloned()
         .ok_or_else(|| GatewayError::UnknownProvider(name.to_owned()))?;
-    // 2. method
-    if req.method() != Method::POST {
+    // 2. method (GET only for kinds with a GET handshake, answered after the access checks)
+    let is_get = req.method() == Method::GET && instance.kind.has_get_handshakes();
+    if req.method() != Method::POST && !is_get {
         return Err(GatewayError::MethodNotAllowed {
             method: req.method().to_string(),
             allow: RECEIVER_METHODS,
@@ -179,8 +181,12 @@ async fn handle(
     if state.pauses.is_paused(PauseTarget::Instance, name) {
         return Err(GatewayError::Paused);
     }
-    // 3. body
     let headers = req.headers();
+    if is_get {
+        let client_ip = check_access(&instance, headers, client)?;
+        return answer_get(req, instance, client_ip, state);
+    }
+    // 3. body
     let body = body::read_limited(
         payload,
         headers,
@@ -188,6 +194,108 @@ async fn handle(
         state.body_read_timeout,
     )
     .await?;
+    // 4–6
+    let client_ip = check_access(&instance, headers, client)?;
+    // 7. signature (unless the kind declares this delivery unsigned)
+    let received_at = state.clock.now();
+    let kind_arc = instance.kind.clone();
+    let unsigned = unsigned_handshake(&kind_arc, headers, &body);
+    if let Some(handshake) = unsigned {
+        if !matches!(handshake.reply, Reply::Store) {
+            tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
+            tracing::debug!(handshake = %handshake.name, "Unsigned handshake answered.");
+            let null = serde_json::Value::Null;
+            let ctx = Context {
+                body: &null,
+                root: &null,
+                headers,
+                query: req.query_string(),
+                current: None,
+            };
+            return handshake_reply(handshake, &ctx, &instance);
+        }
+    }
+    let received = Received {
+        instance,
+        headers,
+        query: req.query_string(),
+        body,
+        client_ip,
+        received_at,
+    };
+    let verified = match unsigned {
+        Some(_) => signature::Verified::unsigned(received),
+        None => signature::verify(received, received_at.timestamp())?,
+    };
+    let kind = &verified.instance.kind;
+    // 10 first, when the event ID is in a header: a duplicate needs no parsing at all.
+    let mut checked = None;
+    if let Some(event_id) = plan::header_event_id(kind, headers).filter(|_| unsigned.is_none()) {
+        if let Some(known) = state
+            .ingestor
+            .known(&verified.instance, event_id.clone())
+            .await?
+        {
+            return Ok(acknowledge(state, name, kind, &known));
+        }
+        checked = Some(event_id);
+    }
+    // 8. parse
+    let value = parse::parse(&verified)?;
+    // 9–13
+    let max_events = verified.instance.batch_max_events;
+    match plan::plan(kind, &value, headers, &verified.body, max_events) {
+        Plan::TooManyEvents { count, limit } => Err(GatewayError::TooManyEvents { count, limit }),
+        Plan::Handshake(handshake) => {
+            tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
+            tracing::debug!(handshake = %handshake.name, "Handshake answered.");
+            let ctx = Context {
+                body: &value,
+                root: &value,
+                headers,
+                query: "",
+                current: None,
+            };
+            handshake_reply(handshake, &ctx, &verified.instance)
+        }
+        Plan::Unprocessable(error) => Err(state
+            .ingestor
+            .unprocessable(&verified, None, error)
+            .await
+            .into()),
+        Plan::Events(events) => {
+            // An unsigned delivery is stored only by the format its handshake names.
+            if let Some(handshake) = unsigned {
+                if events.rule.name.as_deref() != Some(handshake.name.as_str()) {
+                    return Err(GatewayError::Signature(signature::SignatureError::Missing(
+                        "signature".into(),
+                    )));
+                }
+            }
+            if let Some((_, first)) = events.events.first() {
+                tracing::Span::current().record("event_id", first.as_str());
+            }
+            let ingested = state
+                .ingestor
+                .ingest(&verified, events, checked.as_deref())
+                .await?;
+            if ingested.status() == Status::Accepted {
+                // The receipt's time, for the provider's health.
+                state
+                    .last_events
+                    .put(name, Some(format_millis(verified.received_at)));
+            }
+            Ok(acknowledge(state, name, kind, &ingested))
+        }
+    }
+}
+
+/// Stages 4–6: allowlist, rate limit, Basic Auth. Returns the client's address.
+fn check_access(
+    instance: &Instance,
+    headers: &actix_web::http::header::HeaderMap,
+    client: Result<Option<std::net::IpAddr>, access::ForwardedConflict>,
+) -> Result<Option<std::net::IpAddr>, GatewayError> {
     // 4. allowlist
     let client_ip = client.map_err(|_| GatewayError::ForwardedConflict)?;
     if !access::is_allowed(client_ip, &instance.allow_ips) {
@@ -208,69 +316,83 @@ async fn handle(
             return Err(GatewayError::Unauthorized);
         }
     }
-    // 7. signature
-    let received_at = state.clock.now();
-    let received = Received {
-        instance,
+    Ok(client_ip)
+}
+
+/// A delivery the kind declares unsigned (WooCommerce's ping, Notion's verification token),
+/// recognised on the raw body read as JSON, else as a form.
+fn unsigned_handshake<'k>(
+    kind: &'k Kind,
+    headers: &actix_web::http::header::HeaderMap,
+    body: &[u8],
+) -> Option<&'k Handshake> {
+    if !kind.has_unsigned_handshakes() {
+        return None;
+    }
+    let value = parse::parse_bytes(BodyFormat::Json, body)
+        .or_else(|_| parse::parse_bytes(BodyFormat::Form, body))
+        .ok()?;
+    let ctx = Context {
+        body: &value,
+        root: &value,
+        headers,
+        query: "",
+        current: None,
+    };
+    kind.unsigned_handshake(&ctx)
+}
+
+/// `GET /webhooks/{name}` for kinds with GET handshakes (Meta's `hub.challenge`, Okta's
+/// verification): the handshake is authenticated by the instance's `verify_token` or by the
+/// kind's signature scheme over an empty body, then answered; nothing is stored.
+fn answer_get(
+    req: &HttpRequest,
+    instance: std::sync::Arc<Instance>,
+    client_ip: Option<std::net::IpAddr>,
+    state: &AppState,
+) -> Result<HttpResponse, GatewayError> {
+    let headers = req.headers();
+    let null = serde_json::Value::Null;
+    let ctx = Context {
+        body: &null,
+        root: &null,
         headers,
         query: req.query_string(),
-        body,
-        client_ip,
-        received_at,
+        current: None,
     };
-    let verified = signature::verify(received, received_at.timestamp())?;
-    let kind = &verified.instance.kind;
-    // 10 first, when the event ID is in a header: a duplicate needs no parsing at all.
-    let mut checked = None;
-    if let Some(event_id) = plan::header_event_id(kind, headers) {
-        if let Some(known) = state
-            .ingestor
-            .known(&verified.instance, event_id.clone())
-            .await?
-        {
-            return Ok(acknowledge(state, name, &known));
+    let Some(handshake) = instance.kind.get_handshake(&ctx) else {
+        return Err(GatewayError::MethodNotAllowed {
+            method: req.method().to_string(),
+            allow: RECEIVER_METHODS,
+        });
+    };
+    match &handshake.verify_token {
+        Some(source) => {
+            let sent = source.resolve(&ctx).and_then(|v| text_of(&v));
+            let matched = matches!(
+                (&sent, &instance.verify_token),
+                (Some(sent), Some(token)) if digest_eq(token.expose(), sent.as_bytes())
+            );
+            if !matched {
+                return Err(GatewayError::InvalidVerifyToken);
+            }
         }
-        checked = Some(event_id);
-    }
-    // 8. parse
-    let value = parse::parse(&verified)?;
-    // 9–13
-    let max_events = verified.instance.batch_max_events;
-    match plan::plan(kind, &value, headers, &verified.body, max_events) {
-        Plan::TooManyEvents { count, limit } => Err(GatewayError::TooManyEvents { count, limit }),
-        Plan::Handshake(handshake) => {
-            tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
-            tracing::debug!(handshake = %handshake.name, "Handshake answered.");
-            let ctx = Context {
-                body: &value,
-                root: &value,
+        None => {
+            let received_at = state.clock.now();
+            let received = Received {
+                instance: instance.clone(),
                 headers,
-                current: None,
+                query: req.query_string(),
+                body: web::Bytes::new(),
+                client_ip,
+                received_at,
             };
-            handshake_reply(handshake, &ctx, &verified.instance)
-        }
-        Plan::Unprocessable(error) => Err(state
-            .ingestor
-            .unprocessable(&verified, None, error)
-            .await
-            .into()),
-        Plan::Events(events) => {
-            if let Some((_, first)) = events.events.first() {
-                tracing::Span::current().record("event_id", first.as_str());
-            }
-            let ingested = state
-                .ingestor
-                .ingest(&verified, events, checked.as_deref())
-                .await?;
-            if ingested.status() == Status::Accepted {
-                // The receipt's time, for the provider's health.
-                state
-                    .last_events
-                    .put(name, Some(format_millis(verified.received_at)));
-            }
-            Ok(acknowledge(state, name, &ingested))
+            signature::verify(received, received_at.timestamp())?;
         }
     }
+    tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
+    tracing::debug!(handshake = %handshake.name, "GET handshake answered.");
+    handshake_reply(handshake, &ctx, &instance)
 }
 
 /// Stage 9: the reply a handshake asks for.
@@ -284,15 +406,25 @@ fn handshake_reply(
         detail: format!("`{}` carries no value to answer with", handshake.name),
     };
     Ok(match &handshake.reply {
-        Reply::Ack => HttpResponse::Ok().json(json!({"status": "ok", "handshake": handshake.name})),
+        Reply::Ack | Reply::Store => {
+            HttpResponse::Ok().json(json!({"status": "ok", "handshake": handshake.name}))
+        }
         Reply::Json(body) => HttpResponse::Ok().json(body),
-        Reply::Echo { source, field } => {
+        Reply::Echo {
+            source,
+            field,
+            content_type,
+        } => {
             let value = source.resolve(ctx).ok_or_else(missing)?.into_owned();
+            let mut answer = HttpResponse::Ok();
+            let answer = match content_type {
+                Some(content_type) => answer.content_type(content_type.as_str()),
+                None if field.is_some() => answer.content_type(ContentType::json()),
+                None => answer.content_type(ContentType::plaintext()),
+            };
             match field {
-                Some(field) => HttpResponse::Ok().json(json!({ field: value })),
-                None => HttpResponse::Ok()
-                    .content_type(ContentType::plaintext())
-                    .body(text_of(&value).unwrap_or_else(|| value.to_string())),
+                Some(field) => answer.body(json!({ field: value }).to_string()),
+                None => answer.body(text_of(&value).unwrap_or_else(|| value.to_string())),
             }
         }
         Reply::HmacEcho {
@@ -331,9 +463,20 @@ struct EventAnswer<'a> {
 }
 
 /// Stage 13: the acknowledgement, serialised straight from the outcome.
-fn acknowledge(state: &AppState, instance: &str, ingested: &Ingested) -> HttpResponse {
+fn acknowledge(state: &AppState, instance: &str, kind: &Kind, ingested: &Ingested) -> HttpResponse {
     let status = ingested.status().as_str();
     tracing::Span::current().record("outcome", status);
+    if ingested.status() == Status::Duplicate {
+        if let Some(metrics) = state.instance_metrics.get(instance) {
+            metrics.duplicates.inc();
+        }
+    }
+    // The provider's own answer (Discord's deferred response), stored or duplicate alike.
+    if let Some(reply) = &kind.accepted_reply {
+        return HttpResponse::Ok()
+            .content_type(reply.content_type.as_str())
+            .body(reply.body.to_string());
+    }
     let first = ingested.events.first();
     let answer = Answer {
         status,
@@ -355,9 +498,6 @@ fn acknowledge(state: &AppState, instance: &str, ingested: &Ingested) -> HttpRes
         tracing::debug!("Accepted.");
     }
     if ingested.status() == Status::Duplicate {
-        if let Some(metrics) = state.instance_metrics.get(instance) {
-            metrics.duplicates.inc();
-        }
         tracing::debug!("Duplicate acknowledged.");
     }
     HttpResponse::Ok()
