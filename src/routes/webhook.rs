@@ -200,14 +200,13 @@ async fn handle(
     let received_at = state.clock.now();
     let kind_arc = instance.kind.clone();
     let unsigned = unsigned_handshake(&kind_arc, headers, &body);
-    if let Some(handshake) = unsigned {
+    if let Some((handshake, value)) = &unsigned {
         if !matches!(handshake.reply, Reply::Store) {
             tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
             tracing::debug!(handshake = %handshake.name, "Unsigned handshake answered.");
-            let null = serde_json::Value::Null;
             let ctx = Context {
-                body: &null,
-                root: &null,
+                body: value,
+                root: value,
                 headers,
                 query: req.query_string(),
                 current: None,
@@ -215,6 +214,7 @@ async fn handle(
             return handshake_reply(handshake, &ctx, &instance);
         }
     }
+    let unsigned = unsigned.map(|(handshake, _)| handshake);
     let received = Received {
         instance,
         headers,
@@ -320,12 +320,12 @@ fn check_access(
 }
 
 /// A delivery the kind declares unsigned (WooCommerce's ping, Notion's verification token),
-/// recognised on the raw body read as JSON, else as a form.
+/// recognised on the raw body read as JSON, else as a form; with the body as read.
 fn unsigned_handshake<'k>(
     kind: &'k Kind,
     headers: &actix_web::http::header::HeaderMap,
     body: &[u8],
-) -> Option<&'k Handshake> {
+) -> Option<(&'k Handshake, serde_json::Value)> {
     if !kind.has_unsigned_handshakes() {
         return None;
     }
@@ -339,7 +339,8 @@ fn unsigned_handshake<'k>(
         query: "",
         current: None,
     };
-    kind.unsigned_handshake(&ctx)
+    let handshake = kind.unsigned_handshake(&ctx)?;
+    Some((handshake, value))
 }
 
 /// `GET /webhooks/{name}` for kinds with GET handshakes (Meta's `hub.challenge`, Okta's
