@@ -291,7 +291,11 @@ mod tests {
                 "too_many_events",
             ),
             (GatewayError::IpNotAllowed, 403, "ip_not_allowed"),
-            (GatewayError::InvalidVerifyToken, 403, "invalid_verify_token"),
+            (
+                GatewayError::InvalidVerifyToken,
+                403,
+                "invalid_verify_token",
+            ),
             (
                 GatewayError::RateLimited {
                     wait: Duration::from_millis(1500),

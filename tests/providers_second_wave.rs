@@ -28,7 +28,7 @@ const EVENT_CASES: [(&str, &str); 10] = [
     ("notion", "page_created"),
 ];
 
-fn set(kind: &str) -> FixtureSet {
+fn fixture_set(kind: &str) -> FixtureSet {
     fixture::discover(&[fixtures_dir().join(kind)])
         .unwrap()
         .into_iter()
@@ -36,20 +36,9 @@ fn set(kind: &str) -> FixtureSet {
         .unwrap_or_else(|| panic!("fixtures for {kind}"))
 }
 
-fn config(set: &FixtureSet) -> String {
-    let mut providers = toml::Table::new();
-    providers.insert(
-        set.kind.clone(),
-        toml::Value::Table(set.file.instance.clone()),
-    );
-    let mut root = toml::Table::new();
-    root.insert("providers".into(), toml::Value::Table(providers));
-    toml::to_string(&root).unwrap()
-}
-
 async fn serve(set: &FixtureSet, clock: i64) -> TestApp {
     spawn_with(
-        &config(set),
+        &fixture_instances(std::slice::from_ref(set)),
         SpawnOptions {
             clock_unix: Some(clock),
             ..Default::default()
@@ -65,7 +54,7 @@ fn case<'s>(set: &'s FixtureSet, name: &str) -> &'s hookgate::fixture::Case {
 #[tokio::test]
 async fn each_kind_accepts_once_then_duplicate_and_refuses_tampering() {
     for (kind, name) in EVENT_CASES {
-        let set = set(kind);
+        let set = fixture_set(kind);
         let app = serve(&set, set.file.signed_at).await;
         let c = case(&set, name);
         let first = app.post(kind, &c.headers, c.body.clone()).await;
@@ -116,7 +105,7 @@ async fn each_kind_accepts_once_then_duplicate_and_refuses_tampering() {
 #[tokio::test]
 async fn stale_and_future_timestamps_are_refused() {
     for (kind, tolerance) in TIMESTAMPED {
-        let set = set(kind);
+        let set = fixture_set(kind);
         let name = EVENT_CASES.iter().find(|(k, _)| *k == kind).unwrap().1;
         let c = case(&set, name);
         for skew in [tolerance + 1, -tolerance - 1] {
@@ -135,7 +124,7 @@ async fn stale_and_future_timestamps_are_refused() {
 
 #[tokio::test]
 async fn hubspot_refuses_v1_and_v2_only_requests() {
-    let set = set("hubspot");
+    let set = fixture_set("hubspot");
     let app = serve(&set, set.file.signed_at).await;
     let c = case(&set, "contact_property_change");
     let headers: Vec<(String, String)> = c
@@ -155,7 +144,7 @@ async fn hubspot_refuses_v1_and_v2_only_requests() {
 
 #[tokio::test]
 async fn meta_get_handshake_echoes_the_challenge_only_with_the_verify_token() {
-    let set = set("meta");
+    let set = fixture_set("meta");
     let app = serve(&set, set.file.signed_at).await;
     let url = |token: &str| {
         app.url(&format!(
@@ -183,11 +172,19 @@ async fn meta_get_handshake_echoes_the_challenge_only_with_the_verify_token() {
         assert_eq!(body["error"]["code"], "invalid_verify_token");
     }
     // A GET that is no handshake is still not allowed.
-    let response = app.client.get(app.url("/webhooks/meta")).send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/webhooks/meta"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 405);
     // Nothing was stored: the first envelope is the next real event.
     let c = case(&set, "page_feed");
-    assert_eq!(app.post("meta", &c.headers, c.body.clone()).await.status(), 200);
+    assert_eq!(
+        app.post("meta", &c.headers, c.body.clone()).await.status(),
+        200
+    );
     let envelopes = app.sink_envelopes(1).await;
     assert_eq!(envelopes.len(), 1);
     assert_eq!(envelopes[0]["type"], "page.feed");
@@ -196,7 +193,7 @@ async fn meta_get_handshake_echoes_the_challenge_only_with_the_verify_token() {
 
 #[tokio::test]
 async fn okta_get_verification_needs_the_authorization_header() {
-    let set = set("okta");
+    let set = fixture_set("okta");
     let app = serve(&set, set.file.signed_at).await;
     let request = || {
         app.client
@@ -229,10 +226,12 @@ async fn okta_get_verification_needs_the_authorization_header() {
 #[tokio::test]
 async fn unsigned_handshakes_are_answered_and_not_stored() {
     // Azure Event Grid's subscription validation.
-    let set = set("azure-eventgrid");
+    let set = fixture_set("azure-eventgrid");
     let app = serve(&set, set.file.signed_at).await;
     let c = case(&set, "subscription_validation");
-    let response = app.post("azure-eventgrid", &c.headers, c.body.clone()).await;
+    let response = app
+        .post("azure-eventgrid", &c.headers, c.body.clone())
+        .await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(
@@ -249,9 +248,7 @@ async fn unsigned_handshakes_are_answered_and_not_stored() {
         .collect();
     let response = app
         .client
-        .post(app.url(
-            "/webhooks/azure-eventgrid?code=Bearer%20eventgrid-fixture-token",
-        ))
+        .post(app.url("/webhooks/azure-eventgrid?code=Bearer%20eventgrid-fixture-token"))
         .headers(
             headers
                 .iter()
@@ -275,7 +272,7 @@ async fn unsigned_handshakes_are_answered_and_not_stored() {
     app.stop().await;
 
     // WooCommerce's ping.
-    let set = set("woocommerce");
+    let set = fixture_set("woocommerce");
     let app = serve(&set, set.file.signed_at).await;
     let c = case(&set, "ping");
     let response = app.post("woocommerce", &c.headers, c.body.clone()).await;
@@ -296,7 +293,7 @@ async fn unsigned_handshakes_are_answered_and_not_stored() {
 #[tokio::test]
 async fn notion_verification_token_is_stored_for_the_operator_even_without_a_secret() {
     // The instance starts without a secret: the token arrives in the first delivery.
-    let set = set("notion");
+    let set = fixture_set("notion");
     let app = spawn_with(
         "[admin]\ntoken = \"admin-token-for-tests-0000000000\"\n[providers.notion]\nkind = \"notion\"\nsecrets = []\n",
         SpawnOptions {
@@ -313,7 +310,11 @@ async fn notion_verification_token_is_stored_for_the_operator_even_without_a_sec
     let envelopes = app.sink_envelopes(1).await;
     assert_eq!(envelopes[0]["type"], "verification");
     assert_eq!(envelopes[0]["object"], "subscription");
-    assert_eq!(envelopes[0]["current"], Value::Null, "the token is not sent to sinks");
+    assert_eq!(
+        envelopes[0]["current"],
+        Value::Null,
+        "the token is not sent to sinks"
+    );
     // The operator reads it from the stored raw body.
     let id = answer["id"].as_str().unwrap();
     let shown = app

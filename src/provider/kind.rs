@@ -295,7 +295,9 @@ pub fn compile(name: &str, def: Definition) -> Result<Kind, CompileError> {
         .map(|(i, e)| compile_event(i, e))
         .collect::<Result<Vec<_>, _>>()?;
     for (i, h) in handshakes.iter().enumerate() {
-        let named = formats.iter().any(|f| f.name.as_deref() == Some(h.name.as_str()));
+        let named = formats
+            .iter()
+            .any(|f| f.name.as_deref() == Some(h.name.as_str()));
         if matches!(h.reply, Reply::Store) && !named {
             return Err((
                 format!("handshake[{i}].reply"),

@@ -87,8 +87,9 @@ impl Source {
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(|s| Cow::Owned(Value::String(s.to_owned()))),
-            Source::Query(name) => query_param(ctx.query, name)
-                .map(|v| Cow::Owned(Value::String(v))),
+            Source::Query(name) => {
+                query_param(ctx.query, name).map(|v| Cow::Owned(Value::String(v)))
+            }
             Source::Const(value) => Some(Cow::Owned(value.clone())),
         };
         found.filter(|v| !v.is_null())
@@ -219,7 +220,10 @@ mod tests {
                 .as_ref(),
             &json!("x y")
         );
-        assert!(Source::parse("query:missing").unwrap().resolve(&ctx).is_none());
+        assert!(Source::parse("query:missing")
+            .unwrap()
+            .resolve(&ctx)
+            .is_none());
         let list = Sources::parse(&[
             "/data/none".into(),
             "/data/missing".into(),

@@ -19,16 +19,20 @@ use crate::pipeline::plan::{self, Plan};
 use crate::pipeline::signature::{self, hmac};
 use crate::pipeline::{access, body, parse, Received};
 use crate::provider::definition::{BodyFormat, HmacAlgorithm};
-use crate::secret::digest_eq;
 use crate::provider::kind::{Handshake, Kind, Reply};
 use crate::provider::registry::Instance;
 use crate::provider::source::{text_of, Context};
+use crate::secret::digest_eq;
 use crate::store::PauseTarget;
 
 /// Metric label for requests to names that are not configured (bounded label values).
 pub const UNKNOWN_PROVIDER_LABEL: &str = "unknown";
 const OUTCOME_HANDSHAKE: &str = "handshake";
 const JSON_CONTENT_TYPE: &str = "application/json";
+/// With a kind's `accepted_reply`: `accepted` or `duplicate`.
+pub const STATUS_HEADER: &str = "x-hookgate-status";
+/// With a kind's `accepted_reply`: the gateway id of the (first) event.
+pub const ID_HEADER: &str = "x-hookgate-id";
 
 /// Where the instance name starts.
 pub const PATH_PREFIX: &str = "/webhooks/";
@@ -472,11 +476,17 @@ fn acknowledge(state: &AppState, instance: &str, kind: &Kind, ingested: &Ingeste
             metrics.duplicates.inc();
         }
     }
-    // The provider's own answer (Discord's deferred response), stored or duplicate alike.
+    // The provider's own answer (Discord's deferred response), stored or duplicate alike; the
+    // outcome and the gateway id go in headers instead.
     if let Some(reply) = &kind.accepted_reply {
-        return HttpResponse::Ok()
+        let mut answer = HttpResponse::Ok();
+        answer
             .content_type(reply.content_type.as_str())
-            .body(reply.body.to_string());
+            .insert_header((STATUS_HEADER, status));
+        if let Some(first) = ingested.events.first() {
+            answer.insert_header((ID_HEADER, first.id.as_str()));
+        }
+        return answer.body(reply.body.to_string());
     }
     let first = ingested.events.first();
     let answer = Answer {

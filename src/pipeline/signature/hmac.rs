@@ -217,12 +217,7 @@ impl HmacScheme {
             prefix: prefix.clone(),
             prefix_optional: *prefix_optional,
             separator: match separator.as_deref() {
-                Some("") => {
-                    return Err((
-                        "signature.separator".into(),
-                        "must not be empty".into(),
-                    ))
-                }
+                Some("") => return Err(("signature.separator".into(), "must not be empty".into())),
                 other => other.map(str::to_owned),
             },
             encoding: *encoding,
@@ -337,7 +332,11 @@ impl HmacScheme {
                 .filter_map(|v| v.to_str().ok())
                 .map(str::to_owned)
                 .collect(),
-            source => message.text(source).into_iter().map(|t| t.into_owned()).collect(),
+            source => message
+                .text(source)
+                .into_iter()
+                .map(|t| t.into_owned())
+                .collect(),
         };
         let mut out = Vec::new();
         let entries = values
@@ -596,10 +595,7 @@ pub struct TokenScheme {
 }
 
 impl TokenScheme {
-    pub fn compile(
-        header: Option<&str>,
-        query: Option<&str>,
-    ) -> Result<Self, (String, String)> {
+    pub fn compile(header: Option<&str>, query: Option<&str>) -> Result<Self, (String, String)> {
         let mut sources = Vec::new();
         if let Some(header) = header {
             sources.push(Source::Header(header_name("signature.header", header)?));
@@ -637,7 +633,9 @@ impl TokenScheme {
                 ..Signed::default()
             },
             (None, Some(Source::Query(name))) => Signed {
-                query: Some(serde_urlencoded::to_string([(name, secret.expose_str())]).unwrap_or_default()),
+                query: Some(
+                    serde_urlencoded::to_string([(name, secret.expose_str())]).unwrap_or_default(),
+                ),
                 ..Signed::default()
             },
             _ => Signed::default(),

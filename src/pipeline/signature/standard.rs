@@ -167,7 +167,9 @@ impl StandardScheme {
         });
         if !any_known {
             if let Some(why) = malformed {
-                return Err(SignatureError::Malformed(format!("{sig_name} header ({why})")));
+                return Err(SignatureError::Malformed(format!(
+                    "{sig_name} header ({why})"
+                )));
             }
             return Err(SignatureError::Missing(format!(
                 "v1 or v1a signature in {sig_name} header"

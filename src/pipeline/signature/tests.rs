@@ -857,7 +857,10 @@ fn hubspot_v3_vector_window_and_no_v1_fallback() {
         kind: "hubspot",
         secrets: &["hubspot-secret"],
         headers: &[
-            ("X-HubSpot-Signature-v3", "mIc7Z60eTU5YYn0uwN3IgWizHKwX+M5y3TEubCjcqB8="),
+            (
+                "X-HubSpot-Signature-v3",
+                "mIc7Z60eTU5YYn0uwN3IgWizHKwX+M5y3TEubCjcqB8=",
+            ),
             ("X-HubSpot-Request-Timestamp", "1700000000000"),
         ],
         body: br#"[{"eventId":1,"subscriptionType":"contact.creation"}]"#,
@@ -870,7 +873,10 @@ fn hubspot_v3_vector_window_and_no_v1_fallback() {
     // v1 (hex SHA-256 of secret + body) alone is never accepted.
     let v1 = Vector {
         headers: &[
-            ("X-HubSpot-Signature", "0000000000000000000000000000000000000000000000000000000000000000"),
+            (
+                "X-HubSpot-Signature",
+                "0000000000000000000000000000000000000000000000000000000000000000",
+            ),
             ("X-HubSpot-Signature-Version", "v1"),
         ],
         ..v
@@ -881,7 +887,10 @@ fn hubspot_v3_vector_window_and_no_v1_fallback() {
     ));
     // Without its timestamp the v3 signature is not enough.
     let no_ts = Vector {
-        headers: &[("X-HubSpot-Signature-v3", "mIc7Z60eTU5YYn0uwN3IgWizHKwX+M5y3TEubCjcqB8=")],
+        headers: &[(
+            "X-HubSpot-Signature-v3",
+            "mIc7Z60eTU5YYn0uwN3IgWizHKwX+M5y3TEubCjcqB8=",
+        )],
         ..v
     };
     assert!(matches!(
@@ -914,7 +923,10 @@ fn intercom_sha1_vector() {
     let v = Vector {
         kind: "intercom",
         secrets: &["intercom-secret"],
-        headers: &[("X-Hub-Signature", "sha1=58e998d7e046c6817440660cac4ba7b122b98e43")],
+        headers: &[(
+            "X-Hub-Signature",
+            "sha1=58e998d7e046c6817440660cac4ba7b122b98e43",
+        )],
         body: br#"{"id":"notif_1","topic":"contact.created"}"#,
         url: None,
         now: 0,
@@ -929,7 +941,10 @@ fn vercel_sha1_vector() {
     let v = Vector {
         kind: "vercel",
         secrets: &["vercel-secret"],
-        headers: &[("x-vercel-signature", "ac7cfa58927f35bb6c8f08a01499ce8611a4c408")],
+        headers: &[(
+            "x-vercel-signature",
+            "ac7cfa58927f35bb6c8f08a01499ce8611a4c408",
+        )],
         body: br#"{"id":"uev_1","type":"deployment.created"}"#,
         url: None,
         now: 0,
@@ -1002,7 +1017,10 @@ fn woocommerce_vector() {
     let v = Vector {
         kind: "woocommerce",
         secrets: &["woo-secret"],
-        headers: &[("X-WC-Webhook-Signature", "LvZUOgju7ekgfsyNofEgI6eG086kg6Y0Xx+IyVWgGCg=")],
+        headers: &[(
+            "X-WC-Webhook-Signature",
+            "LvZUOgju7ekgfsyNofEgI6eG086kg6Y0Xx+IyVWgGCg=",
+        )],
         body: br#"{"id":727,"status":"processing"}"#,
         url: None,
         now: 0,
@@ -1085,9 +1103,7 @@ fn hmac_signature_lists_accept_any_entry() {
     )
     .unwrap();
     let scheme = Scheme::compile(&def).unwrap();
-    let keys = scheme
-        .compile_keys(&[Secret::new("rotating-new")])
-        .unwrap();
+    let keys = scheme.compile_keys(&[Secret::new("rotating-new")]).unwrap();
     let body = br#"{"event":{"id":"e1"}}"#;
     let old = "v1=eea39d1ec952aeab4684d81f7ee5719f7cba5b4910fe9082d3246fd952daef92";
     let new = "v1=73868207ecaa31fcea886e5be5d9dff274caee12169db789000fe9ff1e243d75";
