@@ -238,6 +238,40 @@ async fn unsigned_handshakes_are_answered_and_not_stored() {
         body,
         json!({"validationResponse": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"})
     );
+    // CloudEvents' OPTIONS validation echoes the origin.
+    let response = app
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            app.url("/webhooks/azure-eventgrid"),
+        )
+        .header("WebHook-Request-Origin", "eventgrid.azure.net")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["webhook-allowed-origin"],
+        "eventgrid.azure.net"
+    );
+    // An OPTIONS that is no handshake, and a GET, are not allowed.
+    let response = app
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            app.url("/webhooks/azure-eventgrid"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let response = app
+        .client
+        .get(app.url("/webhooks/azure-eventgrid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
     // Batches authenticate by ?code= as well as by the header.
     let batch = case(&set, "blob_created_batch");
     let headers: Vec<(String, String)> = batch

@@ -252,8 +252,9 @@ pub struct HandshakeDef {
     pub name: String,
     /// Which requests are this handshake.
     pub when: ConditionDef,
-    /// `POST` (default) or `GET`: GET handshakes (Meta, Okta) are answered on
-    /// `GET /webhooks/{name}` after the access checks; their `when` reads headers and `query:`.
+    /// `POST` (default), `GET` or `OPTIONS`: GET handshakes (Meta, Okta) and OPTIONS ones
+    /// (CloudEvents webhook validation) are answered on `/webhooks/{name}` after the access
+    /// checks, without a body; their `when` reads headers and `query:`.
     #[serde(default)]
     pub method: HandshakeMethod,
     /// A GET handshake authenticated by a token the provider echoes back (Meta's
@@ -262,7 +263,8 @@ pub struct HandshakeDef {
     /// signature scheme over an empty body (Okta's static Authorization header).
     pub verify_token: Option<String>,
     /// Recognised before the signature stage, on the raw body (JSON, else form): deliveries the
-    /// provider sends unsigned (WooCommerce's ping, Notion's verification token).
+    /// provider sends unsigned (WooCommerce's ping, Notion's verification token). On a GET or
+    /// OPTIONS handshake: answered without any authentication (it must store nothing).
     #[serde(default)]
     pub unsigned: bool,
     /// How to answer.
@@ -286,6 +288,9 @@ pub enum ReplyDef {
     },
     /// Returns a fixed JSON body (Discord's PONG `{"type":1}`).
     Json { body: String },
+    /// An empty 200 whose `header` is the value at `source` (CloudEvents' `WebHook-Allowed-Origin`
+    /// echoing `WebHook-Request-Origin`).
+    Header { source: String, header: String },
     /// Not answered as a handshake: the delivery is stored as an event by the format that
     /// matches it (Notion's one-time `verification_token`, which the operator must read).
     /// Only for `unsigned` handshakes.
@@ -305,6 +310,7 @@ pub enum HandshakeMethod {
     #[default]
     Post,
     Get,
+    Options,
 }
 
 /// `when = { source = "header:X-GitHub-Event", equals = "ping" }`; without `equals` the source

@@ -61,6 +61,11 @@ pub enum Reply {
         content_type: Option<String>,
     },
     Json(serde_json::Value),
+    /// An empty answer with one header from `source`.
+    Header {
+        source: Source,
+        header: HeaderName,
+    },
     /// Stored as an event, answered as one.
     Store,
     HmacEcho {
@@ -224,19 +229,28 @@ pub fn compile(name: &str, def: Definition) -> Result<Kind, CompileError> {
         .enumerate()
         .map(|(i, h)| {
             let key = |field: &str| format!("handshake[{i}].{field}");
-            if h.unsigned && h.method == HandshakeMethod::Get {
+            if h.unsigned && h.verify_token.is_some() {
                 return Err((
                     key("unsigned"),
-                    "GET handshakes are authenticated by `verify_token` or the signature scheme; `unsigned` is for POST bodies".into(),
+                    "a handshake with a verify_token is authenticated by it; drop `unsigned`"
+                        .into(),
                 ));
             }
+            if h.unsigned && h.method != HandshakeMethod::Post && matches!(h.reply, ReplyDef::Store)
+            {
+                return Err((key("reply"), "only POST bodies can be stored".into()));
+            }
             if h.verify_token.is_some() && h.method != HandshakeMethod::Get {
-                return Err((key("verify_token"), "only GET handshakes take a verify_token".into()));
+                return Err((
+                    key("verify_token"),
+                    "only GET handshakes take a verify_token".into(),
+                ));
             }
             if matches!(h.reply, ReplyDef::Store) && !h.unsigned {
                 return Err((
                     key("reply"),
-                    "`store` is for unsigned handshakes; signed deliveries are stored anyway".into(),
+                    "`store` is for unsigned handshakes; signed deliveries are stored anyway"
+                        .into(),
                 ));
             }
             if matches!(h.reply, ReplyDef::HmacEcho { .. }) && h.unsigned {
@@ -256,6 +270,15 @@ pub fn compile(name: &str, def: Definition) -> Result<Kind, CompileError> {
                 reply: match &h.reply {
                     ReplyDef::Ack => Reply::Ack,
                     ReplyDef::Store => Reply::Store,
+                    ReplyDef::Header { source, header } => Reply::Header {
+                        source: Source::parse(source).map_err(|m| (key("reply.source"), m))?,
+                        header: HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                            (
+                                key("reply.header"),
+                                format!("`{header}` is not a header name"),
+                            )
+                        })?,
+                    },
                     ReplyDef::Echo {
                         source,
                         field,
@@ -464,26 +487,30 @@ impl Kind {
     pub fn unsigned_handshake(&self, ctx: &super::source::Context<'_>) -> Option<&Handshake> {
         self.handshakes
             .iter()
-            .find(|h| h.unsigned && h.when.holds(ctx))
+            .find(|h| h.method == HandshakeMethod::Post && h.unsigned && h.when.holds(ctx))
     }
 
-    /// Whether unsigned handshakes are looked for before the signature stage.
+    /// Whether unsigned POST handshakes are looked for before the signature stage.
     pub fn has_unsigned_handshakes(&self) -> bool {
-        self.handshakes.iter().any(|h| h.unsigned)
-    }
-
-    /// Whether `GET /webhooks/{name}` is a handshake for this kind.
-    pub fn has_get_handshakes(&self) -> bool {
         self.handshakes
             .iter()
-            .any(|h| h.method == HandshakeMethod::Get)
+            .any(|h| h.method == HandshakeMethod::Post && h.unsigned)
     }
 
-    /// The first GET handshake whose condition holds.
-    pub fn get_handshake(&self, ctx: &super::source::Context<'_>) -> Option<&Handshake> {
+    /// Whether requests with this method (GET, OPTIONS) can be handshakes for this kind.
+    pub fn has_handshakes_for(&self, method: HandshakeMethod) -> bool {
+        self.handshakes.iter().any(|h| h.method == method)
+    }
+
+    /// The first bodiless (GET, OPTIONS) handshake of `method` whose condition holds.
+    pub fn bodiless_handshake(
+        &self,
+        method: HandshakeMethod,
+        ctx: &super::source::Context<'_>,
+    ) -> Option<&Handshake> {
         self.handshakes
             .iter()
-            .find(|h| h.method == HandshakeMethod::Get && h.when.holds(ctx))
+            .find(|h| h.method == method && h.when.holds(ctx))
     }
 
     /// Whether the provider delivers the signing secret itself, unsigned (a `store` handshake).

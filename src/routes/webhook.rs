@@ -18,7 +18,7 @@ use crate::metrics::OUTCOME_REJECTED;
 use crate::pipeline::plan::{self, Plan};
 use crate::pipeline::signature::{self, hmac};
 use crate::pipeline::{access, body, parse, Received};
-use crate::provider::definition::{BodyFormat, HmacAlgorithm};
+use crate::provider::definition::{BodyFormat, HandshakeMethod, HmacAlgorithm};
 use crate::provider::kind::{Handshake, Kind, Reply};
 use crate::provider::registry::Instance;
 use crate::provider::source::{text_of, Context};
@@ -173,9 +173,15 @@ async fn handle(
         .get(name)
         .cloned()
         .ok_or_else(|| GatewayError::UnknownProvider(name.to_owned()))?;
-    // 2. method (GET only for kinds with a GET handshake, answered after the access checks)
-    let is_get = req.method() == Method::GET && instance.kind.has_get_handshakes();
-    if req.method() != Method::POST && !is_get {
+    // 2. method (GET and OPTIONS only for kinds with such handshakes, answered after the
+    // access checks)
+    let bodiless = match *req.method() {
+        Method::GET => Some(HandshakeMethod::Get),
+        Method::OPTIONS => Some(HandshakeMethod::Options),
+        _ => None,
+    }
+    .filter(|m| instance.kind.has_handshakes_for(*m));
+    if req.method() != Method::POST && bodiless.is_none() {
         return Err(GatewayError::MethodNotAllowed {
             method: req.method().to_string(),
             allow: RECEIVER_METHODS,
@@ -186,9 +192,9 @@ async fn handle(
         return Err(GatewayError::Paused);
     }
     let headers = req.headers();
-    if is_get {
+    if let Some(method) = bodiless {
         let client_ip = check_access(&instance, headers, client)?;
-        return answer_get(req, instance, client_ip, state);
+        return answer_bodiless(req, method, instance, client_ip, state);
     }
     // 3. body
     let body = body::read_limited(
@@ -347,11 +353,13 @@ fn unsigned_handshake<'k>(
     Some((handshake, value))
 }
 
-/// `GET /webhooks/{name}` for kinds with GET handshakes (Meta's `hub.challenge`, Okta's
-/// verification): the handshake is authenticated by the instance's `verify_token` or by the
-/// kind's signature scheme over an empty body, then answered; nothing is stored.
-fn answer_get(
+/// `GET` or `OPTIONS /webhooks/{name}` for kinds with such handshakes (Meta's `hub.challenge`,
+/// Okta's verification, CloudEvents' validation): the handshake is authenticated by the
+/// instance's `verify_token`, or by the kind's signature scheme over an empty body unless it is
+/// `unsigned`, then answered; nothing is stored.
+fn answer_bodiless(
     req: &HttpRequest,
+    method: HandshakeMethod,
     instance: std::sync::Arc<Instance>,
     client_ip: Option<std::net::IpAddr>,
     state: &AppState,
@@ -365,7 +373,7 @@ fn answer_get(
         query: req.query_string(),
         current: None,
     };
-    let Some(handshake) = instance.kind.get_handshake(&ctx) else {
+    let Some(handshake) = instance.kind.bodiless_handshake(method, &ctx) else {
         return Err(GatewayError::MethodNotAllowed {
             method: req.method().to_string(),
             allow: RECEIVER_METHODS,
@@ -382,6 +390,7 @@ fn answer_get(
                 return Err(GatewayError::InvalidVerifyToken);
             }
         }
+        None if handshake.unsigned => {}
         None => {
             let received_at = state.clock.now();
             let received = Received {
@@ -396,7 +405,7 @@ fn answer_get(
         }
     }
     tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
-    tracing::debug!(handshake = %handshake.name, "GET handshake answered.");
+    tracing::debug!(handshake = %handshake.name, "Bodiless handshake answered.");
     handshake_reply(handshake, &ctx, &instance)
 }
 
@@ -415,6 +424,16 @@ fn handshake_reply(
             HttpResponse::Ok().json(json!({"status": "ok", "handshake": handshake.name}))
         }
         Reply::Json(body) => HttpResponse::Ok().json(body),
+        Reply::Header { source, header } => {
+            let value = source
+                .resolve(ctx)
+                .and_then(|v| text_of(&v))
+                .and_then(|v| HeaderValue::from_str(&v).ok())
+                .ok_or_else(missing)?;
+            HttpResponse::Ok()
+                .insert_header((header.clone(), value))
+                .finish()
+        }
         Reply::Echo {
             source,
             field,
