@@ -581,9 +581,50 @@ mod tests {
             "mailgun",
             "discord",
             "sendgrid",
+            "hubspot",
+            "meta",
+            "intercom",
+            "vercel",
+            "workos",
+            "telnyx",
+            "azure-eventgrid",
+            "okta",
+            "woocommerce",
+            "notion",
         ] {
             assert!(kinds.contains_key(name), "{name} missing");
         }
+    }
+
+    #[test]
+    fn handshake_keys_that_cannot_work_are_refused_at_compile_time() {
+        let compile_text = |handshake: &str| {
+            let text = format!(
+                "[signature]\nscheme = \"token\"\nheader = \"X-T\"\n[[handshake]]\nname = \"h\"\nwhen = {{ source = \"header:X-H\" }}\n{handshake}\n[[event]]\ntype = [\"/type\"]\n"
+            );
+            compile("x", toml::from_str(&text).unwrap()).map(|_| ())
+        };
+        let refused = |handshake: &str, key: &str| {
+            let (k, _) = compile_text(handshake).unwrap_err();
+            assert_eq!(k, key, "{handshake}");
+        };
+        refused("reply = { kind = \"store\" }", "handshake[0].reply");
+        refused(
+            "unsigned = true\nreply = { kind = \"store\" }",
+            "handshake[0].reply",
+        );
+        refused(
+            "verify_token = \"query:t\"\nreply = { kind = \"ack\" }",
+            "handshake[0].verify_token",
+        );
+        refused(
+            "method = \"GET\"\nunsigned = true\nverify_token = \"query:t\"\nreply = { kind = \"ack\" }",
+            "handshake[0].unsigned",
+        );
+        assert!(compile_text(
+            "method = \"GET\"\nverify_token = \"query:t\"\nreply = { kind = \"ack\" }"
+        )
+        .is_ok());
     }
 
     #[test]

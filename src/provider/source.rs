@@ -49,6 +49,19 @@ pub struct Context<'a> {
     pub current: Option<&'a Value>,
 }
 
+impl<'a> Context<'a> {
+    /// The context of a whole body (no batch element, no `current` yet).
+    pub fn whole(body: &'a Value, headers: &'a HeaderMap, query: &'a str) -> Self {
+        Context {
+            body,
+            root: body,
+            headers,
+            query,
+            current: None,
+        }
+    }
+}
+
 impl Source {
     pub fn parse(text: &str) -> Result<Self, String> {
         if let Some(name) = text.strip_prefix(HEADER_PREFIX) {

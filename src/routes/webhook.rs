@@ -214,13 +214,7 @@ async fn handle(
         if !matches!(handshake.reply, Reply::Store) {
             tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
             tracing::debug!(handshake = %handshake.name, "Unsigned handshake answered.");
-            let ctx = Context {
-                body: value,
-                root: value,
-                headers,
-                query: req.query_string(),
-                current: None,
-            };
+            let ctx = Context::whole(value, headers, req.query_string());
             return handshake_reply(handshake, &ctx, &instance);
         }
     }
@@ -259,13 +253,7 @@ async fn handle(
         Plan::Handshake(handshake) => {
             tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
             tracing::debug!(handshake = %handshake.name, "Handshake answered.");
-            let ctx = Context {
-                body: &value,
-                root: &value,
-                headers,
-                query: "",
-                current: None,
-            };
+            let ctx = Context::whole(&value, headers, "");
             handshake_reply(handshake, &ctx, &verified.instance)
         }
         Plan::Unprocessable(error) => Err(state
@@ -342,13 +330,7 @@ fn unsigned_handshake<'k>(
     let value = parse::parse_bytes(BodyFormat::Json, body)
         .or_else(|_| parse::parse_bytes(BodyFormat::Form, body))
         .ok()?;
-    let ctx = Context {
-        body: &value,
-        root: &value,
-        headers,
-        query: "",
-        current: None,
-    };
+    let ctx = Context::whole(&value, headers, "");
     let handshake = kind.unsigned_handshake(&ctx)?;
     Some((handshake, value))
 }
@@ -366,13 +348,7 @@ fn answer_bodiless(
 ) -> Result<HttpResponse, GatewayError> {
     let headers = req.headers();
     let null = serde_json::Value::Null;
-    let ctx = Context {
-        body: &null,
-        root: &null,
-        headers,
-        query: req.query_string(),
-        current: None,
-    };
+    let ctx = Context::whole(&null, headers, req.query_string());
     let Some(handshake) = instance.kind.bodiless_handshake(method, &ctx) else {
         return Err(GatewayError::MethodNotAllowed {
             method: req.method().to_string(),
