@@ -383,3 +383,29 @@ async fn a_get_handshake_kind_requires_its_verify_token() {
         .to_string();
     assert!(error.contains("verify_token"), "{error}");
 }
+
+#[tokio::test]
+async fn discord_interactions_get_a_deferred_response_never_hookgates_json() {
+    let set = fixture_set("discord");
+    let app = serve(&set, set.file.signed_at).await;
+    let c = case(&set, "application_command");
+    for expected in ["accepted", "duplicate"] {
+        let response = app.post("discord", &c.headers, c.body.clone()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-hookgate-status"], expected);
+        assert!(response.headers().contains_key("x-hookgate-id"));
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body, json!({"type": 5}), "{expected}");
+    }
+    // PING is still answered with PONG, and not stored.
+    let ping = case(&set, "ping");
+    let body: Value = app
+        .post("discord", &ping.headers, ping.body.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body, json!({"type": 1}));
+    assert_eq!(app.sink_envelopes(1).await.len(), 1);
+    app.stop().await;
+}

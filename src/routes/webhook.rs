@@ -248,7 +248,20 @@ async fn handle(
     let value = parse::parse(&verified)?;
     // 9–13
     let max_events = verified.instance.batch_max_events;
-    match plan::plan(kind, &value, headers, &verified.body, max_events) {
+    let planned = plan::plan(kind, &value, headers, &verified.body, max_events);
+    // An unsigned delivery is stored only by the format its handshake names; anything else
+    // about it (another format, a body that cannot be normalised) is refused, never kept.
+    if let Some(handshake) = unsigned {
+        let named = |events: &plan::Events<'_>| {
+            events.rule.name.as_deref() == Some(handshake.name.as_str())
+        };
+        if !matches!(&planned, Plan::Events(events) if named(events)) {
+            return Err(GatewayError::Signature(signature::SignatureError::Missing(
+                "signature".into(),
+            )));
+        }
+    }
+    match planned {
         Plan::TooManyEvents { count, limit } => Err(GatewayError::TooManyEvents { count, limit }),
         Plan::Handshake(handshake) => {
             tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
@@ -262,14 +275,6 @@ async fn handle(
             .await
             .into()),
         Plan::Events(events) => {
-            // An unsigned delivery is stored only by the format its handshake names.
-            if let Some(handshake) = unsigned {
-                if events.rule.name.as_deref() != Some(handshake.name.as_str()) {
-                    return Err(GatewayError::Signature(signature::SignatureError::Missing(
-                        "signature".into(),
-                    )));
-                }
-            }
             if let Some((_, first)) = events.events.first() {
                 tracing::Span::current().record("event_id", first.as_str());
             }
