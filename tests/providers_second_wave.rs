@@ -409,3 +409,83 @@ async fn discord_interactions_get_a_deferred_response_never_hookgates_json() {
     assert_eq!(app.sink_envelopes(1).await.len(), 1);
     app.stop().await;
 }
+
+/// A sink that answers every envelope with a Discord interaction response.
+async fn replying_sink() -> (String, actix_web::dev::ServerHandle) {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(|| {
+        App::new().default_service(web::to(|| async {
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .body(r#"{"type":4,"data":{"content":"pong"}}"#)
+        }))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (format!("http://127.0.0.1:{port}/interactions"), handle)
+}
+
+#[tokio::test]
+async fn discord_in_sync_mode_answers_with_the_reply_from_sinks_body() {
+    let set = fixture_set("discord");
+    let (url, sink) = replying_sink().await;
+    let secret = set.secrets()[0].clone();
+    let app = spawn_with(
+        &format!(
+            "[providers.discord]\nsecrets = [\"{secret}\"]\nmode = \"sync\"\nreply_from = \"bot\"\n\n[[sinks]]\nname = \"bot\"\nkind = \"http\"\nurl = \"{url}\"\n"
+        ),
+        SpawnOptions {
+            clock_unix: Some(set.file.signed_at),
+            ..Default::default()
+        },
+    )
+    .await;
+    let c = case(&set, "application_command");
+    let response = app.post("discord", &c.headers, c.body.clone()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-hookgate-status"], "accepted");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({"type": 4, "data": {"content": "pong"}}));
+    // Already delivered: a repeat gets the deferred answer, not a second sink call.
+    let body: Value = app
+        .post("discord", &c.headers, c.body.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body, json!({"type": 5}));
+    app.stop().await;
+    sink.stop(true).await;
+}
+
+#[tokio::test]
+async fn reply_from_needs_sync_mode_and_an_http_sink() {
+    for (instance, expected) in [
+        ("reply_from = \"audit\"\n", "sync"),
+        (
+            "mode = \"sync\"\nreply_from = \"audit\"\n",
+            "no `http` sink",
+        ),
+        ("mode = \"sync\"\nreply_from = \"nope\"\n", "no `http` sink"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let text = config_text(
+            dir.path(),
+            "",
+            &format!("[providers.discord]\nsecrets = [\"c8f8f83163eed9033f14993513a10261b4f37f83e5d9139405078fbe0fa16d31\"]\n{instance}"),
+        );
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        let error = hookgate::config::load(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("reply_from") && error.contains(expected),
+            "{error}"
+        );
+    }
+}

@@ -47,6 +47,7 @@ fn instance() -> Arc<Instance> {
                 basic_auth: None,
                 body_limit: 1 << 20,
                 mode: DeliveryMode::Async,
+                reply_from: None,
                 batch_max_events: hookgate::config::DEFAULT_BATCH_MAX_EVENTS,
             })
         })

@@ -41,6 +41,8 @@ pub struct Instance {
     pub body_limit: usize,
     /// Whether sinks run before the answer.
     pub mode: DeliveryMode,
+    /// Sync mode: the sink whose answer is the provider's answer.
+    pub reply_from: Option<String>,
     /// Most events one delivery may carry (`batch_max_events`).
     pub batch_max_events: usize,
 }
@@ -171,6 +173,7 @@ impl Registry {
                     basic_auth: cfg.basic_auth.as_ref().map(|list| BasicAuth::new(&list.0)),
                     body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
                     mode: cfg.mode,
+                    reply_from: cfg.reply_from.clone(),
                     batch_max_events: cfg.batch_max_events,
                 }),
             );

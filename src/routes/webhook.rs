@@ -476,17 +476,29 @@ fn acknowledge(state: &AppState, instance: &str, kind: &Kind, ingested: &Ingeste
             metrics.duplicates.inc();
         }
     }
-    // The provider's own answer (Discord's deferred response), stored or duplicate alike; the
-    // outcome and the gateway id go in headers instead.
-    if let Some(reply) = &kind.accepted_reply {
+    // The `reply_from` sink's answer (sync mode), else the provider's own answer (Discord's
+    // deferred response), stored or duplicate alike; the outcome and the gateway id go in
+    // headers instead.
+    let own = match (&ingested.reply, &kind.accepted_reply) {
+        (Some(reply), _) => Some((
+            reply.content_type.as_deref().unwrap_or(JSON_CONTENT_TYPE),
+            reply.body.clone(),
+        )),
+        (None, Some(reply)) => Some((
+            reply.content_type.as_str(),
+            web::Bytes::from(reply.body.to_string()),
+        )),
+        (None, None) => None,
+    };
+    if let Some((content_type, body)) = own {
         let mut answer = HttpResponse::Ok();
         answer
-            .content_type(reply.content_type.as_str())
+            .content_type(content_type)
             .insert_header((STATUS_HEADER, status));
         if let Some(first) = ingested.events.first() {
             answer.insert_header((ID_HEADER, first.id.as_str()));
         }
-        return answer.body(reply.body.to_string());
+        return answer.body(body);
     }
     let first = ingested.events.first();
     let answer = Answer {
