@@ -184,7 +184,52 @@ def sign(kind: str, secret: str, ts: int, body: bytes, headers: dict, meta: dict
         der = key.sign(str(ts).encode() + body, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
         return {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(der).decode(),
                 "X-Twilio-Email-Event-Webhook-Timestamp": str(ts)}
+    signed = sign_second_wave(kind, secret, ts, body, headers, meta)
+    if signed is not None:
+        return signed
     raise SystemExit(f"no signer for kind {kind}")
+
+
+def ed25519_b64(seed_hex: str, message: bytes) -> str:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed_hex))
+    return base64.b64encode(key.sign(message)).decode()
+
+
+def sign_second_wave(kind: str, secret: str, ts: int, body: bytes, headers: dict, meta: dict):
+    """Issue 14, scheme features (hubspot ... notion). None: not one of these kinds."""
+    inst = meta["instance"]
+    if kind == "hubspot":
+        # v3: base64 HMAC-SHA256 of method + URI + body + timestamp (ms).
+        ms = str(ts * 1000)
+        signed = b"POST" + inst["public_url"].encode() + body + ms.encode()
+        return {"X-HubSpot-Request-Timestamp": ms, "X-HubSpot-Signature-v3": b64mac(secret.encode(), signed)}
+    if kind == "meta":
+        return {"X-Hub-Signature-256": "sha256=" + hexmac(secret, body)}
+    if kind == "intercom":
+        return {"X-Hub-Signature": "sha1=" + hexmac(secret, body, hashlib.sha1)}
+    if kind == "vercel":
+        return {"x-vercel-signature": hexmac(secret, body, hashlib.sha1)}
+    if kind == "workos":
+        ms = ts * 1000
+        return {"WorkOS-Signature": f"t={ms}, v1=" + hexmac(secret, f"{ms}.".encode() + body)}
+    if kind == "telnyx":
+        return {"telnyx-timestamp": str(ts),
+                "telnyx-signature-ed25519": ed25519_b64(meta["signing_key"], str(ts).encode() + b"|" + body)}
+    if kind in ("azure-eventgrid", "okta"):
+        # A shared token; Event Grid's SubscriptionValidation is answered unsigned.
+        if header(headers, "aeg-event-type")[1] == "SubscriptionValidation":
+            return {}
+        return {"Authorization": secret}
+    if kind == "woocommerce":
+        if body.startswith(b"webhook_id="):  # the ping is sent unsigned
+            return {}
+        return {"X-WC-Webhook-Signature": b64mac(secret.encode(), body)}
+    if kind == "notion":
+        if b'"verification_token"' in body:  # the one-time token delivery is unsigned
+            return {}
+        return {"X-Notion-Signature": "sha256=" + hexmac(secret, body)}
+    return None
 
 
 def sign_body(kind: str, secret: str, ts: int, body: bytes) -> bytes:

@@ -252,9 +252,15 @@ pub struct InstanceSettings {
     /// The public URL the provider calls (`https://hooks.example.com/webhooks/twilio`), for
     /// schemes that sign it (Twilio, Square); the request's query string is appended.
     pub public_url: Option<Expanded>,
+    /// The token a provider's GET subscription handshake echoes (Meta's `hub.verify_token`),
+    /// for kinds whose handshake checks one; a secret, never logged.
+    pub verify_token: Option<Secret>,
     /// `async` (default) or `sync`: deliver to the sinks before answering.
     #[serde(default)]
     pub mode: DeliveryMode,
+    /// Sync mode: the body this `http` sink answers with becomes the answer to the provider
+    /// (Discord interactions, Slack slash commands).
+    pub reply_from: Option<String>,
     /// Most events one delivery may carry (the elements of a batch); a larger batch is
     /// refused with 413 `too_many_events`. Each event costs a claim, an envelope and a task per
     /// sink, so this bounds what one request can make the gateway do.
@@ -857,6 +863,25 @@ fn validate(settings: &Settings, file: &str) -> Result<SocketAddr, ConfigError> 
                 return Err(err(
                     &key("rate_limit.status"),
                     format!("must be 429 or 503, got {}", rate.status),
+                ));
+            }
+        }
+        if let Some(sink) = &instance.reply_from {
+            if instance.mode != DeliveryMode::Sync {
+                return Err(err(
+                    &key("reply_from"),
+                    "needs mode = \"sync\": only a sink called before the answer can give it"
+                        .into(),
+                ));
+            }
+            let is_http = settings
+                .sinks
+                .iter()
+                .any(|s| matches!(s, SinkSettings::Http { .. }) && s.common().name == *sink);
+            if !is_http {
+                return Err(err(
+                    &key("reply_from"),
+                    format!("names no `http` sink `{sink}`"),
                 ));
             }
         }

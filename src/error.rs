@@ -63,6 +63,8 @@ pub enum GatewayError {
     },
     #[error("valid HTTP Basic Auth credentials are required")]
     Unauthorized,
+    #[error("the verify token does not match this provider instance's verify_token")]
+    InvalidVerifyToken,
     #[error("{0}")]
     Signature(SignatureError),
     #[error("the body is not valid {format}: {detail}")]
@@ -126,6 +128,9 @@ impl GatewayError {
             }
             GatewayError::IpNotAllowed | GatewayError::ForwardedConflict => {
                 ("ip_not_allowed", StatusCode::FORBIDDEN, vec![])
+            }
+            GatewayError::InvalidVerifyToken => {
+                ("invalid_verify_token", StatusCode::FORBIDDEN, vec![])
             }
             GatewayError::RateLimited { wait, status } => {
                 ("rate_limited", *status, retry_after(retry_after_secs(wait)))
@@ -286,6 +291,11 @@ mod tests {
                 "too_many_events",
             ),
             (GatewayError::IpNotAllowed, 403, "ip_not_allowed"),
+            (
+                GatewayError::InvalidVerifyToken,
+                403,
+                "invalid_verify_token",
+            ),
             (
                 GatewayError::RateLimited {
                     wait: Duration::from_millis(1500),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use crate::config::DeliveryMode;
-use crate::dispatch::{DeliveryError, Dispatcher};
+use crate::dispatch::{DeliveryError, Dispatcher, SinkReply};
 use crate::envelope::{format_millis, IdGenerator};
 use crate::pipeline::normalise::{self, EnvelopeInfo, NormaliseError};
 use crate::pipeline::plan::Events;
@@ -53,6 +53,8 @@ pub struct Ingested {
     pub events: Vec<EventOutcome>,
     /// The body was a batch (the answer then lists every event).
     pub is_batch: bool,
+    /// Sync mode with `reply_from`: that sink's answer, to answer the provider with.
+    pub reply: Option<SinkReply>,
 }
 
 impl Ingested {
@@ -119,7 +121,8 @@ impl Ingestor {
         else {
             return Ok(None);
         };
-        self.deliver_if_sync(instance, std::slice::from_ref(&id))
+        let reply = self
+            .deliver_if_sync(instance, std::slice::from_ref(&id))
             .await?;
         Ok(Some(Ingested {
             events: vec![EventOutcome {
@@ -128,6 +131,7 @@ impl Ingestor {
                 status: Status::Duplicate,
             }],
             is_batch: false,
+            reply,
         }))
     }
 
@@ -164,10 +168,11 @@ impl Ingestor {
                 })
                 .collect();
             let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-            self.deliver_if_sync(instance, &ids).await?;
+            let reply = self.deliver_if_sync(instance, &ids).await?;
             return Ok(Ingested {
                 events,
                 is_batch: plan.is_batch,
+                reply,
             });
         }
         // 11. normalise the new events
@@ -227,6 +232,7 @@ impl Ingestor {
             return Ok(Ingested {
                 events: Vec::new(),
                 is_batch: plan.is_batch,
+                reply: None,
             });
         }
         // 12. persist: claims, receipt, body, envelopes and tasks, durably and together
@@ -272,10 +278,11 @@ impl Ingestor {
             .collect();
         debug!(id = %events[0].id, events = events.len(), "Stored.");
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        self.deliver_if_sync(instance, &ids).await?;
+        let reply = self.deliver_if_sync(instance, &ids).await?;
         Ok(Ingested {
             events,
             is_batch: plan.is_batch,
+            reply,
         })
     }
 
@@ -301,15 +308,19 @@ impl Ingestor {
         }
     }
 
+    /// Sync mode: delivers now; the `reply_from` sink's answer, if it gave one.
     async fn deliver_if_sync(
         &self,
         instance: &Instance,
         ids: &[String],
-    ) -> Result<(), IngestError> {
-        if instance.mode == DeliveryMode::Sync {
-            self.dispatcher.deliver_now(ids).await?;
+    ) -> Result<Option<SinkReply>, IngestError> {
+        if instance.mode != DeliveryMode::Sync {
+            return Ok(None);
         }
-        Ok(())
+        Ok(self
+            .dispatcher
+            .deliver_now(ids, instance.reply_from.as_deref())
+            .await?)
     }
 }
 

@@ -98,6 +98,7 @@ pub fn normalise_all(kind: &Kind, value: &Value, headers: &HeaderMap, raw: &[u8]
                 body: value,
                 root: value,
                 headers,
+                query: "",
                 current: None,
             };
             match &handshake.reply {

@@ -40,12 +40,14 @@ fn instance() -> Arc<Instance> {
                 secrets,
                 keys,
                 public_url: None,
+                verify_token: None,
                 allow_ips: Vec::new(),
                 limiter: None,
                 rate_limit_status: actix_web::http::StatusCode::TOO_MANY_REQUESTS,
                 basic_auth: None,
                 body_limit: 1 << 20,
                 mode: DeliveryMode::Async,
+                reply_from: None,
                 batch_max_events: hookgate::config::DEFAULT_BATCH_MAX_EVENTS,
             })
         })

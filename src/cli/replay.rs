@@ -182,6 +182,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
             if let Some((_, query)) = resigned.url.as_deref().and_then(|u| u.split_once('?')) {
                 url = format!("{url}?{query}");
             }
+            url = super::sign::with_query(&url, resigned.query.as_deref());
             let label = format!("{}/{}", set.kind, case.name);
             sent += 1;
             let mut request = client.post(&url);

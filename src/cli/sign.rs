@@ -57,6 +57,19 @@ pub struct Resigned {
     pub body: Vec<u8>,
     /// The URL to post to, when the scheme changed it (Twilio JSON bodies carry `bodySHA256`).
     pub url: Option<String>,
+    /// A query string the request must carry (a token in `?code=`).
+    pub query: Option<String>,
+}
+
+/// Appends a query string to a URL.
+pub fn with_query(url: &str, query: Option<&str>) -> String {
+    match query {
+        Some(query) => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}{query}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// Drops the old signature headers, then signs `body` as the provider would at `now`.
@@ -110,6 +123,7 @@ pub fn resign(
         headers: map,
         body: signed.body.unwrap_or_else(|| body.to_vec()),
         url,
+        query: signed.query,
     })
 }
 
@@ -180,9 +194,12 @@ pub fn run(args: SignArgs) -> anyhow::Result<()> {
     for (name, value) in &signed.headers {
         outln!("{name}: {}", value.to_str().unwrap_or_default());
     }
-    let url = signed
-        .url
-        .unwrap_or_else(|| format!("http://127.0.0.1:8080/webhooks/{}", args.kind));
+    let url = with_query(
+        &signed
+            .url
+            .unwrap_or_else(|| format!("http://127.0.0.1:8080/webhooks/{}", args.kind)),
+        signed.query.as_deref(),
+    );
     let mut curl = format!("curl -sS -X POST {}", shell_quote(&url));
     for (name, value) in &signed.headers {
         curl.push_str(" \\\n  -H ");

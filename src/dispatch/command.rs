@@ -101,6 +101,7 @@ impl CommandSink {
                         http_status: None,
                         exit_code: Some(0),
                         response: None,
+                        reply: None,
                     }
                 } else {
                     let text = String::from_utf8_lossy(&stderr).trim().to_owned();

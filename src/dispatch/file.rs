@@ -127,6 +127,7 @@ impl FileSink {
                 http_status: None,
                 exit_code: None,
                 response: None,
+                reply: None,
             },
             Ok(Err(e)) => Attempt::Retry {
                 error: format!("{}: {e}", self.path.display()),

@@ -25,6 +25,9 @@ use crate::secret::redact_url;
 const OUTGOING_PREFIX: &str = "webhook-";
 /// How much of a failed response body is read and kept in the attempt record.
 pub const ERROR_BODY_LIMIT: usize = 512;
+/// How much of a successful answer is read: the start is kept in the attempt record, the whole
+/// (up to this) may become the provider's answer (`reply_from`).
+pub const REPLY_LIMIT: usize = 64 * 1024;
 
 pub struct HttpSink {
     url: String,
@@ -141,39 +144,59 @@ fn cause(e: reqwest::Error) -> String {
     text
 }
 
-/// At most [`ERROR_BODY_LIMIT`] bytes of an error answer's body, read chunk by chunk: the
-/// rest is never read (the connection is dropped with it).
-async fn snippet(mut response: reqwest::Response) -> String {
+/// At most `limit` bytes of an answer's body, read chunk by chunk: the rest is never read
+/// (the connection is dropped with it).
+async fn read_at_most(response: &mut reqwest::Response, limit: usize) -> Vec<u8> {
     let mut bytes = Vec::new();
-    while bytes.len() < ERROR_BODY_LIMIT {
+    while bytes.len() < limit {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                let room = ERROR_BODY_LIMIT - bytes.len();
+                let room = limit - bytes.len();
                 bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             Ok(None) | Err(_) => break,
         }
     }
-    // A character cut in two at the limit is dropped, not shown as garbage.
-    let text = match std::str::from_utf8(&bytes) {
+    bytes
+}
+
+/// At most [`ERROR_BODY_LIMIT`] bytes of an error answer's body, as text.
+async fn snippet(mut response: reqwest::Response) -> String {
+    let bytes = read_at_most(&mut response, ERROR_BODY_LIMIT).await;
+    text_snippet(&bytes[..bytes.len().min(ERROR_BODY_LIMIT)])
+}
+
+/// Bytes as trimmed text: a character cut in two at the end is dropped, not shown as garbage.
+fn text_snippet(bytes: &[u8]) -> String {
+    let text = match std::str::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) if e.error_len().is_none() => {
             std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default()
         }
-        Err(_) => return String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(_) => return String::from_utf8_lossy(bytes).trim().to_owned(),
     };
     text.trim().to_owned()
 }
 
-async fn classify(response: reqwest::Response) -> Attempt {
+async fn classify(mut response: reqwest::Response) -> Attempt {
     let status = response.status();
     let code = status.as_u16();
     if status.is_success() {
-        let body = snippet(response).await;
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = read_at_most(&mut response, REPLY_LIMIT).await;
+        let text = text_snippet(&bytes[..bytes.len().min(ERROR_BODY_LIMIT)]);
         return Attempt::Delivered {
             http_status: Some(code),
             exit_code: None,
-            response: (!body.is_empty()).then_some(body),
+            response: (!text.is_empty()).then_some(text),
+            reply: (!bytes.is_empty()).then(|| super::SinkReply {
+                content_type,
+                body: bytes.into(),
+            }),
         };
     }
     let retry_after = response

@@ -56,6 +56,13 @@ pub trait SyncHandler: Send + Sync + 'static {
     fn handle<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), String>>;
 }
 
+/// A sink's answer: what an instance with `reply_from` answers the provider with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkReply {
+    pub content_type: Option<String>,
+    pub body: bytes::Bytes,
+}
+
 /// How one attempt went, as the sink saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
@@ -64,6 +71,9 @@ pub enum Attempt {
         exit_code: Option<i32>,
         /// The start of the answer's body (HTTP sinks), bounded like error snippets.
         response: Option<String>,
+        /// The answer itself (HTTP sinks, at most [`http::REPLY_LIMIT`] bytes), for an
+        /// instance's `reply_from`; never stored.
+        reply: Option<SinkReply>,
     },
     /// Worth retrying: 429, 5xx, a timeout, a connection error, a non-zero exit.
     Retry {
@@ -120,6 +130,7 @@ impl Sink {
                             http_status: None,
                             exit_code: None,
                             response: None,
+                            reply: None,
                         },
                         Err(error) => Attempt::Retry {
                             error,
@@ -427,6 +438,7 @@ impl Dispatcher {
                 http_status,
                 exit_code,
                 response,
+                ..
             }) => ("delivered", http_status, exit_code, None, response),
             Some(Attempt::Retry {
                 error,
@@ -452,8 +464,14 @@ impl Dispatcher {
     }
 
     /// Sync mode: delivers these envelopes' pending tasks now, sink by sink. `Ok` only when no
-    /// task of theirs is left pending.
-    pub async fn deliver_now(&self, envelope_ids: &[String]) -> Result<(), DeliveryError> {
+    /// task of theirs is left pending; with the answer of sink `reply_from` to the first
+    /// envelope, when that sink delivered it now and answered with a body.
+    pub async fn deliver_now(
+        &self,
+        envelope_ids: &[String],
+        reply_from: Option<&str>,
+    ) -> Result<Option<SinkReply>, DeliveryError> {
+        let mut reply = None;
         for route in &self.routes {
             if self.pauses.is_paused(PauseTarget::Sink, &route.name) {
                 continue;
@@ -463,8 +481,18 @@ impl Dispatcher {
                 .store
                 .take(route.name.clone(), envelope_ids.to_vec(), now)
                 .await?;
-            if !due.is_empty() && !self.worker(route).attempt(due).await? {
+            if due.is_empty() {
+                continue;
+            }
+            let (delivered, replies) = self.worker(route).attempt_with_replies(due).await?;
+            if !delivered {
                 return Err(DeliveryError::NotDelivered(route.name.clone()));
+            }
+            if reply_from == Some(route.name.as_str()) {
+                reply = replies
+                    .into_iter()
+                    .find(|(id, _)| envelope_ids.first() == Some(id))
+                    .and_then(|(_, reply)| reply);
             }
         }
         // A task still pending here is leased by a background worker right now.
@@ -477,7 +505,7 @@ impl Dispatcher {
                 return Err(DeliveryError::InFlight(task.sink.clone()));
             }
         }
-        Ok(())
+        Ok(reply)
     }
 }
 

@@ -113,6 +113,15 @@ impl Worker {
 
     /// Attempts leased tasks now and records the outcomes. Returns whether all were delivered.
     pub async fn attempt(&self, due: Vec<DueTask>) -> Result<bool, StoreError> {
+        Ok(self.attempt_with_replies(due).await?.0)
+    }
+
+    /// [`Self::attempt`], with each delivered envelope's sink answer (by envelope id).
+    pub async fn attempt_with_replies(
+        &self,
+        due: Vec<DueTask>,
+    ) -> Result<(bool, Vec<(String, Option<super::SinkReply>)>), StoreError> {
+        let mut replies = Vec::new();
         let mut tasks: Vec<TaskRecord> = Vec::with_capacity(due.len());
         let mut envelopes: Vec<Envelope> = Vec::with_capacity(due.len());
         let mut done = Vec::new();
@@ -141,14 +150,17 @@ impl Worker {
             let started = Instant::now();
             let attempts = self.route.sink.deliver(&envelopes).await;
             let duration = started.elapsed();
-            for (task, attempt) in tasks.into_iter().zip(attempts) {
+            for ((task, attempt), envelope) in tasks.into_iter().zip(attempts).zip(&envelopes) {
                 let (task, record) = self.outcome(task, &attempt, duration);
                 all_delivered &= record.outcome == AttemptOutcome::Delivered;
                 done.push((task, record));
+                if let Attempt::Delivered { reply, .. } = attempt {
+                    replies.push((envelope.id.clone(), reply));
+                }
             }
         }
         self.store.record_attempts(done).await?;
-        Ok(all_delivered)
+        Ok((all_delivered, replies))
     }
 
     /// Applies one attempt to its task: new state, metrics, a log line for failures.

@@ -162,6 +162,7 @@ pub fn envelope(
         body,
         root,
         headers,
+        query: "",
         current: None,
     };
     let parts: Vec<String> = rule
@@ -184,7 +185,12 @@ pub fn envelope(
             rule.object
                 .first_text(&ctx)
                 .ok_or_else(|| NormaliseError::NoObjectAction(event_type.clone()))?,
-            rule.action.first_text(&ctx),
+            // With `object` alone, the action is the split type's (Stripe thin events).
+            rule.action.first_text(&ctx).or_else(|| {
+                rule.split
+                    .apply(&event_type)
+                    .map(|(_, action)| action.to_owned())
+            }),
         )
     };
     let raw_action = raw_action
@@ -329,6 +335,7 @@ mod tests {
                     body: v,
                     root: v,
                     headers: &headers,
+                    query: "",
                     current: None,
                 },
                 b"",

@@ -50,12 +50,7 @@ pub fn plan<'a>(
     raw: &[u8],
     max_events: usize,
 ) -> Plan<'a> {
-    let ctx = Context {
-        body: root,
-        root,
-        headers,
-        current: None,
-    };
+    let ctx = Context::whole(root, headers, "");
     if let Some(handshake) = kind.handshake(&ctx) {
         return Plan::Handshake(handshake);
     }

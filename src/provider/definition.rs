@@ -26,6 +26,23 @@ pub struct Definition {
     /// Payload formats, tried in order; the first whose `when` matches normalises the event.
     #[serde(default)]
     pub event: Vec<EventDef>,
+    /// The answer to a stored (or duplicate) event instead of hookgate's own JSON, for
+    /// providers that require a body of their own (Discord interactions: `{"type":5}`).
+    /// An instance in `mode = "sync"` with `reply_from` answers with its sink's body instead.
+    pub accepted_reply: Option<AcceptedReplyDef>,
+}
+
+/// `accepted_reply = { body = '{"type":5}', content_type = "application/json" }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptedReplyDef {
+    pub body: String,
+    #[serde(default = "default_json_content_type")]
+    pub content_type: String,
+}
+
+fn default_json_content_type() -> String {
+    "application/json".to_owned()
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -57,6 +74,10 @@ pub enum SignatureDef {
         /// Accept the signature with or without `prefix`.
         #[serde(default)]
         prefix_optional: bool,
+        /// The signature header may carry several signatures separated by this (PagerDuty's
+        /// `v1=..,v1=..` during a rotation); the header may also be repeated. Entries without
+        /// `prefix` or that do not decode are skipped; any entry may match.
+        separator: Option<String>,
         /// `hex` or `base64`.
         #[serde(default)]
         encoding: SignatureEncoding,
@@ -96,6 +117,9 @@ pub enum SignatureDef {
         algorithm: HmacAlgorithm,
         #[serde(default)]
         encoding: SignatureEncoding,
+        /// How the signer writes the timestamp (`unix-ms` for WorkOS); either is read.
+        #[serde(default)]
+        timestamp_format: TimestampFormat,
         tolerance_secs: Option<u64>,
     },
     /// `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]` over `{t}.{body}`: a preset of
@@ -143,8 +167,12 @@ pub enum SignatureDef {
     },
     /// No signature: the instance's Basic Auth is the authentication (and is then required).
     Basic,
-    /// A shared token sent verbatim in a header, compared in constant time.
-    Token { header: String },
+    /// A shared token sent verbatim in a header, or in a query parameter (Azure Event Grid's
+    /// `?code=`), compared in constant time. The header wins when both are named and present.
+    Token {
+        header: Option<String>,
+        query: Option<String>,
+    },
     /// Several schemes; the first whose signature header is present decides.
     OneOf { schemes: Vec<SignatureDef> },
 }
@@ -221,6 +249,21 @@ pub struct HandshakeDef {
     pub name: String,
     /// Which requests are this handshake.
     pub when: ConditionDef,
+    /// `POST` (default), `GET` or `OPTIONS`: GET handshakes (Meta, Okta) and OPTIONS ones
+    /// (CloudEvents webhook validation) are answered on `/webhooks/{name}` after the access
+    /// checks, without a body; their `when` reads headers and `query:`.
+    #[serde(default)]
+    pub method: HandshakeMethod,
+    /// A GET handshake authenticated by a token the provider echoes back (Meta's
+    /// `query:hub.verify_token`), compared with the instance's `verify_token`; a mismatch is
+    /// 403 `invalid_verify_token`. Without it a GET handshake is verified by the kind's
+    /// signature scheme over an empty body (Okta's static Authorization header).
+    pub verify_token: Option<String>,
+    /// Recognised before the signature stage, on the raw body (JSON, else form): deliveries the
+    /// provider sends unsigned (WooCommerce's ping, Notion's verification token). On a GET or
+    /// OPTIONS handshake: answered without any authentication (it must store nothing).
+    #[serde(default)]
+    pub unsigned: bool,
     /// How to answer.
     pub reply: ReplyDef,
 }
@@ -236,9 +279,19 @@ pub enum ReplyDef {
         source: String,
         #[serde(default)]
         field: Option<String>,
+        /// Overrides the answer's Content-Type (default: JSON with `field`, else text/plain).
+        #[serde(default)]
+        content_type: Option<String>,
     },
     /// Returns a fixed JSON body (Discord's PONG `{"type":1}`).
     Json { body: String },
+    /// An empty 200 whose `header` is the value at `source` (CloudEvents' `WebHook-Allowed-Origin`
+    /// echoing `WebHook-Request-Origin`).
+    Header { source: String, header: String },
+    /// Not answered as a handshake: the delivery is stored as an event by the format that
+    /// matches it (Notion's one-time `verification_token`, which the operator must read).
+    /// Only for `unsigned` handshakes.
+    Store,
     /// Returns `{"<plain_field>": value, "<mac_field>": hex HMAC-SHA256(secret, value)}` for the
     /// value at `source` (Zoom's `endpoint.url_validation`).
     HmacEcho {
@@ -246,6 +299,15 @@ pub enum ReplyDef {
         plain_field: String,
         mac_field: String,
     },
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HandshakeMethod {
+    #[default]
+    Post,
+    Get,
+    Options,
 }
 
 /// `when = { source = "header:X-GitHub-Event", equals = "ping" }`; without `equals` the source

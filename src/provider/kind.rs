@@ -11,8 +11,8 @@ use std::sync::Arc;
 use actix_web::http::header::{HeaderName, AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 
 use super::definition::{
-    BodyFormat, ConditionDef, Definition, EventDef, MetaDef, MetaType, ReplyDef, SplitAt,
-    SplitOrder,
+    BodyFormat, ConditionDef, Definition, EventDef, HandshakeMethod, MetaDef, MetaType, ReplyDef,
+    SplitAt, SplitOrder,
 };
 use super::source::{Condition, Source, Sources};
 use crate::config::ConfigError;
@@ -29,12 +29,26 @@ pub struct Kind {
     pub formats: Vec<EventRule>,
     /// Headers that carry credentials: never stored with the raw delivery.
     pub secret_headers: Vec<HeaderName>,
+    /// The answer to stored and duplicate events when the provider wants its own body.
+    pub accepted_reply: Option<AcceptedReply>,
+}
+
+/// A fixed answer body and its content type.
+#[derive(Debug)]
+pub struct AcceptedReply {
+    pub body: serde_json::Value,
+    pub content_type: String,
 }
 
 #[derive(Debug)]
 pub struct Handshake {
     pub name: String,
     pub when: Condition,
+    pub method: HandshakeMethod,
+    /// GET handshakes: where the provider's copy of the instance's `verify_token` is.
+    pub verify_token: Option<Source>,
+    /// Recognised before the signature is checked (see `HandshakeDef::unsigned`).
+    pub unsigned: bool,
     pub reply: Reply,
 }
 
@@ -44,8 +58,16 @@ pub enum Reply {
     Echo {
         source: Source,
         field: Option<String>,
+        content_type: Option<String>,
     },
     Json(serde_json::Value),
+    /// An empty answer with one header from `source`.
+    Header {
+        source: Source,
+        header: HeaderName,
+    },
+    /// Stored as an event, answered as one.
+    Store,
     HmacEcho {
         source: Source,
         plain_field: String,
@@ -212,14 +234,64 @@ pub fn compile(name: &str, def: Definition) -> Result<Kind, CompileError> {
         .enumerate()
         .map(|(i, h)| {
             let key = |field: &str| format!("handshake[{i}].{field}");
+            if h.unsigned && h.verify_token.is_some() {
+                return Err((
+                    key("unsigned"),
+                    "a handshake with a verify_token is authenticated by it; drop `unsigned`"
+                        .into(),
+                ));
+            }
+            if h.unsigned && h.method != HandshakeMethod::Post && matches!(h.reply, ReplyDef::Store)
+            {
+                return Err((key("reply"), "only POST bodies can be stored".into()));
+            }
+            if h.verify_token.is_some() && h.method != HandshakeMethod::Get {
+                return Err((
+                    key("verify_token"),
+                    "only GET handshakes take a verify_token".into(),
+                ));
+            }
+            if matches!(h.reply, ReplyDef::Store) && !h.unsigned {
+                return Err((
+                    key("reply"),
+                    "`store` is for unsigned handshakes; signed deliveries are stored anyway"
+                        .into(),
+                ));
+            }
+            if matches!(h.reply, ReplyDef::HmacEcho { .. }) && h.unsigned {
+                return Err((key("reply"), "`hmac-echo` needs a verified delivery".into()));
+            }
             Ok(Handshake {
                 name: h.name.clone(),
                 when: condition(&h.when).map_err(|m| (key("when"), m))?,
+                method: h.method,
+                verify_token: h
+                    .verify_token
+                    .as_deref()
+                    .map(Source::parse)
+                    .transpose()
+                    .map_err(|m| (key("verify_token"), m))?,
+                unsigned: h.unsigned,
                 reply: match &h.reply {
                     ReplyDef::Ack => Reply::Ack,
-                    ReplyDef::Echo { source, field } => Reply::Echo {
+                    ReplyDef::Store => Reply::Store,
+                    ReplyDef::Header { source, header } => Reply::Header {
+                        source: Source::parse(source).map_err(|m| (key("reply.source"), m))?,
+                        header: HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                            (
+                                key("reply.header"),
+                                format!("`{header}` is not a header name"),
+                            )
+                        })?,
+                    },
+                    ReplyDef::Echo {
+                        source,
+                        field,
+                        content_type,
+                    } => Reply::Echo {
                         source: Source::parse(source).map_err(|m| (key("reply.source"), m))?,
                         field: field.clone(),
+                        content_type: content_type.clone(),
                     },
                     ReplyDef::Json { body } => Reply::Json(
                         serde_json::from_str(body)
@@ -250,8 +322,29 @@ pub fn compile(name: &str, def: Definition) -> Result<Kind, CompileError> {
         .enumerate()
         .map(|(i, e)| compile_event(i, e))
         .collect::<Result<Vec<_>, _>>()?;
+    for (i, h) in handshakes.iter().enumerate() {
+        let named = formats
+            .iter()
+            .any(|f| f.name.as_deref() == Some(h.name.as_str()));
+        if matches!(h.reply, Reply::Store) && !named {
+            return Err((
+                format!("handshake[{i}].reply"),
+                format!("an unsigned `store` handshake is stored by the [[event]] format of the same name; add one named `{}`", h.name),
+            ));
+        }
+    }
     let mut secret_headers = vec![AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE];
     secret_headers.extend(scheme.secret_headers());
+    let accepted_reply = def
+        .accepted_reply
+        .map(|r| {
+            Ok::<_, CompileError>(AcceptedReply {
+                body: serde_json::from_str(&r.body)
+                    .map_err(|e| ("accepted_reply.body".to_owned(), format!("not JSON: {e}")))?,
+                content_type: r.content_type,
+            })
+        })
+        .transpose()?;
     Ok(Kind {
         name: name.to_owned(),
         description: def.description,
@@ -260,6 +353,7 @@ pub fn compile(name: &str, def: Definition) -> Result<Kind, CompileError> {
         handshakes,
         formats,
         secret_headers,
+        accepted_reply,
     })
 }
 
@@ -291,10 +385,10 @@ fn compile_event(i: usize, e: &EventDef) -> Result<EventRule, CompileError> {
     }
     let object = list("object", &e.object)?;
     let action = list("action", &e.action)?;
-    if object.is_empty() != action.is_empty() {
+    if object.is_empty() && !action.is_empty() {
         return Err((
-            key("object"),
-            "`object` and `action` are given together, or neither (then `type` is split)".into(),
+            key("action"),
+            "`action` needs `object` (without either, `type` is split; with `object` alone, the action is the split type's)".into(),
         ));
     }
     if e.split.separator.is_empty() {
@@ -388,9 +482,53 @@ fn compile_event(i: usize, e: &EventDef) -> Result<EventRule, CompileError> {
 }
 
 impl Kind {
-    /// The first handshake whose condition holds.
+    /// The first signed POST handshake whose condition holds.
     pub fn handshake(&self, ctx: &super::source::Context<'_>) -> Option<&Handshake> {
-        self.handshakes.iter().find(|h| h.when.holds(ctx))
+        self.handshakes
+            .iter()
+            .find(|h| h.method == HandshakeMethod::Post && !h.unsigned && h.when.holds(ctx))
+    }
+
+    /// The first unsigned POST handshake whose condition holds on the raw body.
+    pub fn unsigned_handshake(&self, ctx: &super::source::Context<'_>) -> Option<&Handshake> {
+        self.handshakes
+            .iter()
+            .find(|h| h.method == HandshakeMethod::Post && h.unsigned && h.when.holds(ctx))
+    }
+
+    /// Whether unsigned POST handshakes are looked for before the signature stage.
+    pub fn has_unsigned_handshakes(&self) -> bool {
+        self.handshakes
+            .iter()
+            .any(|h| h.method == HandshakeMethod::Post && h.unsigned)
+    }
+
+    /// Whether requests with this method (GET, OPTIONS) can be handshakes for this kind.
+    pub fn has_handshakes_for(&self, method: HandshakeMethod) -> bool {
+        self.handshakes.iter().any(|h| h.method == method)
+    }
+
+    /// The first bodiless (GET, OPTIONS) handshake of `method` whose condition holds.
+    pub fn bodiless_handshake(
+        &self,
+        method: HandshakeMethod,
+        ctx: &super::source::Context<'_>,
+    ) -> Option<&Handshake> {
+        self.handshakes
+            .iter()
+            .find(|h| h.method == method && h.when.holds(ctx))
+    }
+
+    /// Whether the provider delivers the signing secret itself, unsigned (a `store` handshake).
+    pub fn delivers_its_secret(&self) -> bool {
+        self.handshakes
+            .iter()
+            .any(|h| h.unsigned && matches!(h.reply, Reply::Store))
+    }
+
+    /// Whether instances must configure `verify_token`.
+    pub fn needs_verify_token(&self) -> bool {
+        self.handshakes.iter().any(|h| h.verify_token.is_some())
     }
 
     /// The first payload format whose condition holds.
@@ -460,6 +598,16 @@ mod tests {
             "mailgun",
             "discord",
             "sendgrid",
+            "hubspot",
+            "meta",
+            "intercom",
+            "vercel",
+            "workos",
+            "telnyx",
+            "azure-eventgrid",
+            "okta",
+            "woocommerce",
+            "notion",
         ] {
             assert!(kinds.contains_key(name), "{name} missing");
         }
@@ -472,6 +620,37 @@ mod tests {
                 "fixtures/{name} has no definition"
             );
         }
+    }
+
+    #[test]
+    fn handshake_keys_that_cannot_work_are_refused_at_compile_time() {
+        let compile_text = |handshake: &str| {
+            let text = format!(
+                "[signature]\nscheme = \"token\"\nheader = \"X-T\"\n[[handshake]]\nname = \"h\"\nwhen = {{ source = \"header:X-H\" }}\n{handshake}\n[[event]]\ntype = [\"/type\"]\n"
+            );
+            compile("x", toml::from_str(&text).unwrap()).map(|_| ())
+        };
+        let refused = |handshake: &str, key: &str| {
+            let (k, _) = compile_text(handshake).unwrap_err();
+            assert_eq!(k, key, "{handshake}");
+        };
+        refused("reply = { kind = \"store\" }", "handshake[0].reply");
+        refused(
+            "unsigned = true\nreply = { kind = \"store\" }",
+            "handshake[0].reply",
+        );
+        refused(
+            "verify_token = \"query:t\"\nreply = { kind = \"ack\" }",
+            "handshake[0].verify_token",
+        );
+        refused(
+            "method = \"GET\"\nunsigned = true\nverify_token = \"query:t\"\nreply = { kind = \"ack\" }",
+            "handshake[0].unsigned",
+        );
+        assert!(compile_text(
+            "method = \"GET\"\nverify_token = \"query:t\"\nreply = { kind = \"ack\" }"
+        )
+        .is_ok());
     }
 
     #[test]

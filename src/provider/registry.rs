@@ -28,6 +28,8 @@ pub struct Instance {
     /// The secrets compiled for the kind's scheme (decoded keys, parsed public keys).
     pub keys: Vec<Key>,
     pub public_url: Option<String>,
+    /// What a GET handshake's token must equal (Meta's `hub.verify_token`).
+    pub verify_token: Option<Secret>,
     pub tolerance_secs: u64,
     /// The instance sets `tolerance_secs` itself: a delivery without a timestamp is refused.
     pub require_timestamp: bool,
@@ -39,6 +41,8 @@ pub struct Instance {
     pub body_limit: usize,
     /// Whether sinks run before the answer.
     pub mode: DeliveryMode,
+    /// Sync mode: the sink whose answer is the provider's answer.
+    pub reply_from: Option<String>,
     /// Most events one delivery may carry (`batch_max_events`).
     pub batch_max_events: usize,
 }
@@ -85,7 +89,9 @@ impl Registry {
                 .filter(|s| !s.is_empty())
                 .cloned()
                 .collect();
-            if kind.scheme.needs_secrets() && secrets.is_empty() {
+            // A kind whose provider sends the signing secret in a first, unsigned delivery
+            // (Notion) starts without one: that delivery is stored for the operator to read.
+            if kind.scheme.needs_secrets() && secrets.is_empty() && !kind.delivers_its_secret() {
                 return Err(ConfigError::new(
                     &file,
                     key("secrets"),
@@ -120,6 +126,21 @@ impl Registry {
                     format!("kind `{kind_name}` signs the URL it calls, so public_url is required"),
                 ));
             }
+            let verify_token = cfg.verify_token.clone().filter(|t| !t.is_empty());
+            if kind.needs_verify_token() && verify_token.is_none() {
+                return Err(ConfigError::new(
+                    &file,
+                    key("verify_token"),
+                    format!("kind `{kind_name}` answers a subscription handshake that checks a verify token, so a non-empty verify_token is required"),
+                ));
+            }
+            if !kind.needs_verify_token() && cfg.verify_token.is_some() {
+                return Err(ConfigError::new(
+                    &file,
+                    key("verify_token"),
+                    format!("kind `{kind_name}` has no handshake that checks a verify token, so `verify_token` would be ignored; remove it"),
+                ));
+            }
             let keys = kind.scheme.compile_keys(&secrets).map_err(|m| {
                 ConfigError::new(
                     &file,
@@ -142,6 +163,7 @@ impl Registry {
                     secrets,
                     keys,
                     public_url: cfg.public_url.as_ref().map(|u| u.as_str().to_owned()),
+                    verify_token,
                     allow_ips: cfg.allow_ips.clone(),
                     limiter: cfg.rate_limit.map(ClientLimiter::new),
                     rate_limit_status: cfg
@@ -151,6 +173,7 @@ impl Registry {
                     basic_auth: cfg.basic_auth.as_ref().map(|list| BasicAuth::new(&list.0)),
                     body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
                     mode: cfg.mode,
+                    reply_from: cfg.reply_from.clone(),
                     batch_max_events: cfg.batch_max_events,
                 }),
             );

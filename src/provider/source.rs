@@ -7,6 +7,7 @@
 //! | `root:/time_ms`    | JSON pointer into the whole body, also inside a batch |
 //! | `/data/object/*`   | the first value under `/data/object` (its only child, usually) |
 //! | `header:X-Name`    | a request header (case-insensitive)           |
+//! | `query:name`       | a query-string parameter (GET handshakes, token schemes) |
 //! | `current:/id`      | JSON pointer into the envelope's `current`    |
 //! | `const:text`       | the literal text                              |
 //!
@@ -22,12 +23,15 @@ const CURRENT_PREFIX: &str = "current:";
 const ROOT_PREFIX: &str = "root:";
 const WILDCARD: &str = "/*";
 const CONST_PREFIX: &str = "const:";
+const QUERY_PREFIX: &str = "query:";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Body(String),
     Root(String),
     Header(HeaderName),
+    /// A query-string parameter, decoded.
+    Query(String),
     Current(String),
     Const(Value),
 }
@@ -40,7 +44,22 @@ pub struct Context<'a> {
     /// The whole body.
     pub root: &'a Value,
     pub headers: &'a HeaderMap,
+    /// The request's query string, undecoded (empty where it plays no part).
+    pub query: &'a str,
     pub current: Option<&'a Value>,
+}
+
+impl<'a> Context<'a> {
+    /// The context of a whole body (no batch element, no `current` yet).
+    pub fn whole(body: &'a Value, headers: &'a HeaderMap, query: &'a str) -> Self {
+        Context {
+            body,
+            root: body,
+            headers,
+            query,
+            current: None,
+        }
+    }
 }
 
 impl Source {
@@ -55,6 +74,11 @@ impl Source {
         } else if let Some(pointer) = text.strip_prefix(CURRENT_PREFIX) {
             check_pointer(pointer)?;
             Ok(Source::Current(pointer.to_owned()))
+        } else if let Some(name) = text.strip_prefix(QUERY_PREFIX) {
+            if name.is_empty() {
+                return Err("`query:` needs a parameter name".into());
+            }
+            Ok(Source::Query(name.to_owned()))
         } else if let Some(literal) = text.strip_prefix(CONST_PREFIX) {
             Ok(Source::Const(Value::String(literal.to_owned())))
         } else {
@@ -76,10 +100,25 @@ impl Source {
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(|s| Cow::Owned(Value::String(s.to_owned()))),
+            Source::Query(name) => {
+                query_param(ctx.query, name).map(|v| Cow::Owned(Value::String(v)))
+            }
             Source::Const(value) => Some(Cow::Owned(value.clone())),
         };
         found.filter(|v| !v.is_null())
     }
+}
+
+/// The first value of a query-string parameter, percent-decoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    if query.is_empty() {
+        return None;
+    }
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .ok()?
+        .into_iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value)
 }
 
 /// A JSON pointer lookup; a trailing `/*` takes the first value of the object or array there.
@@ -99,7 +138,7 @@ fn check_pointer(pointer: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "`{pointer}` is neither a JSON pointer (starting with `/`) nor `header:`, `root:`, `current:` or `const:`"
+            "`{pointer}` is neither a JSON pointer (starting with `/`) nor `header:`, `query:`, `root:`, `current:` or `const:`"
         ))
     }
 }
@@ -183,8 +222,21 @@ mod tests {
             body: &body,
             root: &body,
             headers: &headers,
+            query: "a=1&hub.challenge=x%20y",
             current: Some(&current),
         };
+        assert_eq!(
+            Source::parse("query:hub.challenge")
+                .unwrap()
+                .resolve(&ctx)
+                .unwrap()
+                .as_ref(),
+            &json!("x y")
+        );
+        assert!(Source::parse("query:missing")
+            .unwrap()
+            .resolve(&ctx)
+            .is_none());
         let list = Sources::parse(&[
             "/data/none".into(),
             "/data/missing".into(),
@@ -238,6 +290,7 @@ mod tests {
             body: &body,
             root: &body,
             headers: &headers,
+            query: "",
             current: None,
         };
         let cond = |source: &str, equals: Value| Condition {

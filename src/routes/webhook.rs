@@ -19,16 +19,21 @@ use crate::observe::{Answered, Rejection};
 use crate::pipeline::plan::{self, Plan};
 use crate::pipeline::signature::{self, hmac};
 use crate::pipeline::{access, body, parse, Received};
-use crate::provider::definition::HmacAlgorithm;
-use crate::provider::kind::{Handshake, Reply};
+use crate::provider::definition::{BodyFormat, HandshakeMethod, HmacAlgorithm};
+use crate::provider::kind::{Handshake, Kind, Reply};
 use crate::provider::registry::Instance;
 use crate::provider::source::{text_of, Context};
+use crate::secret::digest_eq;
 use crate::store::PauseTarget;
 
 /// Metric label for requests to names that are not configured (bounded label values).
 pub const UNKNOWN_PROVIDER_LABEL: &str = "unknown";
 const OUTCOME_HANDSHAKE: &str = "handshake";
 const JSON_CONTENT_TYPE: &str = "application/json";
+/// With a kind's `accepted_reply`: `accepted` or `duplicate`.
+pub const STATUS_HEADER: &str = "x-hookgate-status";
+/// With a kind's `accepted_reply`: the gateway id of the (first) event.
+pub const ID_HEADER: &str = "x-hookgate-id";
 
 /// Where the instance name starts.
 pub const PATH_PREFIX: &str = "/webhooks/";
@@ -197,8 +202,15 @@ async fn handle(
         .get(name)
         .cloned()
         .ok_or_else(|| GatewayError::UnknownProvider(name.to_owned()))?;
-    // 2. method
-    if req.method() != Method::POST {
+    // 2. method (GET and OPTIONS only for kinds with such handshakes, answered after the
+    // access checks)
+    let bodiless = match *req.method() {
+        Method::GET => Some(HandshakeMethod::Get),
+        Method::OPTIONS => Some(HandshakeMethod::Options),
+        _ => None,
+    }
+    .filter(|m| instance.kind.has_handshakes_for(*m));
+    if req.method() != Method::POST && bodiless.is_none() {
         return Err(GatewayError::MethodNotAllowed {
             method: req.method().to_string(),
             allow: RECEIVER_METHODS,
@@ -208,8 +220,12 @@ async fn handle(
     if state.pauses.is_paused(PauseTarget::Instance, name) {
         return Err(GatewayError::Paused);
     }
-    // 3. body
     let headers = req.headers();
+    if let Some(method) = bodiless {
+        let client_ip = check_access(&instance, headers, client)?;
+        return answer_bodiless(req, method, instance, client_ip, state);
+    }
+    // 3. body
     let body = body::read_limited(
         payload,
         headers,
@@ -217,28 +233,21 @@ async fn handle(
         state.body_read_timeout,
     )
     .await?;
-    // 4. allowlist
-    let client_ip = client.map_err(|_| GatewayError::ForwardedConflict)?;
-    if !access::is_allowed(client_ip, &instance.allow_ips) {
-        return Err(GatewayError::IpNotAllowed);
-    }
-    // 5. rate limit
-    if let Some(limiter) = &instance.limiter {
-        limiter
-            .check(client_ip)
-            .map_err(|wait| GatewayError::RateLimited {
-                wait,
-                status: instance.rate_limit_status,
-            })?;
-    }
-    // 6. Basic Auth
-    if let Some(auth) = &instance.basic_auth {
-        if !auth.check(headers) {
-            return Err(GatewayError::Unauthorized);
+    // 4–6
+    let client_ip = check_access(&instance, headers, client)?;
+    // 7. signature (unless the kind declares this delivery unsigned)
+    let received_at = state.clock.now();
+    let kind_arc = instance.kind.clone();
+    let unsigned = unsigned_handshake(&kind_arc, headers, &body);
+    if let Some((handshake, value)) = &unsigned {
+        if !matches!(handshake.reply, Reply::Store) {
+            tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
+            tracing::debug!(handshake = %handshake.name, "Unsigned handshake answered.");
+            let ctx = Context::whole(value, headers, req.query_string());
+            return handshake_reply(handshake, &ctx, &instance);
         }
     }
-    // 7. signature
-    let received_at = state.clock.now();
+    let unsigned = unsigned.map(|(handshake, _)| handshake);
     let received = Received {
         instance,
         headers,
@@ -247,21 +256,28 @@ async fn handle(
         client_ip,
         received_at,
     };
-    let verified = signature::verify(received, received_at.timestamp());
-    seen.skew_secs = signature::observed_skew();
-    let verified = verified?;
+    let verified = match unsigned {
+        Some(_) => signature::Verified::unsigned(received),
+        None => {
+            let verified = signature::verify(received, received_at.timestamp());
+            seen.skew_secs = signature::observed_skew();
+            verified?
+        }
+    };
     let kind = &verified.instance.kind;
     // 10 first, when the event ID is in a header or at the body's top level: a duplicate needs
     // no tree of its body.
     let mut checked = None;
-    if let Some(event_id) = plan::early_event_id(kind, headers, &verified.body) {
+    if let Some(event_id) =
+        plan::early_event_id(kind, headers, &verified.body).filter(|_| unsigned.is_none())
+    {
         if let Some(known) = state
             .ingestor
             .known(&verified.instance, event_id.clone())
             .await?
         {
             seen.answered = Answered::Duplicate;
-            return Ok(acknowledge(state, name, &known));
+            return Ok(acknowledge(state, name, kind, &known));
         }
         checked = Some(event_id);
     }
@@ -269,17 +285,25 @@ async fn handle(
     let value = parse::parse(&verified)?;
     // 9–13
     let max_events = verified.instance.batch_max_events;
-    match plan::plan(kind, &value, headers, &verified.body, max_events) {
+    let planned = plan::plan(kind, &value, headers, &verified.body, max_events);
+    // An unsigned delivery is stored only by the format its handshake names; anything else
+    // about it (another format, a body that cannot be normalised) is refused, never kept.
+    if let Some(handshake) = unsigned {
+        let named = |events: &plan::Events<'_>| {
+            events.rule.name.as_deref() == Some(handshake.name.as_str())
+        };
+        if !matches!(&planned, Plan::Events(events) if named(events)) {
+            return Err(GatewayError::Signature(signature::SignatureError::Missing(
+                "signature".into(),
+            )));
+        }
+    }
+    match planned {
         Plan::TooManyEvents { count, limit } => Err(GatewayError::TooManyEvents { count, limit }),
         Plan::Handshake(handshake) => {
             tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
             tracing::debug!(handshake = %handshake.name, "Handshake answered.");
-            let ctx = Context {
-                body: &value,
-                root: &value,
-                headers,
-                current: None,
-            };
+            let ctx = Context::whole(&value, headers, "");
             handshake_reply(handshake, &ctx, &verified.instance)
         }
         Plan::Unprocessable(error) => Err(state
@@ -305,9 +329,106 @@ async fn handle(
                 Status::Accepted => Answered::Accepted,
                 Status::Duplicate => Answered::Duplicate,
             };
-            Ok(acknowledge(state, name, &ingested))
+            Ok(acknowledge(state, name, kind, &ingested))
         }
     }
+}
+
+/// Stages 4–6: allowlist, rate limit, Basic Auth. Returns the client's address.
+fn check_access(
+    instance: &Instance,
+    headers: &actix_web::http::header::HeaderMap,
+    client: Result<Option<std::net::IpAddr>, access::ForwardedConflict>,
+) -> Result<Option<std::net::IpAddr>, GatewayError> {
+    // 4. allowlist
+    let client_ip = client.map_err(|_| GatewayError::ForwardedConflict)?;
+    if !access::is_allowed(client_ip, &instance.allow_ips) {
+        return Err(GatewayError::IpNotAllowed);
+    }
+    // 5. rate limit
+    if let Some(limiter) = &instance.limiter {
+        limiter
+            .check(client_ip)
+            .map_err(|wait| GatewayError::RateLimited {
+                wait,
+                status: instance.rate_limit_status,
+            })?;
+    }
+    // 6. Basic Auth
+    if let Some(auth) = &instance.basic_auth {
+        if !auth.check(headers) {
+            return Err(GatewayError::Unauthorized);
+        }
+    }
+    Ok(client_ip)
+}
+
+/// A delivery the kind declares unsigned (WooCommerce's ping, Notion's verification token),
+/// recognised on the raw body read as JSON, else as a form; with the body as read.
+fn unsigned_handshake<'k>(
+    kind: &'k Kind,
+    headers: &actix_web::http::header::HeaderMap,
+    body: &[u8],
+) -> Option<(&'k Handshake, serde_json::Value)> {
+    if !kind.has_unsigned_handshakes() {
+        return None;
+    }
+    let value = parse::parse_bytes(BodyFormat::Json, body)
+        .or_else(|_| parse::parse_bytes(BodyFormat::Form, body))
+        .ok()?;
+    let ctx = Context::whole(&value, headers, "");
+    let handshake = kind.unsigned_handshake(&ctx)?;
+    Some((handshake, value))
+}
+
+/// `GET` or `OPTIONS /webhooks/{name}` for kinds with such handshakes (Meta's `hub.challenge`,
+/// Okta's verification, CloudEvents' validation): the handshake is authenticated by the
+/// instance's `verify_token`, or by the kind's signature scheme over an empty body unless it is
+/// `unsigned`, then answered; nothing is stored.
+fn answer_bodiless(
+    req: &HttpRequest,
+    method: HandshakeMethod,
+    instance: std::sync::Arc<Instance>,
+    client_ip: Option<std::net::IpAddr>,
+    state: &AppState,
+) -> Result<HttpResponse, GatewayError> {
+    let headers = req.headers();
+    let null = serde_json::Value::Null;
+    let ctx = Context::whole(&null, headers, req.query_string());
+    let Some(handshake) = instance.kind.bodiless_handshake(method, &ctx) else {
+        return Err(GatewayError::MethodNotAllowed {
+            method: req.method().to_string(),
+            allow: RECEIVER_METHODS,
+        });
+    };
+    match &handshake.verify_token {
+        Some(source) => {
+            let sent = source.resolve(&ctx).and_then(|v| text_of(&v));
+            let matched = matches!(
+                (&sent, &instance.verify_token),
+                (Some(sent), Some(token)) if digest_eq(token.expose(), sent.as_bytes())
+            );
+            if !matched {
+                return Err(GatewayError::InvalidVerifyToken);
+            }
+        }
+        None if handshake.unsigned => {}
+        None => {
+            let received_at = state.clock.now();
+            let received = Received {
+                instance: instance.clone(),
+                headers,
+                query: req.query_string(),
+                body: web::Bytes::new(),
+                client_ip,
+                received_at,
+            };
+            signature::verify(received, received_at.timestamp())?;
+        }
+    }
+    tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
+    tracing::debug!(handshake = %handshake.name, "Bodiless handshake answered.");
+    handshake_reply(handshake, &ctx, &instance)
 }
 
 /// Stage 9: the reply a handshake asks for.
@@ -321,15 +442,35 @@ fn handshake_reply(
         detail: format!("`{}` carries no value to answer with", handshake.name),
     };
     Ok(match &handshake.reply {
-        Reply::Ack => HttpResponse::Ok().json(json!({"status": "ok", "handshake": handshake.name})),
+        Reply::Ack | Reply::Store => {
+            HttpResponse::Ok().json(json!({"status": "ok", "handshake": handshake.name}))
+        }
         Reply::Json(body) => HttpResponse::Ok().json(body),
-        Reply::Echo { source, field } => {
+        Reply::Header { source, header } => {
+            let value = source
+                .resolve(ctx)
+                .and_then(|v| text_of(&v))
+                .and_then(|v| HeaderValue::from_str(&v).ok())
+                .ok_or_else(missing)?;
+            HttpResponse::Ok()
+                .insert_header((header.clone(), value))
+                .finish()
+        }
+        Reply::Echo {
+            source,
+            field,
+            content_type,
+        } => {
             let value = source.resolve(ctx).ok_or_else(missing)?.into_owned();
+            let mut answer = HttpResponse::Ok();
+            let answer = match content_type {
+                Some(content_type) => answer.content_type(content_type.as_str()),
+                None if field.is_some() => answer.content_type(ContentType::json()),
+                None => answer.content_type(ContentType::plaintext()),
+            };
             match field {
-                Some(field) => HttpResponse::Ok().json(json!({ field: value })),
-                None => HttpResponse::Ok()
-                    .content_type(ContentType::plaintext())
-                    .body(text_of(&value).unwrap_or_else(|| value.to_string())),
+                Some(field) => answer.body(json!({ field: value }).to_string()),
+                None => answer.body(text_of(&value).unwrap_or_else(|| value.to_string())),
             }
         }
         Reply::HmacEcho {
@@ -368,9 +509,50 @@ struct EventAnswer<'a> {
 }
 
 /// Stage 13: the acknowledgement, serialised straight from the outcome.
-fn acknowledge(state: &AppState, instance: &str, ingested: &Ingested) -> HttpResponse {
+fn acknowledge(state: &AppState, instance: &str, kind: &Kind, ingested: &Ingested) -> HttpResponse {
     let status = ingested.status().as_str();
     tracing::Span::current().record("outcome", status);
+    if ingested.status() == Status::Duplicate {
+        if let Some(metrics) = state.instance_metrics.get(instance) {
+            metrics.duplicates.inc();
+        }
+    }
+    // Every event of the delivery that was stored before (batches too), for the dashboard.
+    let mut duplicates = ingested
+        .events
+        .iter()
+        .filter(|e| e.status == Status::Duplicate)
+        .peekable();
+    if duplicates.peek().is_some() {
+        let now_ms = state.clock.now().timestamp_millis();
+        for event in duplicates {
+            state.observer.duplicate_hit(&event.id, now_ms);
+        }
+    }
+    // The `reply_from` sink's answer (sync mode), else the provider's own answer (Discord's
+    // deferred response), stored or duplicate alike; the outcome and the gateway id go in
+    // headers instead.
+    let own = match (&ingested.reply, &kind.accepted_reply) {
+        (Some(reply), _) => Some((
+            reply.content_type.as_deref().unwrap_or(JSON_CONTENT_TYPE),
+            reply.body.clone(),
+        )),
+        (None, Some(reply)) => Some((
+            reply.content_type.as_str(),
+            web::Bytes::from(reply.body.to_string()),
+        )),
+        (None, None) => None,
+    };
+    if let Some((content_type, body)) = own {
+        let mut answer = HttpResponse::Ok();
+        answer
+            .content_type(content_type)
+            .insert_header((STATUS_HEADER, status));
+        if let Some(first) = ingested.events.first() {
+            answer.insert_header((ID_HEADER, first.id.as_str()));
+        }
+        return answer.body(body);
+    }
     let first = ingested.events.first();
     let answer = Answer {
         status,
@@ -391,23 +573,7 @@ fn acknowledge(state: &AppState, instance: &str, ingested: &Ingested) -> HttpRes
     if ingested.status() == Status::Accepted {
         tracing::debug!("Accepted.");
     }
-    // Every event of the delivery that was stored before (batches too), for the dashboard.
-    let mut duplicates = ingested
-        .events
-        .iter()
-        .filter(|e| e.status == Status::Duplicate)
-        .peekable();
-    if duplicates.peek().is_some() {
-        let now_ms = state.clock.now().timestamp_millis();
-        for event in duplicates {
-            state.observer.duplicate_hit(&event.id, now_ms);
-        }
-    }
     if ingested.status() == Status::Duplicate {
-        if let Some(metrics) = state.instance_metrics.get(instance) {
-            metrics.duplicates.inc();
-        }
-
         tracing::debug!("Duplicate acknowledged.");
     }
     HttpResponse::Ok()

@@ -261,6 +261,20 @@ pub fn generic_body(event_id: &str, event_type: &str, object_id: &str) -> String
     )
 }
 
+/// `[providers.<kind>]` tables for fixture sets, each with its fixture instance's settings.
+pub fn fixture_instances(sets: &[hookgate::fixture::FixtureSet]) -> String {
+    let mut providers = toml::Table::new();
+    for set in sets {
+        providers.insert(
+            set.kind.clone(),
+            toml::Value::Table(set.file.instance.clone()),
+        );
+    }
+    let mut root = toml::Table::new();
+    root.insert("providers".into(), toml::Value::Table(providers));
+    toml::to_string(&root).unwrap()
+}
+
 /// The JSON error code of a response.
 pub async fn error_code(response: reqwest::Response) -> String {
     let body: Value = response.json().await.unwrap();

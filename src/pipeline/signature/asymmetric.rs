@@ -176,6 +176,7 @@ impl AsymmetricScheme {
         Ok(Signed {
             headers,
             body: None,
+            query: None,
         })
     }
 

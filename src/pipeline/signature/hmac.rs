@@ -172,6 +172,8 @@ pub struct HmacScheme {
     pub signature: Sources,
     pub prefix: String,
     pub prefix_optional: bool,
+    /// Several signatures per header value (and repeated headers), see the definition.
+    pub separator: Option<String>,
     pub encoding: SignatureEncoding,
     pub signed: Vec<Part>,
     pub timestamp: Option<Source>,
@@ -188,6 +190,7 @@ impl HmacScheme {
             signature,
             prefix,
             prefix_optional,
+            separator,
             encoding,
             signed,
             timestamp,
@@ -213,6 +216,10 @@ impl HmacScheme {
             signature,
             prefix: prefix.clone(),
             prefix_optional: *prefix_optional,
+            separator: match separator.as_deref() {
+                Some("") => return Err(("signature.separator".into(), "must not be empty".into())),
+                other => other.map(str::to_owned),
+            },
             encoding: *encoding,
             timestamp_required: *timestamp_required || signed.contains(&Part::Timestamp),
             signed,
@@ -254,6 +261,35 @@ impl HmacScheme {
         tolerance_secs: u64,
         now: i64,
     ) -> Result<(), SignatureError> {
+        let signatures = match &self.separator {
+            Some(separator) => self.entries(message, separator)?,
+            None => vec![self.single(message)?],
+        };
+        let timestamp = match &self.timestamp {
+            Some(source) => match message.text(source) {
+                Some(text) => Some((text.to_string(), parse_timestamp(&text, "timestamp")?)),
+                None if self.timestamp_required || message.require_timestamp => {
+                    return Err(SignatureError::Missing(describe(&Sources(vec![
+                        source.clone()
+                    ]))))
+                }
+                None => None,
+            },
+            None => None,
+        };
+        let ts_text = timestamp.as_ref().map(|(t, _)| t.as_str()).unwrap_or("");
+        let signed = assemble(&self.signed, message, ts_text);
+        if !any_match(self.algorithm, keys, &signed, &signatures) {
+            return Err(SignatureError::NoMatch { keys: keys.len() });
+        }
+        if let Some((_, ts)) = timestamp {
+            check_tolerance(ts, now, tolerance_secs)?;
+        }
+        Ok(())
+    }
+
+    /// The one signature of the first present source.
+    fn single(&self, message: &Message<'_>) -> Result<Vec<u8>, SignatureError> {
         let sent = message
             .first_text(&self.signature)
             .ok_or_else(|| SignatureError::Missing(describe(&self.signature)))?;
@@ -269,30 +305,70 @@ impl HmacScheme {
                 )))
             }
         };
-        let signature = decode(self.encoding, encoded.trim()).ok_or_else(|| {
+        decode(self.encoding, encoded.trim()).ok_or_else(|| {
             SignatureError::Malformed(format!("{} (not {:?})", what(), self.encoding))
-        })?;
-        let timestamp = match &self.timestamp {
-            Some(source) => match message.text(source) {
-                Some(text) => Some((text.to_string(), parse_timestamp(&text, "timestamp")?)),
-                None if self.timestamp_required || message.require_timestamp => {
-                    return Err(SignatureError::Missing(describe(&Sources(vec![
-                        source.clone()
-                    ]))))
-                }
-                None => None,
-            },
-            None => None,
+        })
+    }
+
+    /// Every signature of the first present source: each value of a repeated header, split at
+    /// `separator`. Entries of another version (no `prefix`) or that do not decode are skipped,
+    /// so one bad entry cannot hide a good one; at most [`MAX_SIGNATURES`] entries are read.
+    fn entries(
+        &self,
+        message: &Message<'_>,
+        separator: &str,
+    ) -> Result<Vec<Vec<u8>>, SignatureError> {
+        let missing = || SignatureError::Missing(describe(&self.signature));
+        let values: Vec<String> = match self
+            .signature
+            .0
+            .iter()
+            .find(|s| message.text(s).is_some())
+            .ok_or_else(missing)?
+        {
+            Source::Header(name) => message
+                .headers
+                .get_all(name)
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .collect(),
+            source => message
+                .text(source)
+                .into_iter()
+                .map(|t| t.into_owned())
+                .collect(),
         };
-        let ts_text = timestamp.as_ref().map(|(t, _)| t.as_str()).unwrap_or("");
-        let signed = assemble(&self.signed, message, ts_text);
-        if !any_match(self.algorithm, keys, &signed, &[signature]) {
-            return Err(SignatureError::NoMatch { keys: keys.len() });
+        let mut out = Vec::new();
+        let entries = values
+            .iter()
+            .flat_map(|v| v.split(separator))
+            .map(str::trim)
+            .filter(|e| !e.is_empty());
+        for (n, entry) in entries.enumerate() {
+            if n >= MAX_SIGNATURES {
+                return Err(SignatureError::Malformed(format!(
+                    "{} (more than {MAX_SIGNATURES} signatures)",
+                    describe(&self.signature)
+                )));
+            }
+            let encoded = match entry.strip_prefix(self.prefix.as_str()) {
+                Some(rest) => rest,
+                None if self.prefix_optional => entry,
+                None => continue,
+            };
+            if let Some(signature) = decode(self.encoding, encoded.trim()) {
+                out.push(signature);
+            }
         }
-        if let Some((_, ts)) = timestamp {
-            check_tolerance(ts, now, tolerance_secs)?;
+        if out.is_empty() {
+            return Err(SignatureError::Malformed(format!(
+                "{} (no `{}` entry that is {:?})",
+                describe(&self.signature),
+                self.prefix,
+                self.encoding
+            )));
         }
-        Ok(())
+        Ok(out)
     }
 
     pub fn sign(&self, secret: &Secret, input: &SignInput<'_>) -> Result<Signed, String> {
@@ -361,6 +437,7 @@ pub struct KeyedScheme {
     pub signed: Vec<Part>,
     pub algorithm: HmacAlgorithm,
     pub encoding: SignatureEncoding,
+    pub timestamp_format: TimestampFormat,
     pub tolerance_secs: u64,
 }
 
@@ -374,6 +451,7 @@ impl KeyedScheme {
             signed,
             algorithm,
             encoding,
+            timestamp_format,
             tolerance,
         ) = match def {
             SignatureDef::Stripe {
@@ -387,6 +465,7 @@ impl KeyedScheme {
                 "{timestamp}.{body}",
                 HmacAlgorithm::Sha256,
                 SignatureEncoding::Hex,
+                TimestampFormat::Unix,
                 *tolerance_secs,
             ),
             SignatureDef::KeyedHmac {
@@ -397,6 +476,7 @@ impl KeyedScheme {
                 signed,
                 algorithm,
                 encoding,
+                timestamp_format,
                 tolerance_secs,
             } => (
                 header.as_str(),
@@ -410,6 +490,7 @@ impl KeyedScheme {
                 }),
                 *algorithm,
                 *encoding,
+                *timestamp_format,
                 *tolerance_secs,
             ),
             _ => unreachable!("called for keyed definitions only"),
@@ -435,6 +516,7 @@ impl KeyedScheme {
             signed,
             algorithm,
             encoding,
+            timestamp_format,
             tolerance_secs: tolerance.unwrap_or(DEFAULT_TOLERANCE_SECS),
         })
     }
@@ -501,7 +583,7 @@ impl KeyedScheme {
     }
 
     pub fn sign(&self, secret: &Secret, input: &SignInput<'_>) -> Signed {
-        let ts = input.timestamp.timestamp().to_string();
+        let ts = format_timestamp(input.timestamp, self.timestamp_format);
         let message = Message::new(input.headers, input.body, input.url);
         let mac = mac(
             self.algorithm,
@@ -516,21 +598,70 @@ impl KeyedScheme {
         Signed {
             headers: vec![(self.header.clone(), value)],
             body: None,
+            query: None,
         }
     }
 }
 
-/// A token sent verbatim in a header.
+/// A token sent verbatim in a header or a query parameter.
 #[derive(Debug)]
 pub struct TokenScheme {
-    pub header: HeaderName,
+    /// Where the token is looked for, in order: the header, then the query parameter.
+    pub sources: Sources,
 }
 
 impl TokenScheme {
+    pub fn compile(header: Option<&str>, query: Option<&str>) -> Result<Self, (String, String)> {
+        let mut sources = Vec::new();
+        if let Some(header) = header {
+            sources.push(Source::Header(header_name("signature.header", header)?));
+        }
+        if let Some(query) = query {
+            if query.is_empty() {
+                return Err(("signature.query".into(), "must not be empty".into()));
+            }
+            sources.push(Source::Query(query.to_owned()));
+        }
+        if sources.is_empty() {
+            return Err((
+                "signature.header".into(),
+                "name the token's `header`, `query` parameter, or both".into(),
+            ));
+        }
+        Ok(Self {
+            sources: Sources(sources),
+        })
+    }
+
+    /// The header the token travels in, if any.
+    pub fn header(&self) -> Option<&HeaderName> {
+        self.sources.0.iter().find_map(|s| match s {
+            Source::Header(h) => Some(h),
+            _ => None,
+        })
+    }
+
+    /// What `sign` writes: the header, else the query parameter.
+    pub fn sign(&self, secret: &Secret) -> Signed {
+        match (self.header(), self.sources.0.first()) {
+            (Some(header), _) => Signed {
+                headers: vec![(header.clone(), secret.expose_str().to_owned())],
+                ..Signed::default()
+            },
+            (None, Some(Source::Query(name))) => Signed {
+                query: Some(
+                    serde_urlencoded::to_string([(name, secret.expose_str())]).unwrap_or_default(),
+                ),
+                ..Signed::default()
+            },
+            _ => Signed::default(),
+        }
+    }
+
     pub fn verify(&self, message: &Message<'_>, keys: &[Key]) -> Result<(), SignatureError> {
         let sent = message
-            .text(&Source::Header(self.header.clone()))
-            .ok_or_else(|| SignatureError::Missing(format!("{} header", self.header)))?;
+            .first_text(&self.sources)
+            .ok_or_else(|| SignatureError::Missing(describe(&self.sources)))?;
         // Digests, not the raw bytes: a raw comparison ends early on a length mismatch.
         let matched = keys.iter().fold(false, |matched, k| match k {
             Key::Shared(secret) => digest_eq(secret.expose(), sent.as_bytes()) | matched,

@@ -83,6 +83,8 @@ pub struct Message<'a> {
     pub body: &'a [u8],
     /// The URL the provider called (instance `public_url` plus the query string).
     pub url: Option<&'a str>,
+    /// The request's query string (token schemes may read a key from it).
+    pub query: &'a str,
     /// The instance set its own `tolerance_secs`: a delivery without a timestamp is refused
     /// even where the kind's timestamp is optional.
     pub require_timestamp: bool,
@@ -95,6 +97,7 @@ impl<'a> Message<'a> {
             headers,
             body,
             url,
+            query: "",
             require_timestamp: false,
             json: OnceLock::new(),
         }
@@ -122,6 +125,7 @@ impl<'a> Message<'a> {
             body: self.json().unwrap_or(&null),
             root: self.json().unwrap_or(&null),
             headers: self.headers,
+            query: self.query,
             current: None,
         };
         source
@@ -149,6 +153,8 @@ pub struct SignInput<'a> {
 pub struct Signed {
     pub headers: Vec<(HeaderName, String)>,
     pub body: Option<Vec<u8>>,
+    /// A query string the request must carry (a token scheme reading `?code=`).
+    pub query: Option<String>,
 }
 
 /// A delivery whose signature (or Basic Auth, for `basic` kinds) has been verified.
@@ -162,6 +168,13 @@ impl<'r> Verified<'r> {
     /// or its secret been rotated): `hookgate events reprocess` runs it through the current
     /// definitions again. Only ever built from what the store holds.
     pub(crate) fn stored(received: Received<'r>) -> Self {
+        Verified(received)
+    }
+
+    /// A delivery the kind declares unsigned (an `unsigned` `store` handshake, Notion's
+    /// verification token): stored by the format of that handshake's name only, which the
+    /// route checks.
+    pub(crate) fn unsigned(received: Received<'r>) -> Self {
         Verified(received)
     }
 }
@@ -187,6 +200,7 @@ pub fn verify(received: Received<'_>, now: i64) -> Result<Verified<'_>, Signatur
         });
     let mut message = Message::new(received.headers, &received.body, url.as_deref());
     message.require_timestamp = instance.require_timestamp;
+    message.query = received.query;
     instance
         .kind
         .scheme
@@ -220,6 +234,7 @@ pub(crate) fn describe(sources: &Sources) -> String {
             Source::Header(h) => format!("{h} header"),
             Source::Body(p) | Source::Root(p) => format!("body field {p}"),
             Source::Current(p) => format!("field {p}"),
+            Source::Query(q) => format!("query parameter {q}"),
             Source::Const(_) => "constant".to_owned(),
         })
         .collect::<Vec<_>>()
@@ -320,9 +335,10 @@ impl Scheme {
                 Scheme::EcdsaP256(asymmetric::AsymmetricScheme::compile(def)?)
             }
             SignatureDef::Basic => Scheme::Basic,
-            SignatureDef::Token { header } => Scheme::Token(hmac::TokenScheme {
-                header: header_name("signature.header", header)?,
-            }),
+            SignatureDef::Token { header, query } => Scheme::Token(hmac::TokenScheme::compile(
+                header.as_deref(),
+                query.as_deref(),
+            )?),
             SignatureDef::OneOf { schemes } => {
                 if schemes.is_empty() {
                     return Err((
@@ -428,7 +444,7 @@ impl Scheme {
     /// Headers whose values are secrets themselves (never stored or logged).
     pub fn secret_headers(&self) -> Vec<HeaderName> {
         match self {
-            Scheme::Token(t) => vec![t.header.clone()],
+            Scheme::Token(t) => t.header().into_iter().cloned().collect(),
             Scheme::OneOf(s) => s.iter().flat_map(Scheme::secret_headers).collect(),
             _ => Vec::new(),
         }
@@ -450,7 +466,7 @@ impl Scheme {
             Scheme::StandardWebhooks(s) => s.headers_in(message.headers).is_some(),
             Scheme::Twilio(t) => message.headers.contains_key(&t.header),
             Scheme::Ed25519(a) | Scheme::EcdsaP256(a) => message.first_text(&a.signature).is_some(),
-            Scheme::Token(t) => message.headers.contains_key(&t.header),
+            Scheme::Token(t) => message.first_text(&t.sources).is_some(),
             Scheme::Basic => true,
             Scheme::OneOf(s) => s.iter().any(|s| s.is_present(message)),
         }
@@ -491,10 +507,7 @@ impl Scheme {
             Scheme::Twilio(t) => t.sign(secret, input),
             Scheme::Ed25519(a) => a.sign_ed25519(secret, input),
             Scheme::EcdsaP256(a) => a.sign_p256(secret, input),
-            Scheme::Token(t) => Ok(Signed {
-                headers: vec![(t.header.clone(), secret.expose_str().to_owned())],
-                body: None,
-            }),
+            Scheme::Token(t) => Ok(t.sign(secret)),
             Scheme::Basic => Ok(Signed::default()),
             Scheme::OneOf(schemes) => {
                 // Sign with the first alternative the secret suits.
@@ -518,7 +531,7 @@ impl Scheme {
             Scheme::StandardWebhooks(s) => s.all_headers(),
             Scheme::Twilio(t) => vec![t.header.clone()],
             Scheme::Ed25519(a) | Scheme::EcdsaP256(a) => a.written_headers(),
-            Scheme::Token(t) => vec![t.header.clone()],
+            Scheme::Token(t) => t.header().into_iter().cloned().collect(),
             Scheme::Basic => Vec::new(),
             Scheme::OneOf(s) => s.iter().flat_map(Scheme::signature_headers).collect(),
         }

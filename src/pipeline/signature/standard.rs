@@ -125,7 +125,9 @@ impl StandardScheme {
         signed.push(b'.');
         signed.extend_from_slice(message.body);
         // Parse every entry first (at most MAX_SIGNATURES), then one MAC per key against all.
+        // An entry that does not parse is skipped, not fatal: it must not hide a valid one.
         let mut any_known = false;
+        let mut malformed = None;
         let mut hmac_signatures = Vec::new();
         let mut ed25519_signatures = Vec::new();
         for (n, item) in text(sig_name)?.split_whitespace().enumerate() {
@@ -133,14 +135,12 @@ impl StandardScheme {
                 return Err(too_many_signatures(sig_name));
             }
             let Some((version, encoded)) = item.split_once(',') else {
-                return Err(SignatureError::Malformed(format!(
-                    "{sig_name} header (entries are <version>,<base64>)"
-                )));
+                malformed = Some("entries are <version>,<base64>");
+                continue;
             };
             let Ok(signature) = BASE64.decode(encoded) else {
-                return Err(SignatureError::Malformed(format!(
-                    "{sig_name} header (not base64)"
-                )));
+                malformed = Some("not base64");
+                continue;
             };
             match version {
                 VERSION_HMAC => {
@@ -166,6 +166,11 @@ impl StandardScheme {
             _ => false,
         });
         if !any_known {
+            if let Some(why) = malformed {
+                return Err(SignatureError::Malformed(format!(
+                    "{sig_name} header ({why})"
+                )));
+            }
             return Err(SignatureError::Missing(format!(
                 "v1 or v1a signature in {sig_name} header"
             )));
@@ -209,6 +214,7 @@ impl StandardScheme {
                 (sig_name.clone(), signature),
             ],
             body: None,
+            query: None,
         })
     }
 }

@@ -856,3 +856,335 @@ fn each_key_is_hashed_once_for_all_candidate_signatures() {
 }
 
 mod second_wave;
+
+// Issue 14, second wave. No provider below publishes a fixed vector (HubSpot's, Meta's and
+// WorkOS's docs and SDK tests compute theirs at run time), so each value was computed
+// independently of hookgate with Python's `hmac` / `cryptography` and checked with `openssl dgst`
+// (for example `printf '%s' 'POSThttps://...' | openssl dgst -sha256 -hmac hubspot-secret
+// -binary | base64`).
+
+const HUBSPOT_URL: &str = "https://hooks.example.com/webhooks/hubspot";
+
+/// HubSpot v3: base64 HMAC-SHA256 of `POST` + URI + body + ms timestamp; independently computed.
+#[test]
+fn hubspot_v3_vector_window_and_no_v1_fallback() {
+    let v = Vector {
+        kind: "hubspot",
+        secrets: &["hubspot-secret"],
+        headers: &[
+            (
+                "X-HubSpot-Signature-v3",
+                "mIc7Z60eTU5YYn0uwN3IgWizHKwX+M5y3TEubCjcqB8=",
+            ),
+            ("X-HubSpot-Request-Timestamp", "1700000000000"),
+        ],
+        body: br#"[{"eventId":1,"subscriptionType":"contact.creation"}]"#,
+        url: Some(HUBSPOT_URL),
+        now: 1_700_000_000,
+    };
+    v.check();
+    v.check_window();
+    v.wrong_secret("hubspot-other");
+    // v1 (hex SHA-256 of secret + body) alone is never accepted.
+    let v1 = Vector {
+        headers: &[
+            (
+                "X-HubSpot-Signature",
+                "0000000000000000000000000000000000000000000000000000000000000000",
+            ),
+            ("X-HubSpot-Signature-Version", "v1"),
+        ],
+        ..v
+    };
+    assert!(matches!(
+        v1.verify_at(v.now, v.body),
+        Err(SignatureError::Missing(_))
+    ));
+    // Without its timestamp the v3 signature is not enough.
+    let no_ts = Vector {
+        headers: &[(
+            "X-HubSpot-Signature-v3",
+            "mIc7Z60eTU5YYn0uwN3IgWizHKwX+M5y3TEubCjcqB8=",
+        )],
+        ..v
+    };
+    assert!(matches!(
+        no_ts.verify_at(v.now, v.body),
+        Err(SignatureError::Missing(_))
+    ));
+}
+
+/// Meta `X-Hub-Signature-256`; independently computed.
+#[test]
+fn meta_vector() {
+    let v = Vector {
+        kind: "meta",
+        secrets: &["meta-app-secret"],
+        headers: &[(
+            "X-Hub-Signature-256",
+            "sha256=e505056902c4394095d30091e0a2ea919cebf66ea35475f0af13fc749a32a451",
+        )],
+        body: br#"{"object":"page","entry":[{"id":"1","time":1700000000}]}"#,
+        url: None,
+        now: 0,
+    };
+    v.check();
+    v.wrong_secret("meta-other");
+}
+
+/// Intercom `X-Hub-Signature: sha1=`; independently computed.
+#[test]
+fn intercom_sha1_vector() {
+    let v = Vector {
+        kind: "intercom",
+        secrets: &["intercom-secret"],
+        headers: &[(
+            "X-Hub-Signature",
+            "sha1=58e998d7e046c6817440660cac4ba7b122b98e43",
+        )],
+        body: br#"{"id":"notif_1","topic":"contact.created"}"#,
+        url: None,
+        now: 0,
+    };
+    v.check();
+    v.wrong_secret("intercom-other");
+}
+
+/// Vercel `x-vercel-signature` HMAC-SHA1 hex; independently computed (openssl agrees).
+#[test]
+fn vercel_sha1_vector() {
+    let v = Vector {
+        kind: "vercel",
+        secrets: &["vercel-secret"],
+        headers: &[(
+            "x-vercel-signature",
+            "ac7cfa58927f35bb6c8f08a01499ce8611a4c408",
+        )],
+        body: br#"{"id":"uev_1","type":"deployment.created"}"#,
+        url: None,
+        now: 0,
+    };
+    v.check();
+    v.wrong_secret("vercel-other");
+}
+
+/// WorkOS `t=<ms>, v1=` over `{t}.{body}`, 180 s; independently computed.
+#[test]
+fn workos_ms_vector_and_window() {
+    let v = Vector {
+        kind: "workos",
+        secrets: &["workos-secret"],
+        headers: &[(
+            "WorkOS-Signature",
+            "t=1700000000000, v1=d08ac01f2bf35b79cc0acc4cd8c625f791eb76b1277f6afccc29accd143ecbb8",
+        )],
+        body: br#"{"id":"event_1","event":"user.created"}"#,
+        url: None,
+        now: 1_700_000_000,
+    };
+    v.check();
+    v.check_window();
+    v.wrong_secret("workos-other");
+    assert_eq!(kind("workos").scheme.default_tolerance_secs(), 180);
+    // The signer writes milliseconds, as WorkOS does.
+    let signed = kind("workos")
+        .scheme
+        .sign(
+            &Secret::new("workos-secret"),
+            &SignInput {
+                body: v.body,
+                headers: &HeaderMap::new(),
+                timestamp: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+                url: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        signed.headers[0].1,
+        "t=1700000000000,v1=d08ac01f2bf35b79cc0acc4cd8c625f791eb76b1277f6afccc29accd143ecbb8"
+    );
+}
+
+/// Telnyx Ed25519 over `{timestamp}|{body}`, base64 public key; signed independently with the
+/// `cryptography` package and the fixture seed.
+#[test]
+fn telnyx_ed25519_vector_and_window() {
+    let v = Vector {
+        kind: "telnyx",
+        secrets: &["0SGRQ77HGdEylvzOejuXTTJ/08/IGP6KC0tn0QBoHvc="],
+        headers: &[
+            ("telnyx-timestamp", "1700000000"),
+            ("telnyx-signature-ed25519", "i5XBBZIeXHzu0qR2b3lIlSeXoLDIeLrIt78R0NjyIj7jrMRX3Jcdh0LzYnqGZJs2hCNdCqtYFPAJ0fajRgsnAg=="),
+        ],
+        body: br#"{"data":{"event_type":"call.initiated","id":"e1"}}"#,
+        url: None,
+        now: 1_700_000_000,
+    };
+    v.check();
+    v.check_window();
+    // Another key (Discord's fixture key) does not verify it.
+    v.wrong_secret("c8f8f83163eed9033f14993513a10261b4f37f83e5d9139405078fbe0fa16d31");
+}
+
+/// WooCommerce base64 HMAC-SHA256 of the body; independently computed.
+#[test]
+fn woocommerce_vector() {
+    let v = Vector {
+        kind: "woocommerce",
+        secrets: &["woo-secret"],
+        headers: &[(
+            "X-WC-Webhook-Signature",
+            "LvZUOgju7ekgfsyNofEgI6eG086kg6Y0Xx+IyVWgGCg=",
+        )],
+        body: br#"{"id":727,"status":"processing"}"#,
+        url: None,
+        now: 0,
+    };
+    v.check();
+    v.wrong_secret("woo-other");
+}
+
+/// Notion `X-Notion-Signature: sha256=`; independently computed.
+#[test]
+fn notion_vector() {
+    let v = Vector {
+        kind: "notion",
+        secrets: &["secret_notion"],
+        headers: &[(
+            "X-Notion-Signature",
+            "sha256=b89b6f21cdf34d71bd0ed35838389e074d005edb25c111ffcd09574992d23e26",
+        )],
+        body: br#"{"id":"e1","type":"page.created"}"#,
+        url: None,
+        now: 0,
+    };
+    v.check();
+    v.wrong_secret("secret_other");
+}
+
+/// Token schemes: Okta's header, Azure Event Grid's header or `?code=` query key.
+#[test]
+fn token_in_a_header_or_a_query_parameter() {
+    let verify = |kind_name: &str, pairs: &[(&str, &str)], query: &str| {
+        let kind = kind(kind_name);
+        let keys = kind.scheme.compile_keys(&[Secret::new("tok en")]).unwrap();
+        let headers = headers(pairs);
+        let mut message = Message::new(&headers, b"{}", None);
+        message.query = query;
+        kind.scheme.verify(&message, &keys, 300, 0)
+    };
+    assert_eq!(verify("okta", &[("Authorization", "tok en")], ""), Ok(()));
+    assert!(matches!(
+        verify("okta", &[("Authorization", "tok")], ""),
+        Err(SignatureError::NoMatch { .. })
+    ));
+    assert!(matches!(
+        verify("okta", &[], "code=tok%20en"),
+        Err(SignatureError::Missing(_))
+    ));
+    assert_eq!(verify("azure-eventgrid", &[], "a=1&code=tok%20en"), Ok(()));
+    assert_eq!(
+        verify("azure-eventgrid", &[("Authorization", "tok en")], ""),
+        Ok(())
+    );
+    assert!(matches!(
+        verify("azure-eventgrid", &[], "code=wrong"),
+        Err(SignatureError::NoMatch { .. })
+    ));
+    // A query-only token scheme signs into the query string.
+    let def: crate::provider::definition::SignatureDef =
+        toml::from_str("scheme = \"token\"\nquery = \"code\"").unwrap();
+    let scheme = Scheme::compile(&def).unwrap();
+    let signed = scheme
+        .sign(
+            &Secret::new("tok en"),
+            &SignInput {
+                body: b"{}",
+                headers: &HeaderMap::new(),
+                timestamp: DateTime::from_timestamp(0, 0).unwrap(),
+                url: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(signed.query.as_deref(), Some("code=tok+en"));
+}
+
+/// Several signatures in one header (and repeated headers): one bad or other-version entry
+/// does not hide a good one. Values independently computed.
+#[test]
+fn hmac_signature_lists_accept_any_entry() {
+    let def: crate::provider::definition::SignatureDef = toml::from_str(
+        "scheme = \"hmac\"\nsignature = \"header:X-Sig\"\nprefix = \"v1=\"\nseparator = \",\"",
+    )
+    .unwrap();
+    let scheme = Scheme::compile(&def).unwrap();
+    let keys = scheme.compile_keys(&[Secret::new("rotating-new")]).unwrap();
+    let body = br#"{"event":{"id":"e1"}}"#;
+    let old = "v1=eea39d1ec952aeab4684d81f7ee5719f7cba5b4910fe9082d3246fd952daef92";
+    let new = "v1=73868207ecaa31fcea886e5be5d9dff274caee12169db789000fe9ff1e243d75";
+    let run = |pairs: &[(&str, &str)]| {
+        let h = headers(pairs);
+        scheme.verify(&Message::new(&h, body, None), &keys, 300, 0)
+    };
+    assert_eq!(run(&[("X-Sig", &format!("{old},{new}"))]), Ok(()));
+    assert_eq!(run(&[("X-Sig", &format!("v1=zz, v0=00 ,{new}"))]), Ok(()));
+    assert_eq!(run(&[("X-Sig", old), ("X-Sig", new)]), Ok(()));
+    assert!(matches!(
+        run(&[("X-Sig", old)]),
+        Err(SignatureError::NoMatch { .. })
+    ));
+    assert!(matches!(
+        run(&[("X-Sig", "v0=00,v1=zz")]),
+        Err(SignatureError::Malformed(_))
+    ));
+    let many = vec![old; MAX_SIGNATURES + 1].join(",");
+    assert!(matches!(
+        run(&[("X-Sig", &many)]),
+        Err(SignatureError::Malformed(_))
+    ));
+}
+
+/// An unparseable Standard Webhooks entry next to a valid one (the spec's vector).
+#[test]
+fn standard_webhooks_bad_entry_does_not_hide_a_valid_one() {
+    for sig in [
+        "v1,!!!notbase64 v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+        "garbage v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+    ] {
+        let v = Vector {
+            kind: "standard-webhooks",
+            secrets: &["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+            headers: &[
+                ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+                ("webhook-timestamp", "1614265330"),
+                ("webhook-signature", sig),
+            ],
+            body: SW_BODY,
+            url: None,
+            now: 1_614_265_330,
+        };
+        v.check();
+    }
+    // Only bad entries: still malformed.
+    let bad = Vector {
+        kind: "standard-webhooks",
+        secrets: &["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+        headers: &[
+            ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+            ("webhook-timestamp", "1614265330"),
+            ("webhook-signature", "v1,!!! nocomma"),
+        ],
+        body: SW_BODY,
+        url: None,
+        now: 1_614_265_330,
+    };
+    assert!(matches!(
+        bad.verify_at(bad.now, bad.body),
+        Err(SignatureError::Malformed(_))
+    ));
+}
+
+#[test]
+fn mailgun_allows_900_seconds() {
+    assert_eq!(kind("mailgun").scheme.default_tolerance_secs(), 900);
+}

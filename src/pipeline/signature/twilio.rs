@@ -128,6 +128,7 @@ impl TwilioScheme {
         Ok(Signed {
             headers: vec![(self.header.clone(), BASE64.encode(mac))],
             body: None,
+            query: None,
         })
     }
 }
