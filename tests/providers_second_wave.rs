@@ -364,9 +364,56 @@ async fn notion_verification_token_is_stored_for_the_operator_even_without_a_sec
     let forged = br#"{"id":"x","type":"page.deleted","entity":{"id":"p","type":"page"}}"#;
     let response = app.post("notion", &c.headers, forged.to_vec()).await;
     assert_eq!(error_code(response).await, "missing_signature");
+    // A large body is not stored unsigned, even with the field.
+    let padded = format!(
+        r#"{{"verification_token":"secret_x","pad":"{}"}}"#,
+        "a".repeat(2000)
+    );
+    let response = app.post("notion", &c.headers, padded).await;
+    assert_eq!(error_code(response).await, "missing_signature");
     // Signed events fail until the token is configured.
     let event = case(&set, "page_created");
     let response = app.post("notion", &event.headers, event.body.clone()).await;
+    assert_eq!(error_code(response).await, "invalid_signature");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn once_notion_has_its_secret_nothing_unsigned_is_stored() {
+    let set = fixture_set("notion");
+    let app = spawn_with(
+        "[providers.notion]\nkind = \"notion\"\nsecrets = [\"an-already-configured-token\"]\n",
+        SpawnOptions {
+            clock_unix: Some(set.file.signed_at),
+            ..Default::default()
+        },
+    )
+    .await;
+    let c = case(&set, "verification");
+    let unsigned: Vec<(String, String)> = c
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("x-notion-signature"))
+        .cloned()
+        .collect();
+    let response = app.post("notion", &unsigned, c.body.clone()).await;
+    assert_eq!(error_code(response).await, "missing_signature");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_signed_woocommerce_delivery_shaped_like_its_ping_is_verified_not_acknowledged() {
+    let set = fixture_set("woocommerce");
+    let app = serve(&set, set.file.signed_at).await;
+    // A body with the ping's field, carrying a (wrong) signature: the signature decides.
+    let headers = vec![
+        (
+            "Content-Type".to_owned(),
+            "application/x-www-form-urlencoded".to_owned(),
+        ),
+        ("X-WC-Webhook-Signature".to_owned(), "AAAA".to_owned()),
+    ];
+    let response = app.post("woocommerce", &headers, "webhook_id=12").await;
     assert_eq!(error_code(response).await, "invalid_signature");
     app.stop().await;
 }
@@ -410,16 +457,20 @@ async fn discord_interactions_get_a_deferred_response_never_hookgates_json() {
     app.stop().await;
 }
 
-/// A sink that answers every envelope with a Discord interaction response.
-async fn replying_sink() -> (String, actix_web::dev::ServerHandle) {
+/// A sink that answers every envelope with `answer` (a Discord interaction response).
+async fn replying_sink(answer: String) -> (String, actix_web::dev::ServerHandle) {
     use actix_web::{web, App, HttpResponse, HttpServer};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let server = HttpServer::new(|| {
-        App::new().default_service(web::to(|| async {
-            HttpResponse::Ok()
-                .content_type("application/json")
-                .body(r#"{"type":4,"data":{"content":"pong"}}"#)
+    let server = HttpServer::new(move || {
+        let answer = answer.clone();
+        App::new().default_service(web::to(move || {
+            let answer = answer.clone();
+            async move {
+                HttpResponse::Ok()
+                    .content_type("application/json")
+                    .body(answer)
+            }
         }))
     })
     .workers(1)
@@ -431,10 +482,10 @@ async fn replying_sink() -> (String, actix_web::dev::ServerHandle) {
     (format!("http://127.0.0.1:{port}/interactions"), handle)
 }
 
-#[tokio::test]
-async fn discord_in_sync_mode_answers_with_the_reply_from_sinks_body() {
+/// A Discord gateway in sync mode whose `reply_from` sink answers `answer`.
+async fn discord_replying(answer: String) -> (FixtureSet, TestApp, actix_web::dev::ServerHandle) {
     let set = fixture_set("discord");
-    let (url, sink) = replying_sink().await;
+    let (url, sink) = replying_sink(answer).await;
     let secret = set.secrets()[0].clone();
     let app = spawn_with(
         &format!(
@@ -446,6 +497,30 @@ async fn discord_in_sync_mode_answers_with_the_reply_from_sinks_body() {
         },
     )
     .await;
+    (set, app, sink)
+}
+
+#[tokio::test]
+async fn a_sink_answer_too_large_to_relay_gives_the_deferred_answer() {
+    let big = format!(
+        r#"{{"type":4,"data":{{"content":"{}"}}}}"#,
+        "x".repeat(70 * 1024)
+    );
+    let (set, app, sink) = discord_replying(big).await;
+    let c = case(&set, "application_command");
+    let response = app.post("discord", &c.headers, c.body.clone()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-hookgate-status"], "accepted");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({"type": 5}), "never a cut answer");
+    app.stop().await;
+    sink.stop(true).await;
+}
+
+#[tokio::test]
+async fn discord_in_sync_mode_answers_with_the_reply_from_sinks_body() {
+    let (set, app, sink) =
+        discord_replying(r#"{"type":4,"data":{"content":"pong"}}"#.to_owned()).await;
     let c = case(&set, "application_command");
     let response = app.post("discord", &c.headers, c.body.clone()).await;
     assert_eq!(response.status(), 200);

@@ -187,13 +187,23 @@ async fn classify(mut response: reqwest::Response) -> Attempt {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = read_at_most(&mut response, REPLY_LIMIT).await;
+        // One byte past the limit tells a whole answer from a cut one: a cut answer is never
+        // relayed to the provider (it would be broken JSON); the default answer goes instead.
+        let bytes = read_at_most(&mut response, REPLY_LIMIT + 1).await;
         let text = text_snippet(&bytes[..bytes.len().min(ERROR_BODY_LIMIT)]);
+        let whole = bytes.len() <= REPLY_LIMIT;
+        if !whole {
+            tracing::warn!(
+                url = %redact_url(response.url().as_str()),
+                limit = REPLY_LIMIT,
+                "The sink's answer is larger than a provider answer may be; not relayed."
+            );
+        }
         return Attempt::Delivered {
             http_status: Some(code),
             exit_code: None,
             response: (!text.is_empty()).then_some(text),
-            reply: (!bytes.is_empty()).then(|| super::SinkReply {
+            reply: (whole && !bytes.is_empty()).then(|| super::SinkReply {
                 content_type,
                 body: bytes.into(),
             }),

@@ -238,7 +238,8 @@ async fn handle(
     // 7. signature (unless the kind declares this delivery unsigned)
     let received_at = state.clock.now();
     let kind_arc = instance.kind.clone();
-    let unsigned = unsigned_handshake(&kind_arc, headers, &body);
+    let has_secrets = !instance.secrets.is_empty();
+    let unsigned = unsigned_handshake(&kind_arc, has_secrets, headers, req.query_string(), &body);
     if let Some((handshake, value)) = &unsigned {
         if !matches!(handshake.reply, Reply::Store) {
             tracing::Span::current().record("outcome", OUTCOME_HANDSHAKE);
@@ -363,14 +364,23 @@ fn check_access(
     Ok(client_ip)
 }
 
+/// Largest body an unsigned `store` handshake (Notion's verification token) may have.
+const UNSIGNED_STORE_MAX_BYTES: usize = 1024;
+
 /// A delivery the kind declares unsigned (WooCommerce's ping, Notion's verification token),
-/// recognised on the raw body read as JSON, else as a form; with the body as read.
+/// recognised on the raw body read as JSON, else as a form; with the body as read. Only a
+/// delivery without the kind's signature takes this path (a signed one is verified and
+/// stored as usual), and one that would be stored only while the instance has no secret yet
+/// and only when small: the provider sends its secret this way once, so once a secret is
+/// configured nothing unsigned is ever stored.
 fn unsigned_handshake<'k>(
     kind: &'k Kind,
+    has_secrets: bool,
     headers: &actix_web::http::header::HeaderMap,
+    query: &str,
     body: &[u8],
 ) -> Option<(&'k Handshake, serde_json::Value)> {
-    if !kind.has_unsigned_handshakes() {
+    if !kind.has_unsigned_handshakes() || kind.scheme.is_signed(headers, body, query) {
         return None;
     }
     let value = parse::parse_bytes(BodyFormat::Json, body)
@@ -378,6 +388,11 @@ fn unsigned_handshake<'k>(
         .ok()?;
     let ctx = Context::whole(&value, headers, "");
     let handshake = kind.unsigned_handshake(&ctx)?;
+    if matches!(handshake.reply, Reply::Store)
+        && (has_secrets || body.len() > UNSIGNED_STORE_MAX_BYTES)
+    {
+        return None;
+    }
     Some((handshake, value))
 }
 

@@ -443,9 +443,11 @@ fn frame(event: &str, id: Option<&str>, data: &str) -> String {
     if let Some(id) = id {
         out.push_str(&format!("id: {id}\n"));
     }
-    for line in data.split('\n') {
+    // A bare CR ends a line in an event stream too: split on both, so no stored text (an event
+    // type may hold one) can start a field of its own.
+    for line in data.split(['\n', '\r']) {
         out.push_str("data: ");
-        out.push_str(line.trim_end_matches('\r'));
+        out.push_str(line);
         out.push('\n');
     }
     out.push('\n');
@@ -858,5 +860,29 @@ pub async fn redeliver(
         Ok(Some(count)) => super::redirect(&format!("/ui/events/{id}?redelivered={count}")),
         Ok(None) => super::error_page(&ctx, StatusCode::NOT_FOUND, "No stored event has this id."),
         Err(e) => super::admin_error(&ctx, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame;
+
+    #[test]
+    fn no_stored_text_can_start_a_field_of_its_own() {
+        let framed = frame("row", Some("01J"), "<tr>\revent: x\r\nid: 9\nretry: 1</tr>");
+        assert_eq!(
+            framed,
+            "event: row\nid: 01J\ndata: <tr>\ndata: event: x\ndata: \ndata: id: 9\ndata: retry: 1</tr>\n\n"
+        );
+        assert!(!framed.contains('\r'));
+        for line in framed.lines() {
+            assert!(
+                line.is_empty()
+                    || ["event: ", "id: ", "data: "]
+                        .iter()
+                        .any(|p| line.starts_with(p)),
+                "{line}"
+            );
+        }
     }
 }

@@ -180,12 +180,16 @@ pub async fn page(
             Err(e) => return super::admin_error(&ctx, e.into()),
         }
     }
+    let known = |name: &str| {
+        instances.iter().any(|i| i.name == name) || sinks.iter().any(|s| s.name == name)
+    };
     let done = web::Query::<Done>::from_query(req.query_string())
         .map(web::Query::into_inner)
         .unwrap_or_default();
     let body = html! {
-        @if let Some(name) = &done.paused { (layout::notice(&format!("Paused {name}."))) }
-        @if let Some(name) = &done.resumed { (layout::notice(&format!("Resumed {name}."))) }
+        // Only names of what is configured: the query string is not ours to echo.
+        @if let Some(name) = done.paused.as_ref().filter(|n| known(n)) { (layout::notice(&format!("Paused {name}."))) }
+        @if let Some(name) = done.resumed.as_ref().filter(|n| known(n)) { (layout::notice(&format!("Resumed {name}."))) }
         p.muted {
             "Counts are this replica's since it started (" (view::time_ms(state.observer.started_ms()))
             "); p99, skew, success rate and charts cover the last hour. Queue depth, pauses and last events come from the store."

@@ -458,6 +458,14 @@ impl Scheme {
         }
     }
 
+    /// Whether a delivery with these headers, body and query carries this scheme's signature
+    /// (a signed delivery never takes a kind's unsigned path).
+    pub fn is_signed(&self, headers: &HeaderMap, body: &[u8], query: &str) -> bool {
+        let mut message = Message::new(headers, body, None);
+        message.query = query;
+        !matches!(self, Scheme::Basic) && self.is_present(&message)
+    }
+
     /// Whether this delivery carries this scheme's signature (for `one-of`).
     fn is_present(&self, message: &Message<'_>) -> bool {
         match self {
