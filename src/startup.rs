@@ -180,6 +180,7 @@ impl Application {
             pauses,
             last_events: Default::default(),
             observer,
+            admin_failures: Default::default(),
         });
         let app_state = state.clone();
         let ui_state = web::Data::new(crate::ui::UiState::new(state.admin_token.as_ref()));

@@ -161,3 +161,27 @@ async fn a_paused_sink_shows_its_backlog_and_its_age() {
     // Nothing was attempted while paused.
     assert_eq!(stats["sinks"][0]["success_rate"], Value::Null);
 }
+
+#[tokio::test]
+async fn guessing_the_admin_token_is_refused_past_ten_wrong_tries() {
+    let app = spawn(&config()).await;
+    for n in 0..10 {
+        let response = app
+            .admin(reqwest::Method::GET, "/admin/stats", "guess")
+            .await;
+        assert_eq!(response.status(), 401, "try {n}");
+    }
+    let response = app
+        .admin(reqwest::Method::GET, "/admin/stats", "guess")
+        .await;
+    assert_eq!(
+        response.status(),
+        401,
+        "the eleventh is counted, then the client waits"
+    );
+    // Refused before the token is looked at: the right one waits too.
+    let response = app.admin(reqwest::Method::GET, "/admin/stats", TOKEN).await;
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(error_code(response).await, "too_many_attempts");
+}

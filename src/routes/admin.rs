@@ -19,7 +19,12 @@
 //! | `GET /admin/rejected?instance=&code=&limit=` | the last rejections (a ring of 1000), newest first |
 
 use actix_web::dev::HttpServiceFactory;
-use actix_web::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
@@ -27,10 +32,63 @@ use serde_json::json;
 
 use super::AppState;
 use crate::admin::{self, ListQuery};
+use crate::config::RateLimitSettings;
 use crate::error::GatewayError;
+use crate::pipeline::access::ClientLimiter;
 use crate::store::PauseTarget;
 
 const BEARER: &str = "Bearer ";
+/// Clients with wrong-token state kept at most; past it, those no longer refused are forgotten.
+const MAX_FAILING_CLIENTS: usize = 10_000;
+
+/// Wrong admin tokens per client: 10, then one every 6 s (as the dashboard's sign-in allows).
+/// A client past its budget is refused with 429 before its token is looked at, so guessing the
+/// token is as slow here as at `/ui/login`.
+#[derive(Debug)]
+pub struct TokenFailures {
+    limiter: ClientLimiter,
+    refused_until: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl Default for TokenFailures {
+    fn default() -> Self {
+        Self {
+            limiter: ClientLimiter::new(RateLimitSettings {
+                per_second: 1.0 / 6.0,
+                burst: 10,
+                status: 429,
+            }),
+            refused_until: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl TokenFailures {
+    /// How long `ip` is still refused.
+    fn refused(&self, ip: IpAddr) -> Option<Duration> {
+        let until = *self
+            .refused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ip)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// Counts a wrong token from `ip`; past the budget, refuses it for the wait.
+    fn failed(&self, ip: IpAddr) {
+        if self.limiter.tracked_clients() > MAX_FAILING_CLIENTS {
+            self.limiter.prune();
+        }
+        if let Err(wait) = self.limiter.check(Some(ip)) {
+            let now = Instant::now();
+            let mut refused = self.refused_until.lock().unwrap_or_else(|e| e.into_inner());
+            if refused.len() >= MAX_FAILING_CLIENTS {
+                refused.retain(|_, until| *until > now);
+            }
+            refused.insert(ip, now + wait);
+        }
+    }
+}
 
 pub fn scope() -> impl HttpServiceFactory {
     web::scope("/admin")
@@ -274,6 +332,29 @@ fn refuse(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
             "the route was not found",
         ));
     };
+    let peer = req
+        .peer_addr()
+        .map_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), |a| a.ip());
+    let client = crate::pipeline::access::client_ip(
+        peer,
+        req.headers(),
+        &state.trusted_proxies,
+        state.forwarded_header,
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(peer);
+    if let Some(wait) = state.admin_failures.refused(client) {
+        let mut response = error(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "too many wrong admin tokens from this client; retry later",
+        );
+        if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            response.headers_mut().insert(RETRY_AFTER, value);
+        }
+        return Some(response);
+    }
     let sent = req
         .headers()
         .get(AUTHORIZATION)
@@ -283,6 +364,7 @@ fn refuse(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
     if token.matches(sent.as_bytes()) {
         None
     } else {
+        state.admin_failures.failed(client);
         let mut response = error(
             actix_web::http::StatusCode::UNAUTHORIZED,
             "unauthorized",

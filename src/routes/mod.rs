@@ -60,6 +60,8 @@ pub struct AppState {
     pub last_events: health::LastEvents,
     /// Counters and the rejection ring of the dashboard (`/ui/instances`, `/ui/rejected`).
     pub observer: Arc<crate::observe::Observer>,
+    /// Wrong admin tokens per client (`/admin` refuses guessing past a budget).
+    pub admin_failures: admin::TokenFailures,
 }
 
 /// Any route that does not exist.
