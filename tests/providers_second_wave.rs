@@ -319,16 +319,22 @@ async fn unsigned_handshakes_are_answered_and_not_stored() {
     app.stop().await;
 }
 
+/// A gateway with the notion fixtures' clock and this config.
+async fn notion_app(config: &str) -> (FixtureSet, TestApp) {
+    let set = fixture_set("notion");
+    let options = SpawnOptions {
+        clock_unix: Some(set.file.signed_at),
+        ..Default::default()
+    };
+    let app = spawn_with(config, options).await;
+    (set, app)
+}
+
 #[tokio::test]
 async fn notion_verification_token_is_stored_for_the_operator_even_without_a_secret() {
     // The instance starts without a secret: the token arrives in the first delivery.
-    let set = fixture_set("notion");
-    let app = spawn_with(
+    let (set, app) = notion_app(
         "[admin]\ntoken = \"admin-token-for-tests-0000000000\"\n[providers.notion]\nkind = \"notion\"\nsecrets = []\n",
-        SpawnOptions {
-            clock_unix: Some(set.file.signed_at),
-            ..Default::default()
-        },
     )
     .await;
     let c = case(&set, "verification");
@@ -380,13 +386,8 @@ async fn notion_verification_token_is_stored_for_the_operator_even_without_a_sec
 
 #[tokio::test]
 async fn once_notion_has_its_secret_nothing_unsigned_is_stored() {
-    let set = fixture_set("notion");
-    let app = spawn_with(
+    let (set, app) = notion_app(
         "[providers.notion]\nkind = \"notion\"\nsecrets = [\"an-already-configured-token\"]\n",
-        SpawnOptions {
-            clock_unix: Some(set.file.signed_at),
-            ..Default::default()
-        },
     )
     .await;
     let c = case(&set, "verification");

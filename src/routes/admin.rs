@@ -332,18 +332,9 @@ fn refuse(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
             "the route was not found",
         ));
     };
-    let peer = req
-        .peer_addr()
-        .map_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), |a| a.ip());
-    let client = crate::pipeline::access::client_ip(
-        peer,
-        req.headers(),
-        &state.trusted_proxies,
-        state.forwarded_header,
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(peer);
+    let client = super::request_client_ip(req, state)
+        .or(req.peer_addr().map(|a| a.ip()))
+        .unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
     if let Some(wait) = state.admin_failures.refused(client) {
         let mut response = error(
             actix_web::http::StatusCode::TOO_MANY_REQUESTS,

@@ -64,6 +64,23 @@ pub struct AppState {
     pub admin_failures: admin::TokenFailures,
 }
 
+/// The client's address: the peer, or what a trusted proxy says in `server.forwarded_header`;
+/// `None` when the peer is unknown or the proxies' headers conflict.
+pub fn request_client_ip(
+    req: &actix_web::HttpRequest,
+    state: &AppState,
+) -> Option<std::net::IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    crate::pipeline::access::client_ip(
+        peer,
+        req.headers(),
+        &state.trusted_proxies,
+        state.forwarded_header,
+    )
+    .ok()
+    .flatten()
+}
+
 /// Any route that does not exist.
 pub async fn not_found() -> HttpResponse {
     GatewayError::NotFound.error_response()

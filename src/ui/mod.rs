@@ -356,15 +356,7 @@ fn is_https(req: &HttpRequest, state: &AppState) -> bool {
 }
 
 fn client_ip(req: &HttpRequest, state: &AppState) -> Option<IpAddr> {
-    let peer = req.peer_addr()?.ip();
-    access::client_ip(
-        peer,
-        req.headers(),
-        &state.trusted_proxies,
-        state.forwarded_header,
-    )
-    .ok()
-    .flatten()
+    crate::routes::request_client_ip(req, state)
 }
 
 fn html(status: StatusCode, markup: maud::Markup) -> HttpResponse {
