@@ -169,14 +169,25 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
                     .encode(format!("{user}:{}", password.expose_str()));
                 headers.push(("Authorization".into(), format!("Basic {token}")));
             }
-            let resigned = resign(
-                &kind,
-                &secret,
-                &case.body,
-                &headers,
-                target.public_url.as_deref(),
-                Utc::now(),
-            )?;
+            // What the provider never signs and the gateway only acknowledges (WooCommerce's
+            // ping) goes as recorded: re-signed, it would be verified and parsed as an event.
+            let resigned = if let Some(recorded) = sent_unsigned(&kind, &headers, &case.body) {
+                super::sign::Resigned {
+                    headers: recorded,
+                    body: case.body.to_vec(),
+                    url: None,
+                    query: None,
+                }
+            } else {
+                resign(
+                    &kind,
+                    &secret,
+                    &case.body,
+                    &headers,
+                    target.public_url.as_deref(),
+                    Utc::now(),
+                )?
+            };
             // A URL-signing scheme may have added a query (Twilio's bodySHA256).
             let mut url = target.url.clone();
             if let Some((_, query)) = resigned.url.as_deref().and_then(|u| u.split_once('?')) {
@@ -215,6 +226,32 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         bail!("{failed} of {sent} fixture deliveries were not acknowledged");
     }
     Ok(())
+}
+
+/// The recorded headers, when the delivery carries none of the kind's signature headers and is
+/// an unsigned handshake the gateway answers without storing.
+fn sent_unsigned(
+    kind: &crate::provider::kind::Kind,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Option<actix_web::http::header::HeaderMap> {
+    use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+    let signature_headers = kind.scheme.signature_headers();
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            continue;
+        };
+        if signature_headers.contains(&name) {
+            return None;
+        }
+        map.append(name, value);
+    }
+    let (handshake, _) = crate::pipeline::plan::unsigned_match(kind, &map, body)?;
+    (!matches!(handshake.reply, crate::provider::kind::Reply::Store)).then_some(map)
 }
 
 /// `accepted evt_1`, `handshake ping`, `invalid_signature: ...`, or the first bytes of text.

@@ -107,6 +107,24 @@ pub fn plan<'a>(
     })
 }
 
+/// The kind's unsigned POST handshake this body matches (WooCommerce's ping, Notion's
+/// verification token), with the body as read: JSON, else a form.
+pub fn unsigned_match<'k>(
+    kind: &'k Kind,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<(&'k Handshake, Value)> {
+    if !kind.has_unsigned_handshakes() {
+        return None;
+    }
+    let value = parse::parse_bytes(BodyFormat::Json, body)
+        .or_else(|_| parse::parse_bytes(BodyFormat::Form, body))
+        .ok()?;
+    let ctx = Context::whole(&value, headers, "");
+    let handshake = kind.unsigned_handshake(&ctx)?;
+    Some((handshake, value))
+}
+
 /// The event ID before the body is parsed into a tree, when the body cannot change the plan
 /// (no handshakes, one format for every body, no batch) and the kind's first ID source is a
 /// header that is present or a top-level field of a JSON body that has it. Then a duplicate is

@@ -19,7 +19,7 @@ use crate::observe::{Answered, Rejection};
 use crate::pipeline::plan::{self, Plan};
 use crate::pipeline::signature::{self, hmac};
 use crate::pipeline::{access, body, parse, Received};
-use crate::provider::definition::{BodyFormat, HandshakeMethod, HmacAlgorithm};
+use crate::provider::definition::{HandshakeMethod, HmacAlgorithm};
 use crate::provider::kind::{Handshake, Kind, Reply};
 use crate::provider::registry::Instance;
 use crate::provider::source::{text_of, Context};
@@ -383,11 +383,7 @@ fn unsigned_handshake<'k>(
     if !kind.has_unsigned_handshakes() || kind.scheme.is_signed(headers, body, query) {
         return None;
     }
-    let value = parse::parse_bytes(BodyFormat::Json, body)
-        .or_else(|_| parse::parse_bytes(BodyFormat::Form, body))
-        .ok()?;
-    let ctx = Context::whole(&value, headers, "");
-    let handshake = kind.unsigned_handshake(&ctx)?;
+    let (handshake, value) = plan::unsigned_match(kind, headers, body)?;
     if matches!(handshake.reply, Reply::Store)
         && (has_secrets || body.len() > UNSIGNED_STORE_MAX_BYTES)
     {
