@@ -182,7 +182,7 @@ async fn meta_get_handshake_echoes_the_challenge_only_with_the_verify_token() {
         let body: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(body["error"]["code"], "invalid_verify_token");
     }
-    // A GET that is no handshake is still not allowed.
+    // A GET that is no handshake is still not allowed; `Allow` names GET beside POST.
     let response = app
         .client
         .get(app.url("/webhooks/meta"))
@@ -190,6 +190,15 @@ async fn meta_get_handshake_echoes_the_challenge_only_with_the_verify_token() {
         .await
         .unwrap();
     assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET, POST");
+    let response = app
+        .client
+        .put(app.url("/webhooks/meta"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET, POST");
     // Nothing was stored: the first envelope is the next real event.
     first_stored_is(&app, &set, "page_feed", "page.feed").await;
     app.stop().await;
@@ -276,6 +285,7 @@ async fn unsigned_handshakes_are_answered_and_not_stored() {
         .await
         .unwrap();
     assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "OPTIONS, POST");
     // Batches authenticate by ?code= as well as by the header.
     let batch = case(&set, "blob_created_batch");
     let headers: Vec<(String, String)> = batch

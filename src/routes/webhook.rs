@@ -213,7 +213,7 @@ async fn handle(
     if req.method() != Method::POST && bodiless.is_none() {
         return Err(GatewayError::MethodNotAllowed {
             method: req.method().to_string(),
-            allow: RECEIVER_METHODS,
+            allow: allowed_methods(&instance.kind),
         });
     }
     // paused: the provider retries later; nothing is read or stored
@@ -367,6 +367,19 @@ fn check_access(
 /// Largest body an unsigned `store` handshake (Notion's verification token) may have.
 const UNSIGNED_STORE_MAX_BYTES: usize = 1024;
 
+/// `Allow` of `/webhooks/{name}`: POST, and the methods of the kind's bodiless handshakes.
+fn allowed_methods(kind: &Kind) -> &'static str {
+    match (
+        kind.has_handshakes_for(HandshakeMethod::Get),
+        kind.has_handshakes_for(HandshakeMethod::Options),
+    ) {
+        (true, true) => "GET, OPTIONS, POST",
+        (true, false) => "GET, POST",
+        (false, true) => "OPTIONS, POST",
+        (false, false) => RECEIVER_METHODS,
+    }
+}
+
 /// A delivery the kind declares unsigned (WooCommerce's ping, Notion's verification token),
 /// recognised on the raw body read as JSON, else as a form; with the body as read. Only a
 /// delivery without the kind's signature takes this path (a signed one is verified and
@@ -409,7 +422,7 @@ fn answer_bodiless(
     let Some(handshake) = instance.kind.bodiless_handshake(method, &ctx) else {
         return Err(GatewayError::MethodNotAllowed {
             method: req.method().to_string(),
-            allow: RECEIVER_METHODS,
+            allow: allowed_methods(&instance.kind),
         });
     };
     match &handshake.verify_token {
