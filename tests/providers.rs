@@ -299,9 +299,8 @@ fn sign_prints_the_providers_headers_and_a_curl_command() {
     assert!(text.contains("--data-binary @"), "{text}");
 }
 
-#[tokio::test]
-async fn replay_sends_every_fixture_freshly_signed_and_all_are_acknowledged() {
-    // One gateway serving every fixture kind with the fixture instance settings.
+/// Every fixture set, and the `[providers.<kind>]` of each with its fixture instance settings.
+fn every_fixture_kind() -> (Vec<hookgate::fixture::FixtureSet>, String) {
     let sets = hookgate::fixture::discover(&[fixtures_dir()]).unwrap();
     let mut providers = toml::Table::new();
     for set in &sets {
@@ -312,7 +311,13 @@ async fn replay_sends_every_fixture_freshly_signed_and_all_are_acknowledged() {
     }
     let mut root = toml::Table::new();
     root.insert("providers".into(), toml::Value::Table(providers));
-    let instances = toml::to_string(&root).unwrap();
+    (sets, toml::to_string(&root).unwrap())
+}
+
+#[tokio::test]
+async fn replay_sends_every_fixture_freshly_signed_and_all_are_acknowledged() {
+    // One gateway serving every fixture kind with the fixture instance settings.
+    let (sets, instances) = every_fixture_kind();
     let app = spawn(&instances).await;
 
     // Replay reads the gateway's address and secrets from a config like the operator's.
@@ -578,17 +583,8 @@ async fn sign_output_is_accepted_for_every_second_wave_kind() {
 /// `public_url`, and posted with the printed headers (and the query the printed curl carries).
 #[tokio::test]
 async fn sign_output_is_accepted_for_every_kind() {
-    let sets = hookgate::fixture::discover(&[fixtures_dir()]).unwrap();
-    let mut providers = toml::Table::new();
-    for set in &sets {
-        providers.insert(
-            set.kind.clone(),
-            toml::Value::Table(set.file.instance.clone()),
-        );
-    }
-    let mut root = toml::Table::new();
-    root.insert("providers".into(), toml::Value::Table(providers));
-    let app = spawn(&toml::to_string(&root).unwrap()).await;
+    let (sets, instances) = every_fixture_kind();
+    let app = spawn(&instances).await;
     let scratch = tempfile::tempdir().unwrap();
     let mut signed_kinds = Vec::new();
     for set in &sets {
