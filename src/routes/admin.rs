@@ -142,37 +142,23 @@ pub(crate) fn sink_names(state: &AppState) -> Vec<String> {
 }
 
 async fn instances(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Some(refusal) = refuse(&req, &state) {
-        return refusal;
-    }
-    let names = instance_names(&state);
-    match answered(admin::pause_states(
-        &*state.store,
-        PauseTarget::Instance,
-        &names,
-    ))
-    .await
-    {
-        Ok(body) => HttpResponse::Ok().json(body),
-        Err(response) => response,
-    }
+    pause_list(&req, &state, PauseTarget::Instance).await
 }
 
 async fn sinks(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Some(refusal) = refuse(&req, &state) {
+    pause_list(&req, &state, PauseTarget::Sink).await
+}
+
+/// `GET /admin/instances` or `/admin/sinks`: every name of the target with its pause state.
+async fn pause_list(req: &HttpRequest, state: &AppState, target: PauseTarget) -> HttpResponse {
+    if let Some(refusal) = refuse(req, state) {
         return refusal;
     }
-    let names = sink_names(&state);
-    match answered(admin::pause_states(
-        &*state.store,
-        PauseTarget::Sink,
-        &names,
-    ))
-    .await
-    {
-        Ok(body) => HttpResponse::Ok().json(body),
-        Err(response) => response,
-    }
+    let names = match target {
+        PauseTarget::Instance => instance_names(state),
+        PauseTarget::Sink => sink_names(state),
+    };
+    json_answer(admin::pause_states(&*state.store, target, &names)).await
 }
 
 async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -180,10 +166,7 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         return refusal;
     }
     let now = state.clock.now().timestamp_millis();
-    match answered(admin::stats(&*state.store, &state.observer, now)).await {
-        Ok(body) => HttpResponse::Ok().json(body),
-        Err(response) => response,
-    }
+    json_answer(admin::stats(&*state.store, &state.observer, now)).await
 }
 
 async fn rejected(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -285,10 +268,7 @@ async fn set_pause(
     name: &str,
     paused: bool,
 ) -> HttpResponse {
-    match answered(apply_pause(state, target, name, paused)).await {
-        Ok(body) => HttpResponse::Ok().json(body),
-        Err(response) => response,
-    }
+    json_answer(apply_pause(state, target, name, paused)).await
 }
 
 /// A route with one method; the others are 405 with `Allow` (after the token check, so
@@ -391,6 +371,16 @@ async fn answered<T>(
     }
 }
 
+/// An admin operation's value as a 200 JSON answer, or its error as [`answered`] gives it.
+async fn json_answer<T: serde::Serialize>(
+    work: impl std::future::Future<Output = Result<T, admin::AdminError>>,
+) -> HttpResponse {
+    match answered(work).await {
+        Ok(body) => HttpResponse::Ok().json(body),
+        Err(response) => response,
+    }
+}
+
 /// The query string, parsed only once the caller is known to be the operator; `Err` is the
 /// reason, for [`bad_query`].
 fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, String> {
@@ -420,10 +410,7 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         Ok(query) => query,
         Err(reason) => return bad_query(&reason),
     };
-    match answered(admin::list(&*state.store, &query)).await {
-        Ok(body) => HttpResponse::Ok().json(body),
-        Err(response) => response,
-    }
+    json_answer(admin::list(&*state.store, &query)).await
 }
 
 async fn show(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -521,16 +508,12 @@ async fn dead_letters(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
         return refusal;
     }
     let limit = query.limit.unwrap_or(admin::DEFAULT_LIMIT);
-    match answered(admin::dead_letters(
+    json_answer(admin::dead_letters(
         &*state.store,
         query.sink.as_deref(),
         limit,
     ))
     .await
-    {
-        Ok(body) => HttpResponse::Ok().json(body),
-        Err(response) => response,
-    }
 }
 
 async fn redeliver_dead(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
