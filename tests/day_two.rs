@@ -491,14 +491,7 @@ async fn a_refused_sink_connection_keeps_its_cause_in_the_attempt() {
         },
     )
     .await;
-    let body = generic_body("evt_down", "post.created", "p1");
-    let answer: Value = app
-        .post_generic("demo", GENERIC_SECRET, "evt_down", &body)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = answer["id"].as_str().unwrap();
+    let id = &send_demo(&app, "evt_down").await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let error = loop {
         let event: Value = app
@@ -1006,14 +999,7 @@ async fn a_retry_schedule_sets_the_delays_and_the_number_of_retries() {
         },
     )
     .await;
-    let body = generic_body("evt_sched", "post.created", "p1");
-    let answer: Value = app
-        .post_generic("demo", GENERIC_SECRET, "evt_sched", &body)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = answer["id"].as_str().unwrap();
+    let id = &send_demo(&app, "evt_sched").await;
     let attempts = attempts_of(&app, id, "app", |a| {
         a.last().is_some_and(|l| l["outcome"] == "dead")
     })
@@ -1494,4 +1480,16 @@ async fn a_stored_event_exports_as_a_fixture_that_replays_and_expects_its_envelo
     );
     assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
     assert_eq!(other.sink_envelopes(1).await[0]["event_id"], "evt_export");
+}
+
+/// Sends the generic event `event_id` (a `post.created` of `p1`) to `demo`; its gateway id.
+async fn send_demo(app: &TestApp, event_id: &str) -> String {
+    let body = generic_body(event_id, "post.created", "p1");
+    let answer: Value = app
+        .post_generic("demo", GENERIC_SECRET, event_id, &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    answer["id"].as_str().unwrap().to_owned()
 }
